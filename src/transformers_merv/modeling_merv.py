@@ -1,0 +1,664 @@
+"""MERV: several frozen video encoders, aligned to one token grid, fused by a learnable query, read by an LLM.
+
+Data flow (`MervModel.get_video_features`): each encoder in `config.vision_encoders` turns its own frames into tokens
+(`_encode`), a per-encoder `MervVisualProjector` pools them to the shared grid and projects them to the LLM width, and
+the fusion module mixes the encoders into one sequence. `MervModel.forward` scatters that sequence into the
+`<video>` placeholder positions of the prompt embeddings and runs the language model."""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.generation import GenerationMixin
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MultimodalBaseModelOutputWithPast,
+    MultimodalCausalLMOutputWithPast,
+)
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, logging
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
+
+from .configuration_merv import MervConfig
+from .modeling_languagebind import MervLanguageBindVideoModel
+
+
+logger = logging.get_logger(__name__)
+
+IGNORE_INDEX = -100
+
+VIDEO_INPUT_TOWERS = ("languagebind", "vivit")
+"""Towers that take whole videos `(batch, frames, C, H, W)`; the others take frames folded into the batch."""
+
+FINAL_NORM_NAMES = {"languagebind": "post_layernorm", "dinov2": "layernorm", "vivit": "layernorm",
+                    "siglip": "post_layernorm"}
+"""Attribute of each tower's final LayerNorm, applied when `config.vision_feature_final_norm[name]` is set."""
+
+
+@dataclass
+class MervVideoFeaturesOutput(BaseModelOutputWithPooling):
+    r"""
+    pooler_output (`torch.FloatTensor` of shape `(num_videos, num_video_tokens, text_hidden_size)`):
+        The fused visual tokens that replace the `<video>` placeholders (also in `last_hidden_state`).
+    fusion_weights (`torch.FloatTensor` of shape `(num_videos, num_encoders)`, *optional*):
+        How much each encoder contributes to the fused tokens (weighted fusions only).
+    encoder_features (`dict[str, torch.FloatTensor]`, *optional*):
+        Per encoder, the selected tokens `(num_videos, tokens, encoder_hidden_size)` before alignment.
+    projected_features (`dict[str, torch.FloatTensor]`, *optional*):
+        Per encoder, the aligned tokens `(num_videos, tokens, text_hidden_size)` before fusion.
+    """
+
+    fusion_weights: torch.FloatTensor | None = None
+    encoder_features: dict[str, torch.FloatTensor] | None = None
+    projected_features: dict[str, torch.FloatTensor] | None = None
+
+
+# --- alignment: token resamplers -------------------------------------------------------------------------------------
+
+
+def _grid_side(num_tokens: int) -> int:
+    side = round(num_tokens**0.5)
+    if side * side != num_tokens:
+        raise ValueError(f"expected a square token grid per frame, got {num_tokens} tokens")
+    return side
+
+
+def _frames_as_images(features: torch.Tensor) -> torch.Tensor:
+    # (batch, frames, h * w, dim) -> (batch * frames, dim, h, w)
+    side = _grid_side(features.shape[2])
+    return features.flatten(0, 1).unflatten(1, (side, side)).permute(0, 3, 1, 2)
+
+
+def _video_as_volume(features: torch.Tensor) -> torch.Tensor:
+    # (batch, frames, h * w, dim) -> (batch, dim, frames, h, w)
+    side = _grid_side(features.shape[2])
+    return features.unflatten(2, (side, side)).permute(0, 4, 1, 2, 3)
+
+
+def _volume_as_tokens(volume: torch.Tensor) -> torch.Tensor:
+    # (batch, dim, frames, h, w) -> (batch, frames * h * w, dim)
+    return volume.flatten(2).transpose(1, 2)
+
+
+def _images_as_tokens(images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    # (batch * frames, dim, h, w) -> (batch, frames * h * w, dim)
+    return images.flatten(2).transpose(1, 2).reshape(batch_size, -1, images.shape[1])
+
+
+class MervNoPooling(nn.Module):
+    """Keeps every encoder token."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features.flatten(1, 2)
+
+
+class MervAveragePool3d(nn.Module):
+    """Adaptive 3D average pooling of the (frames, h, w) token volume (the MERV alignment)."""
+
+    def __init__(self, output_frames: int, output_side: int):
+        super().__init__()
+        self.output_size = (output_frames, output_side, output_side)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return _volume_as_tokens(F.adaptive_avg_pool3d(_video_as_volume(features), self.output_size))
+
+
+class MervAveragePool2d(nn.Module):
+    """Adaptive 2D average pooling of every frame's token grid (Emu-2 style)."""
+
+    def __init__(self, output_side: int):
+        super().__init__()
+        self.output_side = output_side
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = F.adaptive_avg_pool2d(_frames_as_images(features), self.output_side)
+        return _images_as_tokens(pooled, features.shape[0])
+
+
+class MervConv3dPool(nn.Module):
+    """3x3x3 convolution into the LLM width followed by adaptive 3D average pooling."""
+
+    def __init__(self, in_dim: int, out_dim: int, output_frames: int, output_side: int):
+        super().__init__()
+        self.conv = nn.Conv3d(in_dim, out_dim, kernel_size=3, padding=1)
+        self.output_size = (output_frames, output_side, output_side)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        volume = self.conv(_video_as_volume(features))
+        return _volume_as_tokens(F.adaptive_avg_pool3d(volume, self.output_size))
+
+
+class MervAttentivePooler(nn.Module):
+    """JEPA attentive pooler: learned queries cross-attend to every frame's tokens (one block, pre-norm on the keys)."""
+
+    def __init__(self, dim: int, num_queries: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attentive pooling width {dim} must be divisible by `alignment_attention_heads`={num_heads}")
+        self.num_heads = num_heads
+        self.query_tokens = nn.Parameter(torch.zeros(1, num_queries, dim))
+        self.key_norm = nn.LayerNorm(dim)
+        self.q_proj = nn.Linear(dim, dim)
+        self.kv_proj = nn.Linear(dim, 2 * dim)
+        self.o_proj = nn.Linear(dim, dim)
+        self.mlp_norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.fc2 = nn.Linear(4 * dim, dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        batch_size = features.shape[0]
+        tokens = features.flatten(0, 1)  # (batch * frames, tokens, dim)
+        queries = self.query_tokens.expand(tokens.shape[0], -1, -1)
+        # (rows, length, dim) -> (rows, heads, length, head_dim)
+        query = self.q_proj(queries).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+        key, value = self.kv_proj(self.key_norm(tokens)).unflatten(-1, (2, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(query, key, value).transpose(1, 2).flatten(2)
+        queries = queries + self.o_proj(attended)
+        queries = queries + self.fc2(F.gelu(self.fc1(self.mlp_norm(queries))))
+        return queries.reshape(batch_size, -1, queries.shape[-1])
+
+
+class MervLayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a `(batch, channels, h, w)` map."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return super().forward(images.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class MervRegNetBlock(nn.Module):
+    """RegNet bottleneck (timm's `Bottleneck` with group width 1, SE ratio 1/4, LayerNorm2d, SiLU)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_dim, out_dim, kernel_size=1, bias=False)
+        self.norm1 = MervLayerNorm2d(out_dim)
+        self.conv2 = nn.Conv2d(out_dim, out_dim, kernel_size=3, padding=1, groups=out_dim, bias=False)
+        self.norm2 = MervLayerNorm2d(out_dim)
+        squeeze_dim = round(in_dim / 4)
+        self.se_reduce = nn.Conv2d(out_dim, squeeze_dim, kernel_size=1)
+        self.se_expand = nn.Conv2d(squeeze_dim, out_dim, kernel_size=1)
+        self.conv3 = nn.Conv2d(out_dim, out_dim, kernel_size=1, bias=False)
+        self.norm3 = MervLayerNorm2d(out_dim)
+        if in_dim != out_dim:
+            self.shortcut_conv = nn.Conv2d(in_dim, out_dim, kernel_size=1, bias=False)
+            self.shortcut_norm = MervLayerNorm2d(out_dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        hidden = F.silu(self.norm1(self.conv1(images)))
+        hidden = F.silu(self.norm2(self.conv2(hidden)))
+        gate = self.se_expand(F.silu(self.se_reduce(hidden.mean((2, 3), keepdim=True))))
+        hidden = self.norm3(self.conv3(hidden * gate.sigmoid()))
+        shortcut = self.shortcut_norm(self.shortcut_conv(images)) if hasattr(self, "shortcut_conv") else images
+        return F.silu(hidden + shortcut)
+
+
+class MervConvAbstractor(nn.Module):
+    """Honeybee C-Abstractor: RegNet stage into the LLM width, adaptive 2D pooling per frame, RegNet stage."""
+
+    def __init__(self, in_dim: int, out_dim: int, depth: int, output_side: int):
+        super().__init__()
+        self.stage_in = nn.Sequential(*[MervRegNetBlock(in_dim if i == 0 else out_dim, out_dim) for i in range(depth)])
+        self.stage_out = nn.Sequential(*[MervRegNetBlock(out_dim, out_dim) for _ in range(depth)])
+        self.output_side = output_side
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        images = F.adaptive_avg_pool2d(self.stage_in(_frames_as_images(features)), self.output_side)
+        return _images_as_tokens(self.stage_out(images), features.shape[0])
+
+
+class MervProjectorMLP(nn.Module):
+    """`linear`, `gelu-mlp` (Linear-GELU-Linear) or `fused-gelu-mlp` (widening 4x first) projector."""
+
+    def __init__(self, in_dim: int, out_dim: int, kind: str):
+        super().__init__()
+        widths = {
+            "linear": [in_dim, out_dim],
+            "gelu-mlp": [in_dim, out_dim, out_dim],
+            "fused-gelu-mlp": [in_dim, 4 * in_dim, out_dim, out_dim],
+        }[kind]
+        self.layers = nn.ModuleList([nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:])])
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        for index, layer in enumerate(self.layers):
+            hidden = layer(F.gelu(hidden) if index else hidden)
+        return hidden
+
+
+class MervVisualProjector(nn.Module):
+    """Aligns one encoder: resamples its `(batch, frames, tokens, dim)` features to the shared token grid, then
+    projects them into the language model's width."""
+
+    def __init__(self, config: MervConfig, encoder_name: str):
+        super().__init__()
+        encoder_dim = config.encoder_config(encoder_name).hidden_size
+        text_dim = config.text_config.hidden_size
+        frames = config.encoder_token_grid(encoder_name)[0]
+        side = round(config.alignment_tokens_per_frame**0.5)
+        pooled_frames = frames // config.alignment_temporal_stride
+        self.resampler = {
+            "none": lambda: MervNoPooling(),
+            "3davg": lambda: MervAveragePool3d(pooled_frames, side),
+            "avg": lambda: MervAveragePool2d(side),
+            "3dconv": lambda: MervConv3dPool(encoder_dim, text_dim, pooled_frames, side),
+            "attntv": lambda: MervAttentivePooler(
+                encoder_dim, config.alignment_tokens_per_frame, config.alignment_attention_heads
+            ),
+            "conv": lambda: MervConvAbstractor(encoder_dim, text_dim, config.alignment_conv_depth, side),
+        }[config.alignment_pooling]()
+        mlp_in_dim = text_dim if config.alignment_pooling in ("3dconv", "conv") else encoder_dim
+        self.mlp = MervProjectorMLP(mlp_in_dim, text_dim, config.alignment_projector)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.resampler(features))
+
+
+# --- fusion ----------------------------------------------------------------------------------------------------------
+
+
+class MervQueryFusion(nn.Module):
+    """MERV's fusion: one learnable query scores every encoder by its token-mean (single-head attention), and the
+    fused tokens are the score-weighted sum of the encoders' projected tokens.
+
+    `value_proj` and `out_proj` exist in the authors' checkpoints (their `nn.MultiheadAttention`) but the attention
+    output they would produce is discarded by the authors; they are kept so converted checkpoints stay complete."""
+
+    def __init__(self, config: MervConfig):
+        super().__init__()
+        text_dim, width = config.text_config.hidden_size, config.fusion_hidden_size
+        self.query = nn.Parameter(torch.zeros(1, width))
+        self.query_proj = nn.Linear(width, width)
+        self.key_proj = nn.Linear(text_dim, width)
+        self.value_proj = nn.Linear(text_dim, width)
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        stacked = torch.stack(features, dim=1)  # (batch, encoders, tokens, dim)
+        keys = self.key_proj(stacked.mean(2))  # (batch, encoders, width)
+        query = self.query_proj(self.query) * keys.shape[-1] ** -0.5  # (1, width)
+        weights = torch.softmax(keys @ query.transpose(0, 1), dim=1).squeeze(-1)  # (batch, encoders)
+        fused = torch.bmm(weights.unsqueeze(1), stacked.flatten(2)).view_as(stacked[:, 0])
+        return fused, weights
+
+
+class MervScalarFusion(nn.Module):
+    """Softmax over one learned scalar per encoder, shared by all videos."""
+
+    def __init__(self, config: MervConfig):
+        super().__init__()
+        self.scalar = nn.Parameter(torch.zeros(len(config.vision_encoders)))
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        stacked = torch.stack(features, dim=1)
+        weights = self.scalar.softmax(0).expand(stacked.shape[0], -1)
+        return torch.einsum("be,bend->bnd", weights, stacked), weights
+
+
+class MervChannelFusion(nn.Module):
+    """Concatenates the encoders along channels ([LayerNorm] and) Linear back to the LLM width."""
+
+    def __init__(self, config: MervConfig):
+        super().__init__()
+        text_dim = config.text_config.hidden_size
+        concat_dim = len(config.vision_encoders) * text_dim
+        self.norm = nn.LayerNorm(concat_dim) if config.fusion_type == "concat_channel_ln" else nn.Identity()
+        self.projector = nn.Linear(concat_dim, text_dim)
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, None]:
+        return self.projector(self.norm(torch.cat(features, dim=-1))), None
+
+
+class MervTokenConcatFusion(nn.Module):
+    """Concatenates the encoders' token sequences (one after the other)."""
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, None]:
+        return torch.cat(features, dim=1), None
+
+
+class MervFirstEncoderFusion(nn.Module):
+    """Uses the first encoder only."""
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, None]:
+        return features[0], None
+
+
+def build_fusion(config: MervConfig) -> nn.Module:
+    """The fusion module named by `config.fusion_type`."""
+    return {
+        "cross_attention": lambda: MervQueryFusion(config),
+        "scalar": lambda: MervScalarFusion(config),
+        "concat_channel": lambda: MervChannelFusion(config),
+        "concat_channel_ln": lambda: MervChannelFusion(config),
+        "concat_tokens": lambda: MervTokenConcatFusion(),
+        "first": lambda: MervFirstEncoderFusion(),
+    }[config.fusion_type]()
+
+
+# --- encoders --------------------------------------------------------------------------------------------------------
+
+
+def build_vision_tower(config: MervConfig, name: str) -> PreTrainedModel:
+    """The encoder `name`, built from its sub-config (transformers' own model where one exists)."""
+    sub_config = config.encoder_config(name)
+    if name == "languagebind":
+        return MervLanguageBindVideoModel._from_config(sub_config)
+    if name == "vivit":
+        return AutoModel.from_config(sub_config, add_pooling_layer=False)
+    return AutoModel.from_config(sub_config)
+
+
+def _execution_device(module: nn.Module) -> torch.device:
+    """Where `module` runs: its accelerate hook's device when dispatched with a device map, else its weights'."""
+    hook = getattr(module, "_hf_hook", None)
+    if getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)
+    return next(module.parameters()).device
+
+
+def _has_trainable_parameters(module: nn.Module) -> bool:
+    return any(parameter.requires_grad for parameter in module.parameters())
+
+
+class MervPreTrainedModel(PreTrainedModel):
+    config: MervConfig
+    base_model_prefix = "model"
+    input_modalities = ("video", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["cache"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+    _no_split_modules = [
+        "MervLanguageBindVideoModel",
+        "Dinov2WithRegistersModel",
+        "VivitModel",
+        "SiglipVisionModel",
+        "MervVisualProjector",
+        "MervQueryFusion",
+        "MervScalarFusion",
+        "MervChannelFusion",
+    ]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, MervQueryFusion):
+            init.xavier_uniform_(module.query)
+        elif isinstance(module, MervScalarFusion):
+            init.normal_(module.scalar)
+        elif isinstance(module, MervAttentivePooler):
+            init.trunc_normal_(module.query_tokens, std=self.config.initializer_range)
+
+    def enable_input_require_grads(self) -> None:
+        """Make the LLM's input embeddings require grad (for adapters with activation checkpointing). Only the
+        LLM is hooked: hooking the frozen encoders' patch embeddings would make autograd keep their activations."""
+
+        def make_output_require_grad(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            output.requires_grad_(True)
+
+        hook = self.get_input_embeddings().register_forward_hook(make_output_require_grad)
+        self._require_grads_hooks = [hook]
+        self._require_grads_hook = hook
+
+
+class MervModel(MervPreTrainedModel):
+    """Encoders, alignment and fusion, and the language model without its head."""
+
+    def __init__(self, config: MervConfig):
+        super().__init__(config)
+        self.vision_towers = nn.ModuleDict({name: build_vision_tower(config, name) for name in config.vision_encoders})
+        self.projectors = nn.ModuleDict(
+            {name: MervVisualProjector(config, name) for name in config.vision_encoders}
+        )
+        self.fusion = build_fusion(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_encoder(self, modality: str | None = None) -> nn.Module:
+        return self.vision_towers if modality in ("image", "video") else super().get_encoder(modality)
+
+    @can_return_tuple
+    def get_video_features(
+        self,
+        pixel_values_videos: dict[str, torch.Tensor],
+        output_encoder_features: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MervVideoFeaturesOutput:
+        r"""
+        pixel_values_videos (`dict[str, torch.FloatTensor]`):
+            One tensor per encoder of `config.vision_encoders`, shaped `(num_videos, frames, channels, height,
+            width)` with that encoder's own frame count and resolution (see `MervVideoProcessor`).
+        output_encoder_features (`bool`, *optional*, defaults to `False`):
+            Also return each encoder's selected tokens and projected tokens.
+        """
+        self._check_pixel_values(pixel_values_videos)
+        encoded = {name: self._encode(name, pixel_values_videos[name]) for name in self.config.vision_encoders}
+        projected = {name: self._align(name, features) for name, features in encoded.items()}
+        target = next(iter(projected.values())).device
+        fused, weights = self.fusion([features.to(target) for features in projected.values()])
+        return MervVideoFeaturesOutput(
+            last_hidden_state=fused,
+            pooler_output=fused,
+            fusion_weights=weights,
+            encoder_features=encoded if output_encoder_features else None,
+            projected_features=projected if output_encoder_features else None,
+        )
+
+    def _check_pixel_values(self, pixel_values_videos: dict[str, torch.Tensor]) -> None:
+        if not isinstance(pixel_values_videos, dict):
+            raise TypeError(
+                "`pixel_values_videos` must be a dict {encoder name: (videos, frames, channels, height, width) "
+                f"tensor}}, got {type(pixel_values_videos).__name__}"
+            )
+        missing = [name for name in self.config.vision_encoders if name not in pixel_values_videos]
+        if missing:
+            raise ValueError(
+                f"`pixel_values_videos` lacks encoders {missing}; expected keys {self.config.vision_encoders}"
+            )
+        batch_sizes = set()
+        for name in self.config.vision_encoders:
+            pixels = pixel_values_videos[name]
+            expected = self._expected_pixel_shape(name)
+            if pixels.ndim != 5 or tuple(pixels.shape[1:]) != expected:
+                raise ValueError(
+                    f"`pixel_values_videos[{name!r}]` must have shape (videos, {', '.join(map(str, expected))}), "
+                    f"got {tuple(pixels.shape)}"
+                )
+            batch_sizes.add(pixels.shape[0])
+        if len(batch_sizes) != 1:
+            raise ValueError(f"every encoder needs the same number of videos, got {sorted(batch_sizes)}")
+
+    def _expected_pixel_shape(self, name: str) -> tuple[int, int, int, int]:
+        sub_config = self.config.encoder_config(name)
+        size = sub_config.image_size
+        height, width = (size, size) if isinstance(size, int) else size
+        return self.config.num_frames[name], sub_config.num_channels, height, width
+
+    def _encode(self, name: str, pixels: torch.Tensor) -> torch.Tensor:
+        """Selected tokens of encoder `name`: `(videos, frames) -> (videos, tokens, encoder_hidden_size)`."""
+        tower = self.vision_towers[name]
+        num_videos = pixels.shape[0]
+        pixels = pixels.to(device=_execution_device(tower), dtype=tower.dtype)
+        tower_input = pixels if name in VIDEO_INPUT_TOWERS else pixels.flatten(0, 1)
+        layer = self.config.vision_feature_layer[name]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable_parameters(tower)):
+            hidden = tower(pixel_values=tower_input, output_hidden_states=layer).hidden_states[layer]
+            if self.config.vision_feature_final_norm[name]:
+                hidden = getattr(tower, FINAL_NORM_NAMES[name])(hidden)
+        if self.config.vision_feature_select_strategy[name] == "default":
+            hidden = hidden[:, self.config.encoder_num_prefix_tokens(name) :]
+        return hidden.reshape(num_videos, -1, hidden.shape[-1])
+
+    def _align(self, name: str, features: torch.Tensor) -> torch.Tensor:
+        """Pool and project one encoder's tokens to `(videos, visual_tokens, text_hidden_size)`."""
+        projector = self.projectors[name]
+        grid_frames = self.config.encoder_token_grid(name)[0]
+        # (videos, tokens, dim) -> (videos, frames, tokens per frame, dim)
+        features = features.to(_execution_device(projector), next(projector.parameters()).dtype)
+        return projector(features.unflatten(1, (grid_frames, -1)))
+
+    def get_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, video_features: torch.Tensor | None
+    ) -> torch.BoolTensor:
+        """Positions of the `<video>` placeholders, as a mask broadcast over the hidden size; checks that their count
+        equals the number of visual tokens."""
+        if input_ids is None:
+            placeholder = self.get_input_embeddings()(
+                torch.tensor(self.config.video_token_id, dtype=torch.long, device=inputs_embeds.device)
+            )
+            mask = (inputs_embeds == placeholder).all(-1)
+        else:
+            mask = input_ids == self.config.video_token_id
+        num_placeholders = int(mask.sum())
+        num_features = 0 if video_features is None else video_features.shape[0] * video_features.shape[1]
+        if num_placeholders != num_features:
+            raise ValueError(
+                f"The prompt holds {num_placeholders} video placeholder tokens (id {self.config.video_token_id}) but "
+                f"the videos give {num_features} visual tokens ({self.config.num_video_tokens} per video); each "
+                "`<video>` must be expanded to `config.num_video_tokens` placeholders (MervProcessor does this)"
+            )
+        return mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values_videos: dict[str, torch.Tensor] | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        mm_encoder_outputs: dict[str, MervVideoFeaturesOutput] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MultimodalBaseModelOutputWithPast:
+        r"""
+        pixel_values_videos (`dict[str, torch.FloatTensor]`, *optional*):
+            One tensor per encoder, `(num_videos, frames, channels, height, width)`; see `get_video_features`.
+        mm_encoder_outputs (`dict[str, MervVideoFeaturesOutput]`, *optional*):
+            Precomputed `{"video": get_video_features(...)}` (used by `generate` to encode videos once).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`")
+        video_outputs = (mm_encoder_outputs or {}).get("video")
+        if pixel_values_videos is not None and video_outputs is not None:
+            raise ValueError("Pass either `pixel_values_videos` or precomputed `mm_encoder_outputs`, not both")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        if video_outputs is None and pixel_values_videos is not None:
+            video_outputs = self.get_video_features(pixel_values_videos)
+
+        if video_outputs is not None:
+            video_features = video_outputs.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, video_features)
+            inputs_embeds = inputs_embeds.masked_scatter(mask, video_features)
+        elif cache is None or cache.get_seq_length() == 0:
+            # a prompt with placeholders but no video would feed the untrained placeholder embedding to the LLM
+            self.get_placeholder_mask(input_ids, inputs_embeds, None)
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return MultimodalBaseModelOutputWithPast(**outputs, video_outputs=video_outputs)
+
+
+class MervForConditionalGeneration(MervPreTrainedModel, GenerationMixin):
+    """MERV with the language-model head: answers questions about videos (`generate`) and computes the loss."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: MervConfig):
+        super().__init__(config)
+        self.model = MervModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def get_video_features(
+        self,
+        pixel_values_videos: dict[str, torch.Tensor],
+        output_encoder_features: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MervVideoFeaturesOutput:
+        r"""
+        pixel_values_videos (`dict[str, torch.FloatTensor]`):
+            One tensor per encoder, `(num_videos, frames, channels, height, width)`.
+        output_encoder_features (`bool`, *optional*, defaults to `False`):
+            Also return each encoder's selected tokens and projected tokens.
+        """
+        return self.model.get_video_features(pixel_values_videos, output_encoder_features, **kwargs)
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values_videos: dict[str, torch.Tensor] | None = None,
+        labels: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict[str, MervVideoFeaturesOutput] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MultimodalCausalLMOutputWithPast:
+        r"""
+        pixel_values_videos (`dict[str, torch.FloatTensor]`, *optional*):
+            One tensor per encoder, `(num_videos, frames, channels, height, width)`.
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Target ids; -100 is ignored. Positions holding the `<video>` placeholder are never scored.
+        mm_encoder_outputs (`dict[str, MervVideoFeaturesOutput]`, *optional*):
+            Precomputed `{"video": get_video_features(...)}`.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values_videos=pixel_values_videos,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            mm_encoder_outputs=mm_encoder_outputs,
+            **kwargs,
+        )
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+        loss = None
+        if labels is not None:
+            if input_ids is not None:
+                labels = labels.masked_fill(input_ids == self.config.video_token_id, IGNORE_INDEX)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return MultimodalCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            video_outputs=outputs.video_outputs,
+        )
+
+
+__all__ = [
+    "MervPreTrainedModel",
+    "MervModel",
+    "MervForConditionalGeneration",
+    "MervVideoFeaturesOutput",
+]
