@@ -1,0 +1,90 @@
+"""Shared test helpers: paths to ../shared, tiny configs, converted fixtures."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from transformers_merv import MervConfig  # noqa: E402
+from transformers_merv.conversion import EncoderSources, convert  # noqa: E402
+
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FIXTURES = SHARED / "fixtures" / "reference"
+MEDIA = SHARED / "media"
+TINY_FULL = FIXTURES / "tiny-merv-full"
+VARIANTS = FIXTURES / "tiny-merv-variants"
+FIXTURE_IMAGE_SIZES = {"languagebind": 32, "dinov2": 56, "vivit": 28, "siglip": 64}
+"""The tiny fixtures were built with the authors' `default_image_size` patched to these values."""
+
+
+def tiny_config(**overrides) -> MervConfig:
+    """A MERV config small enough for CPU tests (same tiny shapes as the shared fixtures)."""
+    settings = dict(
+        text_config=dict(
+            model_type="llama", vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=4, pad_token_id=1000, bos_token_id=1, eos_token_id=2,
+        ),
+        languagebind_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32,
+            patch_size=2, temporal_group_size=8,
+        ),
+        dinov2_config=dict(
+            hidden_size=40, num_hidden_layers=3, num_attention_heads=4, patch_size=14, image_size=56, mlp_ratio=4,
+        ),
+        vivit_config=dict(
+            hidden_size=48, num_hidden_layers=3, num_attention_heads=4, intermediate_size=96, image_size=28,
+            tubelet_size=[2, 2, 2], num_frames=32,
+        ),
+        siglip_config=dict(
+            hidden_size=24, intermediate_size=96, num_hidden_layers=3, num_attention_heads=2, patch_size=16,
+            image_size=64, vision_use_head=False, hidden_act="gelu",
+        ),
+        alignment_tokens_per_frame=4,
+        fusion_hidden_size=24,
+        video_token_id=1001,
+    )
+    settings.update(overrides)
+    return MervConfig(**settings)
+
+
+def random_pixels(config: MervConfig, batch_size: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    pixels = {}
+    for name in config.vision_encoders:
+        size = config.encoder_config(name).image_size
+        pixels[name] = torch.randn(batch_size, config.num_frames[name], 3, size, size, generator=generator)
+    return pixels
+
+
+def with_placeholders(input_ids: torch.Tensor, num_tokens: int, video_token_id: int) -> torch.Tensor:
+    """Insert `num_tokens` video placeholders right after BOS (where the authors splice the visual tokens)."""
+    placeholders = torch.full((input_ids.shape[0], num_tokens), video_token_id, dtype=input_ids.dtype)
+    return torch.cat([input_ids[:, :1], placeholders, input_ids[:, 1:]], dim=1)
+
+
+def fixture_pixels() -> dict[str, torch.Tensor]:
+    """The fixture's encoder inputs in our layout: every encoder `(batch, frames, channels, height, width)`."""
+    inputs = load_file(TINY_FULL / "inputs.safetensors")
+    pixels = {key.split(".", 1)[1]: value for key, value in inputs.items() if key.startswith("pixel_values.")}
+    pixels["languagebind"] = pixels["languagebind"].transpose(1, 2)  # authors feed LanguageBind (B, C, T, H, W)
+    return pixels
+
+
+def convert_fixture(run_dir: Path, output_dir: Path) -> Path:
+    encoders = EncoderSources(
+        directories={name: FIXTURES / "encoders" / name for name in FIXTURE_IMAGE_SIZES},
+        image_sizes=FIXTURE_IMAGE_SIZES,
+    )
+    convert(run_dir, FIXTURES / "llm", encoders, output_dir)
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def converted_full(tmp_path_factory) -> Path:
+    """tiny-merv-full converted once per session."""
+    return convert_fixture(TINY_FULL / "run", tmp_path_factory.mktemp("tiny-merv-full"))

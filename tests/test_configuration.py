@@ -1,0 +1,103 @@
+"""MervConfig: merv-full defaults, round trips, derived sizes, and clear errors for invalid settings."""
+
+import pytest
+from transformers import AutoConfig, CLIPVisionConfig, Dinov2WithRegistersConfig, SiglipVisionConfig, VivitConfig
+
+from transformers_merv import MervConfig, MervLanguageBindVideoConfig
+
+from conftest import tiny_config
+
+
+def test_defaults_are_merv_full():
+    config = MervConfig()
+    assert config.vision_encoders == ["languagebind", "dinov2", "vivit", "siglip"]
+    assert config.num_frames == {"languagebind": 16, "dinov2": 16, "vivit": 32, "siglip": 16}
+    assert (config.alignment_pooling, config.alignment_projector, config.fusion_type) == (
+        "3davg", "linear", "cross_attention"
+    )
+    assert config.alignment_tokens_per_frame == 64 and config.fusion_hidden_size == 3072
+    assert config.num_video_tokens == 1024  # 16 frames x 8 x 8
+    assert config.text_config.vocab_size == 32064 and config.text_config.hidden_size == 4096
+    assert config.video_token_id == 32001
+    assert isinstance(config.languagebind_config, MervLanguageBindVideoConfig)
+    assert config.languagebind_config.hidden_size == 1024 and config.languagebind_config.temporal_group_size == 8
+    assert isinstance(config.dinov2_config, Dinov2WithRegistersConfig) and config.dinov2_config.num_register_tokens == 4
+    assert isinstance(config.vivit_config, VivitConfig)
+    assert isinstance(config.siglip_config, SiglipVisionConfig) and not config.siglip_config.vision_use_head
+    # the sizes the authors hard-code are derived from the sub-configs
+    assert config.encoder_token_grid("vivit") == (16, 14, 14)
+    assert config.encoder_token_grid("languagebind") == (16, 16, 16)
+    assert config.encoder_num_prefix_tokens("dinov2") == 5
+    assert isinstance(config.languagebind_config, CLIPVisionConfig)
+
+
+def test_round_trip_through_save_pretrained_and_auto_config(tmp_path):
+    config = tiny_config(vision_encoders=["siglip", "dinov2"], fusion_type="concat_channel_ln")
+    config.save_pretrained(tmp_path)
+    reloaded = AutoConfig.from_pretrained(tmp_path)
+    assert type(reloaded) is MervConfig
+    without_path = lambda c: {k: v for k, v in c.to_dict().items() if k != "_name_or_path"}  # noqa: E731
+    assert without_path(reloaded) == without_path(config)
+    assert reloaded.vision_encoders == ["siglip", "dinov2"]
+    assert MervConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
+    assert type(reloaded.languagebind_config) is MervLanguageBindVideoConfig
+
+
+@pytest.mark.parametrize("encoders", [["siglip"], ["languagebind"], ["vivit", "dinov2"]])
+def test_encoder_subsets(encoders):
+    config = tiny_config(vision_encoders=encoders)
+    assert config.num_video_tokens == 64
+
+
+def test_token_count_follows_fusion_and_alignment():
+    assert tiny_config(fusion_type="concat_tokens").num_video_tokens == 4 * 64
+    assert tiny_config(alignment_temporal_stride=2).num_video_tokens == 32
+    assert tiny_config(alignment_pooling="none", vision_encoders=["siglip"]).num_video_tokens == 16 * 16
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"vision_encoders": ["clip"]}, "vision_encoders"),
+        ({"fusion_type": "mean"}, "fusion_type"),
+        ({"alignment_pooling": "max"}, "alignment_pooling"),
+        ({"alignment_projector": "mlp"}, "alignment_projector"),
+        ({"num_frames": {"languagebind": 16, "dinov2": 12}}, "num_frames"),
+        ({"alignment_tokens_per_frame": 6}, "alignment_tokens_per_frame"),
+        ({"alignment_pooling": "avg", "alignment_temporal_stride": 2}, "alignment_temporal_stride"),
+        ({"vision_feature_select_strategy": {"dinov2": "everything"}}, "vision_feature_select_strategy"),
+        ({"vision_feature_select_strategy": {"dinov2": "full"}}, "vision_feature_select_strategy"),
+    ],
+)
+def test_invalid_settings_raise_value_error_naming_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**overrides)
+
+
+def test_allowed_values_are_listed():
+    with pytest.raises(ValueError, match="cross_attention.*concat_tokens"):
+        tiny_config(fusion_type="mean")
+
+
+def test_mismatched_token_counts_need_token_concatenation():
+    # ViViT keeps 16 temporal slots; with 8 SigLIP frames the encoders disagree on the number of tokens
+    with pytest.raises(ValueError, match="same number of visual tokens"):
+        tiny_config(num_frames={"siglip": 8})
+    assert tiny_config(num_frames={"siglip": 8}, fusion_type="concat_tokens").num_video_tokens == 3 * 64 + 32
+
+
+def test_vivit_frames_must_match_its_position_table():
+    with pytest.raises(ValueError, match="vivit_config.num_frames"):
+        tiny_config(num_frames={"vivit": 16})
+
+
+def test_languagebind_frames_must_fill_temporal_groups():
+    with pytest.raises(ValueError, match="temporal_group_size"):
+        tiny_config(vision_encoders=["languagebind"], num_frames={"languagebind": 12})
+
+
+def test_siglip_head_is_rejected():
+    settings = tiny_config().siglip_config.to_dict()
+    settings["vision_use_head"] = True
+    with pytest.raises(ValueError, match="vision_use_head"):
+        tiny_config(siglip_config=settings)
