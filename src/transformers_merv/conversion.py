@@ -57,7 +57,7 @@ PROJECTOR_SUFFIXES = ("linear", "fused-gelu-mlp", "gelu-mlp")
 """`arch_specifier` endings selecting the channel projector, in the order the authors test them."""
 
 TIMM_ARCHITECTURES = {
-    "vit_large_patch14_reg4_dinov2": {"num_heads": 16, "num_register_tokens": 4},
+    "vit_large_patch14_reg4_dinov2": {"num_heads": 16},
     "vit_base_patch16_siglip_224": {"num_heads": 12},
 }
 """Hyper-parameters of timm models that cannot be read off tensor shapes (overridden by `model_args`)."""
@@ -152,18 +152,20 @@ LANGUAGEBIND_KEYS = KeyMap(
     unused=[r"text_model\..+", r"text_projection\..+", r"visual_projection\..+", r"logit_scale", r".+\.position_ids"],
 )
 
-_TIMM_BLOCK_RULES = [
-    rename(r"patch_embed\.proj\.(weight|bias)", r"embeddings.patch_embeddings.projection.\1"),
-    rename(r"blocks\.(\d+)\.(norm1|norm2)\.(weight|bias)", r"encoder.layer.\1.\2.\3"),
-    KeyRule(
-        r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)",
-        (r"encoder.layer.\1.attention.q_proj.\2", r"encoder.layer.\1.attention.k_proj.\2",
-         r"encoder.layer.\1.attention.v_proj.\2"),
-        _split_in_three,
-    ),
-    rename(r"blocks\.(\d+)\.attn\.proj\.(weight|bias)", r"encoder.layer.\1.attention.o_proj.\2"),
-    rename(r"blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", r"encoder.layer.\1.mlp.\2.\3"),
-]
+def _timm_block_rules(layers: str, attention: str, out_proj: str, norm: str) -> list[KeyRule]:
+    """timm ViT blocks (`blocks.N.{norm1, attn.qkv, attn.proj, norm2, mlp}`) -> a transformers encoder whose layers
+    live at `{layers}.N`, with attention module `attention`, output projection `out_proj` and norms `{norm}1/2`."""
+    block = r"blocks\.(\d+)"
+    return [
+        rename(rf"{block}\.norm(1|2)\.(weight|bias)", rf"{layers}.\1.{norm}\2.\3"),
+        KeyRule(
+            rf"{block}\.attn\.qkv\.(weight|bias)",
+            tuple(rf"{layers}.\1.{attention}.{part}_proj.\2" for part in "qkv"),
+            _split_in_three,
+        ),
+        rename(rf"{block}\.attn\.proj\.(weight|bias)", rf"{layers}.\1.{attention}.{out_proj}.\2"),
+        rename(rf"{block}\.mlp\.(fc1|fc2)\.(weight|bias)", rf"{layers}.\1.mlp.\2.\3"),
+    ]
 
 
 def dinov2_keys(grid: tuple[int, int], hidden_size: int) -> KeyMap:
@@ -175,7 +177,8 @@ def dinov2_keys(grid: tuple[int, int], hidden_size: int) -> KeyMap:
             rename(r"cls_token", "embeddings.cls_token"),
             rename(r"reg_token", "embeddings.register_tokens"),
             KeyRule(r"pos_embed", ("embeddings.position_embeddings",), lambda t: [_dinov2_position_table(t, grid)]),
-            *_TIMM_BLOCK_RULES,
+            rename(r"patch_embed\.proj\.(weight|bias)", r"embeddings.patch_embeddings.projection.\1"),
+            *_timm_block_rules("encoder.layer", "attention", "o_proj", "norm"),
             rename(r"blocks\.(\d+)\.ls(1|2)\.gamma", r"encoder.layer.\1.layer_scale\2.lambda1"),
             rename(r"norm\.(weight|bias)", r"layernorm.\1"),
         ],
@@ -189,15 +192,7 @@ def siglip_keys(grid: tuple[int, int]) -> KeyMap:
         rules=[
             rename(r"patch_embed\.proj\.(weight|bias)", r"embeddings.patch_embedding.\1"),
             KeyRule(r"pos_embed", ("embeddings.position_embedding.weight",), lambda t: [resample_grid(t, grid)[0]]),
-            rename(r"blocks\.(\d+)\.norm(1|2)\.(weight|bias)", r"encoder.layers.\1.layer_norm\2.\3"),
-            KeyRule(
-                r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)",
-                (r"encoder.layers.\1.self_attn.q_proj.\2", r"encoder.layers.\1.self_attn.k_proj.\2",
-                 r"encoder.layers.\1.self_attn.v_proj.\2"),
-                _split_in_three,
-            ),
-            rename(r"blocks\.(\d+)\.attn\.proj\.(weight|bias)", r"encoder.layers.\1.self_attn.out_proj.\2"),
-            rename(r"blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", r"encoder.layers.\1.mlp.\2.\3"),
+            *_timm_block_rules("encoder.layers", "self_attn", "out_proj", "layer_norm"),
             rename(r"norm\.(weight|bias)", r"post_layernorm.\1"),
         ],
         # the attention-pooling (MAP) head is not used by MERV
@@ -409,8 +404,9 @@ def languagebind_config(directory: Path, image_size: int) -> MervLanguageBindVid
     )
 
 
-def _timm_architecture(directory: Path, tensors: dict[str, torch.Tensor]) -> dict:
-    """Hyper-parameters of a timm ViT: from its `config.json` (`architecture`, `model_args`) and tensor shapes."""
+def _timm_vit_config(directory: Path, tensors: dict[str, torch.Tensor], image_size: int) -> dict:
+    """transformers config fields of a timm ViT, from its `config.json` (`architecture`, `model_args`: heads cannot
+    be read off shapes) and its tensor shapes. timm ViTs use exact GELU and LayerNorm eps 1e-6."""
     timm_config = _read_json(directory / "config.json")
     architecture = timm_config.get("architecture")
     if architecture not in TIMM_ARCHITECTURES:
@@ -418,48 +414,29 @@ def _timm_architecture(directory: Path, tensors: dict[str, torch.Tensor]) -> dic
             f"{directory / 'config.json'}: timm architecture {architecture!r} is not supported; "
             f"supported: {sorted(TIMM_ARCHITECTURES)}"
         )
-    hidden_size = tensors["patch_embed.proj.weight"].shape[0]
-    num_layers = 1 + max(int(key.split(".")[1]) for key in tensors if key.startswith("blocks."))
+    arch = {**TIMM_ARCHITECTURES[architecture], **timm_config.get("model_args", {})}
+    patch_embedding = tensors["patch_embed.proj.weight"]
     return {
-        **TIMM_ARCHITECTURES[architecture],
-        **{key: value for key, value in timm_config.get("model_args", {}).items() if key == "num_heads"},
-        "hidden_size": hidden_size,
-        "num_hidden_layers": num_layers,
-        "patch_size": tensors["patch_embed.proj.weight"].shape[-1],
+        "hidden_size": patch_embedding.shape[0],
         "intermediate_size": tensors["blocks.0.mlp.fc1.weight"].shape[0],
+        "num_hidden_layers": 1 + max(int(key.split(".")[1]) for key in tensors if key.startswith("blocks.")),
+        "num_attention_heads": arch["num_heads"],
+        "patch_size": patch_embedding.shape[-1],
+        "image_size": image_size,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-6,
     }
 
 
 def dinov2_config(directory: Path, tensors: dict[str, torch.Tensor], image_size: int) -> dict:
-    arch = _timm_architecture(directory, tensors)
-    return {
-        "model_type": "dinov2_with_registers",
-        "hidden_size": arch["hidden_size"],
-        "num_hidden_layers": arch["num_hidden_layers"],
-        "num_attention_heads": arch["num_heads"],
-        "mlp_ratio": arch["intermediate_size"] // arch["hidden_size"],
-        "patch_size": arch["patch_size"],
-        "image_size": image_size,
-        "num_register_tokens": tensors["reg_token"].shape[1],
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-6,
-    }
+    vit = _timm_vit_config(directory, tensors, image_size)
+    mlp_ratio = vit.pop("intermediate_size") // vit["hidden_size"]
+    num_registers = tensors["reg_token"].shape[1]
+    return {"model_type": "dinov2_with_registers", **vit, "mlp_ratio": mlp_ratio, "num_register_tokens": num_registers}
 
 
 def siglip_config(directory: Path, tensors: dict[str, torch.Tensor], image_size: int) -> dict:
-    arch = _timm_architecture(directory, tensors)
-    return {
-        "model_type": "siglip_vision_model",
-        "hidden_size": arch["hidden_size"],
-        "intermediate_size": arch["intermediate_size"],
-        "num_hidden_layers": arch["num_hidden_layers"],
-        "num_attention_heads": arch["num_heads"],
-        "patch_size": arch["patch_size"],
-        "image_size": image_size,
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-6,
-        "vision_use_head": False,
-    }
+    return {"model_type": "siglip_vision_model", **_timm_vit_config(directory, tensors, image_size), "vision_use_head": False}
 
 
 def vivit_config(directory: Path, image_size: int, num_frames: int) -> dict:
