@@ -1,0 +1,154 @@
+"""Converter behaviour beyond parity: CLI, older key names, strict key accounting, safe loading, clear errors."""
+
+import json
+import os
+import shutil
+from importlib.util import module_from_spec, spec_from_file_location
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+import transformers_merv  # noqa: F401
+from transformers_merv.conversion import ConversionError, load_checkpoint, parse_arch_specifier
+
+from conftest import FIXTURE_IMAGE_SIZES, FIXTURES, TINY_FULL, convert_fixture, fixture_pixels
+
+CONVERTER = Path(__file__).resolve().parents[1] / "conversion" / "convert_merv_to_hf.py"
+
+
+def _copy_run(tmp_path: Path, edit_config=None, edit_weights=None) -> Path:
+    """A copy of tiny-merv-full's run dir with its model config and/or checkpoint edited."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    config = json.loads((TINY_FULL / "run" / "config.json").read_text())
+    if edit_config:
+        edit_config(config["model"])
+    (run / "config.json").write_text(json.dumps(config))
+    source = TINY_FULL / "run" / "checkpoints" / "latest-checkpoint.pt"
+    if edit_weights:
+        checkpoint = torch.load(source, weights_only=True)
+        edit_weights(checkpoint["model"])
+        torch.save(checkpoint, run / "checkpoints" / "latest-checkpoint.pt")
+    else:
+        shutil.copy(source, run / "checkpoints" / "latest-checkpoint.pt")
+    return run
+
+
+@pytest.fixture(scope="module")
+def cli():
+    """conversion/convert_merv_to_hf.py as a module."""
+    spec = spec_from_file_location("convert_merv_to_hf", CONVERTER)
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_converts_and_the_output_loads_with_auto_model(cli, tmp_path):
+    encoders = [arg for name in FIXTURE_IMAGE_SIZES for arg in (f"--{name}", str(FIXTURES / "encoders" / name))]
+    sizes = [f"{name}={size}" for name, size in FIXTURE_IMAGE_SIZES.items()]
+    status = cli.main(
+        ["--run-dir", str(TINY_FULL / "run"), "--llm", str(FIXTURES / "llm"), *encoders, "--image-size", *sizes,
+         "--output-dir", str(tmp_path / "out")]
+    )
+    assert status == 0
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= {
+        path.name for path in (tmp_path / "out").iterdir()
+    }
+    assert type(AutoModel.from_pretrained(tmp_path / "out")).__name__ == "MervForConditionalGeneration"
+
+
+def test_cli_reports_a_missing_encoder_directory(cli, tmp_path, capsys):
+    status = cli.main(["--run-dir", str(TINY_FULL / "run"), "--llm", str(FIXTURES / "llm"), "--output-dir", str(tmp_path)])
+    assert status == 1
+    assert "pass its weights with --languagebind" in capsys.readouterr().err
+
+
+def test_older_key_names_adapter_and_single_projector(tmp_path):
+    """Older checkpoints call the fusion `adapter`, and single-encoder ones store one `projector` without index."""
+
+    def siglip_only(model_config):
+        model_config["video_backbone_ids"] = ["siglip-vit-b16-224px-all-no-cls"]
+        model_config["num_frames"] = 16
+
+    def old_names(weights):
+        weights["projector"] = {key[2:]: value for key, value in weights.pop("projectors").items() if key[0] == "3"}
+        weights["adapter"] = weights.pop("feature_fusion")
+
+    model = AutoModel.from_pretrained(convert_fixture(_copy_run(tmp_path, siglip_only, old_names), tmp_path / "out"))
+    assert model.config.vision_encoders == ["siglip"]
+    with torch.no_grad():
+        features = model.get_video_features({"siglip": fixture_pixels()["siglip"]})
+    expected = load_file(TINY_FULL / "outputs.safetensors")["projector_outputs.siglip"]
+    assert torch.equal(features.fusion_weights, torch.ones(1, 1))  # one encoder: the fusion weight is 1
+    torch.testing.assert_close(features.pooler_output, expected, atol=1e-5, rtol=0)
+
+
+def test_unmapped_source_keys_are_listed(tmp_path):
+    def extra(weights):
+        weights["projectors"]["0.extra.weight"] = torch.zeros(2)
+
+    with pytest.raises(ConversionError, match=r"no mapping for source keys \['extra.weight'\]"):
+        convert_fixture(_copy_run(tmp_path, edit_weights=extra), tmp_path / "out")
+
+
+def test_missing_target_parameters_are_listed(tmp_path):
+    def drop(weights):
+        del weights["llm_backbone"]["llm.model.norm.weight"]
+
+    with pytest.raises(ConversionError, match=r"missing \['model.language_model.norm.weight'\]"):
+        convert_fixture(_copy_run(tmp_path, edit_weights=drop), tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("feature_fusion", "query_mlp", "feature_fusion 'query_mlp' is not supported; supported: .*cross_attention_avg_lq"),
+        ("video_backbone_ids", ["hiera-base-video"], "video backbone 'hiera-base-video' is not supported"),
+        ("arch_specifier", "3davg+mlp", "unsupported projector; it must end with one of"),
+    ],
+)
+def test_unsupported_variants_are_clear_errors(tmp_path, field, value, message):
+    run = _copy_run(tmp_path, edit_config=lambda model_config: model_config.__setitem__(field, value))
+    with pytest.raises(ConversionError, match=message):
+        convert_fixture(run, tmp_path / "out")
+
+
+def test_align_stage_checkpoint_is_refused(tmp_path):
+    run = _copy_run(tmp_path, edit_weights=lambda weights: weights.pop("llm_backbone"))
+    with pytest.raises(ConversionError, match="lacks `llm_backbone`"):
+        convert_fixture(run, tmp_path / "out")
+
+
+class _WritesAFile:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_malicious_pickle_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "latest-checkpoint.pt"
+    torch.save({"model": _WritesAFile(marker)}, path)
+    with pytest.raises(ConversionError, match="cannot be loaded safely"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("3davg+linear", ("3davg", "linear", 1)),
+        ("no-align+3davg+linear", ("3davg", "linear", 1)),
+        ("3davg+frame4+gelu-mlp", ("3davg", "gelu-mlp", 4)),
+        ("attntv+fused-gelu-mlp", ("attntv", "fused-gelu-mlp", 1)),
+        ("gelu-mlp", ("none", "gelu-mlp", 1)),
+    ],
+)
+def test_arch_specifier_parsing(spec, expected):
+    fields = parse_arch_specifier(spec)
+    assert (fields["alignment_pooling"], fields["alignment_projector"], fields["alignment_temporal_stride"]) == expected
