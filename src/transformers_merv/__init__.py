@@ -2,7 +2,7 @@
 
 Importing the package registers MERV with transformers' Auto classes."""
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForMultimodalLM
 
 from .configuration_merv import MervConfig, MervLanguageBindVideoConfig
 from .modeling_languagebind import MervLanguageBindVideoModel
@@ -20,6 +20,8 @@ AutoModel.register(MervLanguageBindVideoConfig, MervLanguageBindVideoModel, exis
 # `AutoModel` gives the model that answers questions (the package's main entry point); `MervModel` is the
 # headless base model, reachable as `model.model`.
 AutoModel.register(MervConfig, MervForConditionalGeneration, exist_ok=True)
+AutoModelForImageTextToText.register(MervConfig, MervForConditionalGeneration, exist_ok=True)
+AutoModelForMultimodalLM.register(MervConfig, MervForConditionalGeneration, exist_ok=True)
 
 __all__ = [
     "MervConfig",

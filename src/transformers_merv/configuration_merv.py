@@ -148,6 +148,7 @@ class MervConfig(PreTrainedConfig):
     """
 
     model_type = "merv"
+    _auto_class = "AutoConfig"  # saved configs carry `auto_map` and this file, for `trust_remote_code=True`
     attribute_map = {"video_token_index": "video_token_id"}
     sub_configs_defaults = {
         "text_config": SubConfigSpec(AutoConfig, model_type="llama", init_kwargs=LLAMA2_7B_TEXT_CONFIG),

@@ -32,6 +32,10 @@ from .modeling_languagebind import MervLanguageBindVideoModel
 logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100
+MAX_SHARD_SIZE = "5GB"
+"""Default shard size of `save_pretrained`/`push_to_hub` (transformers' own default is 50GB)."""
+GENERATION_AUTO_CLASSES = ("AutoModel", "AutoModelForImageTextToText", "AutoModelForMultimodalLM")
+"""Auto classes that load `MervForConditionalGeneration` from a saved directory with `trust_remote_code=True`."""
 
 VIDEO_INPUT_TOWERS = ("languagebind", "vivit")
 """Towers that take whole videos `(batch, frames, C, H, W)`; the others take frames folded into the batch."""
@@ -375,6 +379,8 @@ class MervPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
+    # saving copies this module (and its relative imports) and maps `AutoModel` to the saved class in `auto_map`
+    _auto_class = "AutoModel"
     _no_split_modules = [
         "MervLanguageBindVideoModel",
         "Dinov2WithRegistersModel",
@@ -395,6 +401,27 @@ class MervPreTrainedModel(PreTrainedModel):
             init.normal_(module.scalar)
         elif isinstance(module, MervAttentivePooler):
             init.trunc_normal_(module.query_tokens, std=self.config.initializer_range)
+
+    def save_pretrained(self, save_directory, *args, max_shard_size: int | str = MAX_SHARD_SIZE, **kwargs):
+        """`PreTrainedModel.save_pretrained` with 5 GB shards, plus the code files and `auto_map` that let a
+        directory (or Hub repo) load with `trust_remote_code=True` where `transformers_merv` is not installed."""
+        self._set_remote_code_auto_map()
+        return super().save_pretrained(save_directory, *args, max_shard_size=max_shard_size, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *args, max_shard_size: int | str = MAX_SHARD_SIZE, **kwargs):
+        """`PreTrainedModel.push_to_hub` with 5 GB shards and remote code (see `save_pretrained`)."""
+        self._set_remote_code_auto_map()
+        return super().push_to_hub(repo_id, *args, max_shard_size=max_shard_size, **kwargs)
+
+    def _set_remote_code_auto_map(self) -> None:
+        """`AutoModel` is mapped by `_auto_class` when saving; the generation model also answers to the other Auto
+        classes users of video LLMs call."""
+        if isinstance(self, GenerationMixin):
+            model_class = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                **dict.fromkeys(GENERATION_AUTO_CLASSES, model_class),
+            }
 
     def enable_input_require_grads(self) -> None:
         """Make the LLM's input embeddings require grad (for adapters with activation checkpointing). Only the
