@@ -1,0 +1,470 @@
+"""Video decoding and frame sampling for MERV, independent of any model.
+
+Decoding uses PyAV only. Opening a video demuxes its packets once (no decoding) to count the frames and map each frame
+index to its presentation time stamp: containers such as Matroska report no frame count, and the authors' decoder
+(decord) counts frames the same way. Only the requested frames are then decoded; when a requested frame lies behind a
+keyframe that has not been reached yet, the reader seeks to that keyframe instead of decoding everything before it,
+so the cost of sampling a long video grows with the number of frames sampled, not with its length.
+
+Frame indices follow the authors' `load_video` (`merv/preprocessing/datasets/datasets.py`), float64 arithmetic and
+truncation included: `np.linspace(start * fps, min(N - 1, end * fps - 1), num_frames, dtype=int)` with
+`end = N / fps` by default, or `np.linspace(0, min(N - 1, end_frame), num_frames, dtype=int)`. A video with fewer
+frames than requested therefore gets repeated indices (a 3-frame clip sampled at 32 gives `[0] * 16 + [1] * 15 + [2]`),
+exactly as the authors' code does; it is not an error.
+
+Besides files, paths, bytes and file-like objects, already decoded frames are accepted: a uint8 array or tensor
+`[frames, height, width, 3]`, a list of PIL images or of `[height, width, 3]` arrays (one video), or a single image
+(a one-frame video, which the sampling repeats, as the authors do for images).
+"""
+
+import io
+import math
+import os
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Sequence
+from itertools import chain
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+from transformers.video_utils import VideoMetadata
+
+
+VIDEO_BACKEND = "pyav"
+RGB_CHANNELS = 3
+DEGREES_PER_QUARTER_TURN = 90
+QUARTER_TURNS = 4
+
+FileSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
+FrameSource = np.ndarray | torch.Tensor | Image.Image | Sequence[Image.Image | np.ndarray | torch.Tensor]
+SingleVideoInput = FileSource | FrameSource
+
+
+class VideoDecodingError(ValueError):
+    """A video could not be read: not a video, no video stream, corrupt or truncated data, or no frames."""
+
+
+def sample_frame_indices(
+    total_num_frames: int,
+    video_fps: float | None,
+    num_frames: int,
+    clip_start_sec: float | None = 0.0,
+    clip_end_sec: float | None = None,
+    end_frame: int | None = None,
+) -> np.ndarray:
+    """Frame indices the authors' `load_video` decodes (repeats included when the video is short).
+
+    `video_fps=None` (decoded frames, no frame rate) samples the whole range `[0, N - 1]` and rejects clip times.
+    """
+    clip_start_sec, clip_end_sec = _clean_clip_window(clip_start_sec, clip_end_sec, video_fps)
+    if end_frame is not None and end_frame >= 0:
+        start, stop = 0, min(total_num_frames - 1, end_frame)
+    elif video_fps is None:
+        start, stop = 0, total_num_frames - 1
+    else:
+        if clip_end_sec is None:
+            clip_end_sec = total_num_frames / video_fps
+        start, stop = clip_start_sec * video_fps, min(total_num_frames - 1, clip_end_sec * video_fps - 1)
+    indices = np.linspace(start, stop, num_frames, dtype=int)
+    _check_indices_in_range(indices, total_num_frames, clip_start_sec, clip_end_sec, end_frame)
+    return indices
+
+
+def sample_frame_indices_at_rate(
+    total_num_frames: int,
+    video_fps: float | None,
+    sample_fps: float,
+    clip_start_sec: float | None = 0.0,
+    clip_end_sec: float | None = None,
+    end_frame: int | None = None,
+) -> np.ndarray:
+    """Indices of `sample_fps` frames per second of the clip window, transformers' way.
+
+    Over the whole video this equals `transformers.video_utils.default_sample_indices_fn(metadata, fps=sample_fps)`:
+    `max(1, int(N / video_fps * sample_fps))` frames at `arange(n) * N // n`; a clip window restricts `N` to it.
+    """
+    if video_fps is None:
+        raise ValueError("Sampling at a frame rate (`fps`) needs the video's frame rate; decoded frames have none")
+    if sample_fps <= 0:
+        raise ValueError(f"`fps` must be positive, got {sample_fps}")
+    clip_start_sec, clip_end_sec = _clean_clip_window(clip_start_sec, clip_end_sec, video_fps)
+    first = int(clip_start_sec * video_fps)
+    if end_frame is not None and end_frame >= 0:
+        first, stop = 0, min(total_num_frames, end_frame + 1)
+    elif clip_end_sec is None:
+        stop = total_num_frames
+    else:
+        stop = min(total_num_frames, int(clip_end_sec * video_fps))
+    span = stop - first
+    if first >= total_num_frames or span <= 0:
+        raise ValueError(
+            f"The clip window (clip_start_sec={clip_start_sec}, clip_end_sec={clip_end_sec}, end_frame={end_frame}) "
+            f"holds no frame of this video ({total_num_frames} frames at {video_fps:g} fps)"
+        )
+    count = max(1, int(span / video_fps * sample_fps))
+    return first + np.arange(count) * span // count
+
+
+def _clean_clip_window(
+    clip_start_sec: float | None, clip_end_sec: float | None, video_fps: float | None
+) -> tuple[float, float | None]:
+    """The authors map NaN (as in TVQA's annotations) to the default start / end."""
+    if clip_start_sec is None or math.isnan(clip_start_sec):
+        clip_start_sec = 0.0
+    if clip_end_sec is not None and math.isnan(clip_end_sec):
+        clip_end_sec = None
+    if clip_start_sec < 0:
+        raise ValueError(f"`clip_start_sec` must be >= 0, got {clip_start_sec}")
+    if video_fps is None and (clip_start_sec != 0.0 or clip_end_sec is not None):
+        raise ValueError("`clip_start_sec` / `clip_end_sec` need the video's frame rate; decoded frames have none")
+    return clip_start_sec, clip_end_sec
+
+
+def _check_indices_in_range(
+    indices: np.ndarray,
+    total_num_frames: int,
+    clip_start_sec: float,
+    clip_end_sec: float | None,
+    end_frame: int | None,
+) -> None:
+    if indices.min() < 0 or indices.max() >= total_num_frames:
+        raise ValueError(
+            f"The clip window (clip_start_sec={clip_start_sec}, clip_end_sec={clip_end_sec}, end_frame={end_frame}) "
+            f"asks for frames {indices.min()}..{indices.max()}, outside this video's {total_num_frames} frames"
+        )
+
+
+class VideoReader:
+    """A source of frames: `metadata` first, then `get_frames(indices)`; use as a context manager."""
+
+    name: str
+    metadata: VideoMetadata
+
+    def get_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """uint8 RGB frames `[len(indices), H, W, 3]`, upright; indices may repeat and come in any order."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size == 0:
+            raise ValueError(f"No frame indices given for {self.name}")
+        if indices.min() < 0 or indices.max() >= self.metadata.total_num_frames:
+            raise ValueError(
+                f"Frame indices {indices.min()}..{indices.max()} are outside {self.name}'s "
+                f"{self.metadata.total_num_frames} frames"
+            )
+        distinct, positions = np.unique(indices, return_inverse=True)
+        frames = self._read_distinct(distinct)
+        self.metadata.height, self.metadata.width = frames.shape[1:3]
+        return frames if len(distinct) == len(indices) and (distinct == indices).all() else frames[positions]
+
+    def _read_distinct(self, indices: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the underlying file, if any."""
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class FrameArrayReader(VideoReader):
+    """Frames that are already decoded (array, tensor, PIL images): no frame rate, no decoding."""
+
+    def __init__(self, frames: np.ndarray, name: str):
+        self.name = name
+        self._frames = frames
+        num_frames, height, width = frames.shape[:3]
+        self.metadata = VideoMetadata(total_num_frames=num_frames, width=width, height=height)
+
+    def _read_distinct(self, indices: np.ndarray) -> np.ndarray:
+        return self._frames[indices]
+
+
+class PyAVVideoReader(VideoReader):
+    """Decodes one video stream with PyAV, seeking to keyframes when that skips frames."""
+
+    def __init__(self, source: str | BinaryIO, name: str):
+        self.name = name
+        self._source = source
+        self._open_container()
+        try:
+            self._index_packets()
+            self.metadata = self._read_metadata()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_container(self) -> None:
+        try:
+            self._container = av.open(self._source, mode="r")
+        except av.error.FFmpegError as err:
+            raise VideoDecodingError(f"Cannot open {self.name} as a video: {err}") from err
+        if not self._container.streams.video:
+            self.close()
+            raise VideoDecodingError(f"{self.name} has no video stream")
+        self._stream = self._container.streams.video[0]
+
+    def _index_packets(self) -> None:
+        """Demux every packet once (cheap, no decoding): frame count, presentation order, keyframes.
+
+        Frame `i` is the packet with the `i`-th smallest time stamp. Streams without usable time stamps (raw
+        elementary streams) are decoded from the start and their frames counted in decoding order instead.
+        """
+        pts, keyframe_flags = [], []
+        try:
+            for packet in self._container.demux(self._stream):
+                if packet.size:
+                    pts.append(packet.pts)
+                    keyframe_flags.append(packet.is_keyframe)
+        except av.error.FFmpegError as err:
+            raise VideoDecodingError(f"{self.name} is corrupt or truncated (while reading packets): {err}") from err
+        if not pts:
+            raise VideoDecodingError(f"{self.name} has a video stream with no frames")
+        self._num_frames = len(pts)
+        self._index_of_pts = None
+        self._keyframes = [0]
+        if None not in pts and len(set(pts)) == len(pts):
+            order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
+            self._sorted_pts = [pts[i] for i in order]
+            self._index_of_pts = {value: rank for rank, value in enumerate(self._sorted_pts)}
+            self._keyframes = sorted(rank for rank, i in enumerate(order.tolist()) if keyframe_flags[i]) or [0]
+
+    def _read_metadata(self) -> VideoMetadata:
+        rate = self._stream.average_rate or self._stream.base_rate or self._stream.guessed_rate
+        if not rate:
+            raise VideoDecodingError(f"{self.name} does not state a frame rate")
+        fps = float(rate)
+        return VideoMetadata(
+            total_num_frames=self._num_frames,
+            fps=fps,
+            width=self._stream.width,
+            height=self._stream.height,
+            duration=self._num_frames / fps,
+            video_backend=VIDEO_BACKEND,
+        )
+
+    def _read_distinct(self, indices: np.ndarray) -> np.ndarray:
+        frames = None
+        if self._index_of_pts is not None:
+            self._wanted_pts = {self._sorted_pts[index] for index in indices.tolist()}
+        try:
+            for slot, frame in enumerate(self._decode_in_order(indices.tolist())):
+                image = _to_upright_rgb(frame)
+                if frames is None:
+                    frames = np.empty((len(indices), *image.shape), dtype=np.uint8)
+                if image.shape != frames.shape[1:]:
+                    raise VideoDecodingError(f"{self.name} changes frame size mid-stream, which is not supported")
+                frames[slot] = image
+        except av.error.FFmpegError as err:
+            raise VideoDecodingError(f"{self.name} is corrupt or truncated (while decoding): {err}") from err
+        return frames
+
+    def _decode_in_order(self, targets: list[int]) -> Iterator[av.VideoFrame]:
+        """Yield the frames at the sorted, distinct `targets`, seeking when a keyframe lies between them."""
+        stream_frames, next_index = None, None
+        for target in targets:
+            keyframe = self._keyframes[bisect_right(self._keyframes, target) - 1]
+            if stream_frames is None or keyframe > next_index:
+                stream_frames = self._frames_from(keyframe)
+            for index, frame in stream_frames:
+                next_index = index + 1
+                if index == target:
+                    yield frame
+                    break
+                if index > target:
+                    raise VideoDecodingError(f"{self.name}: frame {target} could not be decoded (got frame {index})")
+            else:
+                raise VideoDecodingError(
+                    f"{self.name} is truncated: frame {target} of {self._num_frames} could not be decoded"
+                )
+
+    def _frames_from(self, keyframe: int) -> Iterator[tuple[int, av.VideoFrame]]:
+        """(index, frame) pairs from frame `keyframe` on.
+
+        Demuxers that seek approximately (MPEG-TS) can land past the keyframe asked for, or at the end: the reader
+        then seeks to ever earlier keyframes, and as a last resort decodes from the beginning.
+        """
+        rank, step = self._keyframes.index(keyframe), 1
+        seek_to = keyframe if self._index_of_pts is not None else None
+        while True:
+            frames = self._indexed_frames(seek_to)
+            first = next(frames, None)
+            if seek_to is None or (first is not None and first[0] <= keyframe):
+                break
+            seek_to = None if rank == 0 else self._keyframes[max(0, rank - step)]
+            rank, step = max(0, rank - step), step * 2
+        if first is not None:
+            yield from ((index, frame) for index, frame in chain([first], frames) if index >= keyframe)
+
+    def _indexed_frames(self, seek_to: int | None) -> Iterator[tuple[int, av.VideoFrame]]:
+        """Decode after seeking to frame `seek_to`'s time stamp, or from the beginning of the file when `None`."""
+        if seek_to is None:
+            self._reopen()
+        else:
+            self._container.seek(self._sorted_pts[seek_to], stream=self._stream, backward=True)
+        if self._index_of_pts is None:
+            yield from enumerate(self._container.decode(self._stream))
+            return
+        for frame in self._decode_skipping_unwanted():
+            index = self._index_of_pts.get(frame.pts)
+            if index is not None:
+                yield index, frame
+
+    def _decode_skipping_unwanted(self) -> Iterator[av.VideoFrame]:
+        """Decode packet by packet, letting the decoder drop non-reference frames that were not asked for.
+
+        No other frame depends on a non-reference frame, so skipping them leaves every other frame bit-identical;
+        it roughly halves the work between a keyframe and a target in streams with B-frames.
+        """
+        codec_context = self._stream.codec_context
+        for packet in self._container.demux(self._stream):
+            wanted = packet.pts is None or packet.pts in self._wanted_pts
+            codec_context.skip_frame = "DEFAULT" if wanted else "NONREF"
+            yield from packet.decode()
+
+    def _reopen(self) -> None:
+        self._container.close()
+        if hasattr(self._source, "seek"):
+            self._source.seek(0)
+        self._open_container()
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def _to_upright_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """RGB24 pixels rotated by the stream's display matrix (portrait phone videos come out upright)."""
+    image = frame.to_ndarray(format="rgb24")
+    quarter_turns = round(frame.rotation / DEGREES_PER_QUARTER_TURN) % QUARTER_TURNS
+    return np.ascontiguousarray(np.rot90(image, k=quarter_turns)) if quarter_turns else image
+
+
+def open_video(video: SingleVideoInput, name: str = "video") -> VideoReader:
+    """A reader for one video: a path, bytes, a binary file object, or decoded frames (see the module docstring).
+
+    Raises `FileNotFoundError` for a missing file, `VideoDecodingError` (a `ValueError`) for unreadable media, and
+    `ValueError` / `TypeError` naming `name` for decoded frames of the wrong shape, dtype or type.
+    """
+    if isinstance(video, (str, os.PathLike)):
+        path = os.fspath(video)
+        if "://" not in path and not Path(path).exists():
+            raise FileNotFoundError(f"No video file at {path!r} (argument `{name}`)")
+        return PyAVVideoReader(path, name=repr(path))
+    if isinstance(video, (bytes, bytearray, memoryview)):
+        return PyAVVideoReader(io.BytesIO(video), name=f"`{name}` ({len(video)} bytes)")
+    if hasattr(video, "read"):
+        return PyAVVideoReader(video, name=f"`{name}` ({getattr(video, 'name', type(video).__name__)})")
+    return FrameArrayReader(to_frame_array(video, name), name=f"`{name}`")
+
+
+def read_video(
+    video: SingleVideoInput,
+    num_frames: int = 32,
+    clip_start_sec: float | None = 0.0,
+    clip_end_sec: float | None = None,
+    end_frame: int | None = None,
+    fps: float | None = None,
+    sample_indices_fn: Callable[[VideoMetadata], np.ndarray] | None = None,
+) -> tuple[np.ndarray, VideoMetadata]:
+    """Decode the sampled frames of one video: uint8 RGB `[T, H, W, 3]` and its `VideoMetadata`.
+
+    Sampling is the authors' (`num_frames` evenly spaced over the clip window), or `fps` frames per second of it
+    (transformers' sampler), or any `sample_indices_fn(metadata) -> indices`. `metadata.frames_indices` holds the
+    sampled indices; `width`/`height` are those of the upright frames.
+    """
+    with open_video(video) as reader:
+        metadata = reader.metadata
+        if sample_indices_fn is not None:
+            indices = sample_indices_fn(metadata)
+        elif fps is not None:
+            indices = sample_frame_indices_at_rate(
+                metadata.total_num_frames, metadata.fps, fps, clip_start_sec, clip_end_sec, end_frame
+            )
+        else:
+            indices = sample_frame_indices(
+                metadata.total_num_frames, metadata.fps, num_frames, clip_start_sec, clip_end_sec, end_frame
+            )
+        frames = reader.get_frames(indices)
+    metadata.frames_indices = np.asarray(indices).tolist()
+    return frames, metadata
+
+
+def to_frame_array(video: FrameSource, name: str = "video") -> np.ndarray:
+    """Decoded frames as a uint8 RGB array `[T, H, W, 3]`; a single image becomes a one-frame video."""
+    if isinstance(video, Image.Image):
+        return np.asarray(video.convert("RGB"))[None]
+    if isinstance(video, (list, tuple)):
+        if not video:
+            raise ValueError(f"`{name}` is an empty list of frames")
+        frames = [_frame_array(frame, f"{name}[{i}]") for i, frame in enumerate(video)]
+        if len({frame.shape for frame in frames}) > 1:
+            raise ValueError(
+                f"The frames of `{name}` must all have the same size, got {sorted({f.shape for f in frames})}"
+            )
+        return np.stack(frames)
+    array = _as_numpy(video, name)
+    if array.ndim == RGB_CHANNELS:
+        array = array[None]
+    _check_frames(array, name, "[frames, height, width, 3] (or one image [height, width, 3])")
+    return array
+
+
+def _frame_array(frame: Image.Image | np.ndarray | torch.Tensor, name: str) -> np.ndarray:
+    if isinstance(frame, Image.Image):
+        return np.asarray(frame.convert("RGB"))
+    array = _as_numpy(frame, name)
+    _check_frames(array[None], name, "[height, width, 3]")
+    return array
+
+
+def _as_numpy(video: object, name: str) -> np.ndarray:
+    if isinstance(video, torch.Tensor):
+        return video.detach().cpu().numpy()
+    if isinstance(video, np.ndarray):
+        return video
+    raise TypeError(
+        f"`{name}` must be a path, bytes, a binary file object, a uint8 array/tensor [frames, height, width, 3], "
+        f"a PIL image or a list of frames; got {type(video).__name__}"
+    )
+
+
+def _check_frames(array: np.ndarray, name: str, expected: str) -> None:
+    if array.dtype != np.uint8:
+        raise ValueError(f"`{name}` must have dtype uint8 (RGB values 0..255), got {array.dtype}")
+    if array.ndim != 4 or array.shape[-1] != RGB_CHANNELS or 0 in array.shape:
+        raise ValueError(f"`{name}` must have shape {expected} with 3 RGB channels last, got {list(array.shape)}")
+
+
+def make_batched_video_inputs(videos: object, name: str = "videos") -> list[SingleVideoInput]:
+    """Split `videos` into single videos: one input, a list of inputs (nested lists are flattened), or a 5-D batch.
+
+    A list whose items are all frames (PIL images or `[H, W, 3]` arrays) is one video, as in transformers.
+    """
+    if _is_single_video(videos):
+        return [videos]
+    if isinstance(videos, (np.ndarray, torch.Tensor)):
+        return list(videos)
+    if isinstance(videos, (list, tuple)):
+        if not videos:
+            raise ValueError(f"`{name}` is empty")
+        return [video for item in videos for video in make_batched_video_inputs(item, name)]
+    raise TypeError(
+        f"`{name}` must be a video (path, bytes, file object, frames array, PIL image or list of frames) "
+        f"or a list of videos; got {type(videos).__name__}"
+    )
+
+
+def _is_single_video(video: object) -> bool:
+    if isinstance(video, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)) or hasattr(video, "read"):
+        return True
+    if isinstance(video, (np.ndarray, torch.Tensor)):
+        return video.ndim != 5
+    return isinstance(video, (list, tuple)) and bool(video) and all(_is_frame(item) for item in video)
+
+
+def _is_frame(item: object) -> bool:
+    return isinstance(item, Image.Image) or (isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 3)
