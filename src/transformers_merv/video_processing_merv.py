@@ -1,0 +1,446 @@
+"""Video processor for MERV: each video is decoded once, then every encoder gets its own frames, resize and
+normalisation, exactly as the authors' code prepares them (`merv/models/vidlms/merv.py::MERV.generate`)."""
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    IMAGENET_STANDARD_MEAN,
+    IMAGENET_STANDARD_STD,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+)
+from transformers.processing_utils import Unpack, VideosKwargs
+from transformers.video_processing_utils import VideoProcessorMixin
+from transformers.video_utils import VideoMetadata
+
+from .video_io import (
+    RGB_CHANNELS,
+    make_batched_video_inputs,
+    open_video,
+    sample_frame_indices,
+    sample_frame_indices_at_rate,
+)
+
+
+UINT8_MAX = 255
+LANGUAGEBIND_FLIP_PROBABILITY = 0.5
+PIL_RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+TORCH_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+RESIZE_BACKENDS = ("pil", "torch")
+
+MERV_FULL_ENCODER_SETTINGS = {
+    # LanguageBind: /255, normalise at full resolution, short side -> 224 (torch bilinear, no antialias), crop
+    "languagebind": {
+        "num_frames": 16,
+        "size": {"shortest_edge": 224},
+        "crop_size": None,
+        "resize_backend": "torch",
+        "interpolation": "bilinear",
+        "image_mean": list(OPENAI_CLIP_MEAN),
+        "image_std": list(OPENAI_CLIP_STD),
+        "normalize_before_resize": True,
+    },
+    # DINOv2, ViViT, SigLIP: per-frame PIL resize to 224x224 ("resize-naive": aspect ratio not kept), /255, normalise
+    "dinov2": {
+        "num_frames": 16,
+        "size": {"height": 224, "width": 224},
+        "crop_size": None,
+        "resize_backend": "pil",
+        "interpolation": "bicubic",
+        "image_mean": list(IMAGENET_DEFAULT_MEAN),
+        "image_std": list(IMAGENET_DEFAULT_STD),
+        "normalize_before_resize": False,
+    },
+    "vivit": {
+        "num_frames": 32,
+        "size": {"height": 224, "width": 224},
+        "crop_size": None,
+        "resize_backend": "pil",
+        "interpolation": "bilinear",
+        "image_mean": list(IMAGENET_STANDARD_MEAN),
+        "image_std": list(IMAGENET_STANDARD_STD),
+        "normalize_before_resize": False,
+    },
+    "siglip": {
+        "num_frames": 16,
+        "size": {"height": 224, "width": 224},
+        "crop_size": None,
+        "resize_backend": "pil",
+        "interpolation": "bicubic",
+        "image_mean": list(IMAGENET_STANDARD_MEAN),
+        "image_std": list(IMAGENET_STANDARD_STD),
+        "normalize_before_resize": False,
+    },
+}
+"""Per-encoder preprocessing of the released `merv-full` / `merv-frozen` models (reference notes §2)."""
+
+
+class MervVideosKwargs(VideosKwargs, total=False):
+    """Sampling controls of the authors' `load_video`; a list gives one value per video of the batch.
+
+    clip_start_sec (`float` or `list[float]`, *optional*, defaults to 0):
+        Start of the clip window in seconds.
+    clip_end_sec (`float` or `list[float]`, *optional*):
+        End of the clip window in seconds (default: the end of the video).
+    end_frame (`int` or `list[int]`, *optional*):
+        Sample over frames `0..end_frame` instead (the authors' multiple-choice evaluation files carry it).
+    """
+
+    clip_start_sec: float | list[float | None] | None
+    clip_end_sec: float | list[float | None] | None
+    end_frame: int | list[int | None] | None
+
+
+@dataclass(frozen=True)
+class EncoderTransform:
+    """One encoder's preprocessing, built from its `encoder_settings` entry."""
+
+    num_frames: int
+    size: dict[str, int]
+    crop_size: dict[str, int] | None
+    resize_backend: str
+    interpolation: str
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+    normalize_before_resize: bool
+
+    @classmethod
+    def from_settings(cls, name: str, settings: dict) -> "EncoderTransform":
+        unknown = set(settings) - set(cls.__dataclass_fields__)
+        missing = set(cls.__dataclass_fields__) - set(settings)
+        if unknown or missing:
+            raise ValueError(
+                f"encoder_settings[{name!r}]: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}; "
+                f"expected {sorted(cls.__dataclass_fields__)}"
+            )
+        transform = cls(
+            **{**settings, "image_mean": tuple(settings["image_mean"]), "image_std": tuple(settings["image_std"])}
+        )
+        transform.validate(name)
+        return transform
+
+    def validate(self, name: str) -> None:
+        interpolations = tuple(PIL_RESAMPLING) if self.resize_backend == "pil" else TORCH_INTERPOLATIONS
+        if self.num_frames < 1:
+            problem = f"num_frames must be positive, got {self.num_frames}"
+        elif set(self.size) not in ({"height", "width"}, {"shortest_edge"}):
+            problem = f"size must have keys 'height' and 'width', or 'shortest_edge'; got {self.size}"
+        elif self.crop_size is not None and set(self.crop_size) != {"height", "width"}:
+            problem = f"crop_size must be None or have keys 'height' and 'width'; got {self.crop_size}"
+        elif self.resize_backend not in RESIZE_BACKENDS:
+            problem = f"resize_backend must be one of {RESIZE_BACKENDS}, got {self.resize_backend!r}"
+        elif self.interpolation not in interpolations:
+            problem = f"interpolation must be one of {interpolations} with {self.resize_backend!r}"
+        elif len(self.image_mean) != RGB_CHANNELS or len(self.image_std) != RGB_CHANNELS:
+            problem = f"image_mean and image_std need {RGB_CHANNELS} values (RGB)"
+        elif self.normalize_before_resize and self.resize_backend != "torch":
+            problem = "normalize_before_resize needs resize_backend='torch'"
+        else:
+            return
+        raise ValueError(f"encoder_settings[{name!r}]: {problem}")
+
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """Output of the resize step: fixed `(height, width)`, or the short side scaled as pytorchvideo's
+        `short_side_scale` does (long side `floor(long / short * size)`)."""
+        if "shortest_edge" not in self.size:
+            return self.size["height"], self.size["width"]
+        short = self.size["shortest_edge"]
+        if width < height:
+            return int(math.floor((float(height) / width) * short)), short
+        return short, int(math.floor((float(width) / height) * short))
+
+    def crop_box(self, height: int, width: int) -> tuple[int, int, int, int] | None:
+        """(top, left, crop height, crop width) of the centre crop (Python `round`, as torchvision), or None."""
+        crop = self.crop_size
+        if crop is None and "shortest_edge" in self.size:
+            crop = {"height": self.size["shortest_edge"], "width": self.size["shortest_edge"]}
+        if crop is None or (crop["height"], crop["width"]) == (height, width):
+            return None
+        if crop["height"] > height or crop["width"] > width:
+            raise ValueError(f"crop_size {crop} is larger than the resized frames ({height}x{width})")
+        top, left = int(round((height - crop["height"]) / 2.0)), int(round((width - crop["width"]) / 2.0))
+        return top, left, crop["height"], crop["width"]
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """Which source frames one video needs: `indices` (decoded once) and each encoder's rows into them."""
+
+    indices: np.ndarray
+    rows: dict[str, np.ndarray]
+
+
+class MervBatchFeature(BatchFeature):
+    """`BatchFeature` whose `.to(...)` also moves and casts the tensors of nested dicts (`pixel_values_videos`)."""
+
+    def to(self, *args, **kwargs) -> "MervBatchFeature":
+        super().to(*args, **kwargs)
+        self.data = {
+            key: dict(BatchFeature(value).to(*args, **kwargs)) if isinstance(value, dict) else value
+            for key, value in self.items()
+        }
+        return self
+
+
+class MervVideoProcessor(VideoProcessorMixin):
+    r"""
+    Turns videos into the per-encoder pixel tensors of MERV, reproducing the authors' preprocessing.
+
+    Each video is decoded once, at `max(num_frames)` frames sampled the authors' way (`video_io`); encoder `e` takes
+    every `max(num_frames) // num_frames[e]`-th of them (rows 0, 2, ..., 30 for the 16-frame encoders of merv-full),
+    then resizes and normalises them with its own settings. Frames are resized once per distinct source frame and
+    target (DINOv2 and SigLIP share their bicubic 224x224 frames).
+
+    With `fps=...`, frames are instead sampled at that rate over the clip window (transformers' sampler) and each
+    encoder takes its `num_frames` evenly spaced ones from them (`np.linspace(0, n - 1, num_frames, dtype=int)`,
+    repeating frames when fewer than `num_frames` were sampled), so encoder inputs keep their fixed shapes.
+
+    Args:
+        vision_encoders (`Sequence[str]`, *optional*, defaults to `("languagebind", "dinov2", "vivit", "siglip")`):
+            Encoders to produce inputs for, in order.
+        encoder_settings (`dict[str, dict]`, *optional*):
+            Per-encoder overrides merged over the merv-full defaults (`MERV_FULL_ENCODER_SETTINGS`), e.g.
+            `{"dinov2": {"size": {"height": 56, "width": 56}}}`. Keys: `num_frames`; `size` (`{"height", "width"}`
+            for a fixed resize, or `{"shortest_edge"}` to scale the short side, which then also centre-crops to a
+            square of that side unless `crop_size` says otherwise); `crop_size`; `resize_backend` (`"pil"`,
+            antialiased like the authors' torchvision-on-PIL transforms, or `"torch"`, `F.interpolate` without
+            antialias); `interpolation`; `image_mean`; `image_std`; `normalize_before_resize` (LanguageBind
+            normalises at full resolution, before resizing). An encoder not in the defaults needs every key.
+        languagebind_random_flip (`bool`, *optional*, defaults to `False`):
+            The authors' LanguageBind transform flips the clip horizontally with probability 0.5 (Python `random`),
+            at inference too. Off by default so that outputs are deterministic; turn it on for training.
+    """
+
+    model_input_names = ["pixel_values_videos"]
+    valid_kwargs = MervVideosKwargs
+
+    def __init__(
+        self,
+        vision_encoders: Sequence[str] = ("languagebind", "dinov2", "vivit", "siglip"),
+        encoder_settings: dict[str, dict] | None = None,
+        languagebind_random_flip: bool = False,
+        **kwargs,
+    ):
+        kwargs.pop("video_processor_type", None)
+        super().__init__(**kwargs)
+        self.vision_encoders = list(vision_encoders)
+        self.encoder_settings = _merge_settings(self.vision_encoders, encoder_settings or {})
+        self.languagebind_random_flip = languagebind_random_flip
+        self._check_encoders()
+
+    def _check_encoders(self) -> None:
+        if not self.vision_encoders or len(set(self.vision_encoders)) != len(self.vision_encoders):
+            raise ValueError(f"`vision_encoders` must list distinct encoders, got {self.vision_encoders}")
+        transforms = self.transforms
+        counts = {name: transform.num_frames for name, transform in transforms.items()}
+        decode_count = max(counts.values())
+        if any(decode_count % count for count in counts.values()):
+            raise ValueError(
+                f"Every encoder's num_frames must divide the shared decode count max(num_frames) = {decode_count}, "
+                f"got {counts}"
+            )
+
+    @property
+    def transforms(self) -> dict[str, EncoderTransform]:
+        return {
+            name: EncoderTransform.from_settings(name, self.encoder_settings[name]) for name in self.vision_encoders
+        }
+
+    @property
+    def num_frames(self) -> dict[str, int]:
+        """Frames fed to each encoder."""
+        return {name: self.encoder_settings[name]["num_frames"] for name in self.vision_encoders}
+
+    def preprocess(
+        self,
+        videos: object,
+        return_tensors: str | None = "pt",
+        return_metadata: bool = False,
+        **kwargs: Unpack[MervVideosKwargs],
+    ) -> MervBatchFeature:
+        """Decode and transform `videos` (see `video_io` for accepted inputs) into
+        `pixel_values_videos = {encoder: FloatTensor[batch, frames, 3, H, W]}` (and `video_metadata` if asked)."""
+        if return_tensors not in (None, "pt"):
+            raise ValueError(f"MervVideoProcessor returns PyTorch tensors only, got return_tensors={return_tensors!r}")
+        sampling = self._sampling_kwargs(kwargs)
+        videos = make_batched_video_inputs(videos)
+        per_video = [
+            {key: _value_for(key, value, i, len(videos)) for key, value in sampling.items()}
+            for i in range(len(videos))
+        ]
+        transforms = self.transforms
+        pixels = {name: [] for name in self.vision_encoders}
+        metadata = []
+        for i, (video, video_sampling) in enumerate(zip(videos, per_video, strict=True)):
+            video_pixels, video_metadata = self._process_one(video, f"videos[{i}]", transforms, **video_sampling)
+            for name, tensor in video_pixels.items():
+                pixels[name].append(tensor)
+            metadata.append(video_metadata)
+        data = {"pixel_values_videos": {name: torch.stack(tensors) for name, tensors in pixels.items()}}
+        if return_metadata:
+            data["video_metadata"] = metadata
+        return MervBatchFeature(data)
+
+    def _sampling_kwargs(self, kwargs: dict) -> dict:
+        """Keep the sampling kwargs; reject per-call resize/normalise options, which live in `encoder_settings`."""
+        if kwargs.get("num_frames") is not None:
+            raise ValueError("Set each encoder's frame count in `encoder_settings[...]['num_frames']`, not per call")
+        ignored = {
+            "do_sample_frames",
+            "device",
+            "video_metadata",
+            "input_data_format",
+            "data_format",
+            "do_convert_rgb",
+        }
+        sampling_keys = ("clip_start_sec", "clip_end_sec", "end_frame", "fps")
+        unsupported = set(kwargs) - ignored - set(sampling_keys) - {"num_frames"}
+        if unsupported:
+            raise ValueError(
+                f"Unsupported arguments {sorted(unsupported)}: MervVideoProcessor takes {list(sampling_keys)}; "
+                "resize and normalisation are per-encoder `encoder_settings`"
+            )
+        return {key: kwargs.get(key) for key in sampling_keys}
+
+    def _process_one(
+        self, video: object, name: str, transforms: dict[str, EncoderTransform], **sampling
+    ) -> tuple[dict[str, torch.Tensor], VideoMetadata]:
+        with open_video(video, name) as reader:
+            plan = self.frame_plan(reader.metadata, **sampling)
+            distinct, positions = np.unique(plan.indices, return_inverse=True)
+            frames = reader.get_frames(distinct)
+            metadata = reader.metadata
+        metadata.frames_indices = plan.indices.tolist()
+        resized_cache = {}
+        pixels = {
+            encoder: self._transform(frames, positions[plan.rows[encoder]], transform, resized_cache)
+            for encoder, transform in transforms.items()
+        }
+        if (
+            "languagebind" in pixels
+            and self.languagebind_random_flip
+            and random.random() < LANGUAGEBIND_FLIP_PROBABILITY
+        ):
+            pixels["languagebind"] = pixels["languagebind"].flip(-1)
+        return pixels, metadata
+
+    def frame_plan(
+        self,
+        metadata: VideoMetadata,
+        clip_start_sec: float | None = None,
+        clip_end_sec: float | None = None,
+        end_frame: int | None = None,
+        fps: float | None = None,
+    ) -> FramePlan:
+        """Source frame indices of one video (with repeats for short videos) and each encoder's rows into them."""
+        counts = self.num_frames
+        window = {"clip_start_sec": clip_start_sec, "clip_end_sec": clip_end_sec, "end_frame": end_frame}
+        if fps is None:
+            decode_count = max(counts.values())
+            indices = sample_frame_indices(metadata.total_num_frames, metadata.fps, decode_count, **window)
+            rows = {name: np.arange(0, decode_count, decode_count // count) for name, count in counts.items()}
+            return FramePlan(indices, rows)
+        grid = sample_frame_indices_at_rate(metadata.total_num_frames, metadata.fps, fps, **window)
+        picks = {name: np.linspace(0, len(grid) - 1, count, dtype=int) for name, count in counts.items()}
+        used = np.unique(np.concatenate(list(picks.values())))
+        return FramePlan(grid[used], {name: np.searchsorted(used, pick) for name, pick in picks.items()})
+
+    def _transform(
+        self, frames: np.ndarray, positions: np.ndarray, transform: EncoderTransform, resized_cache: dict
+    ) -> torch.Tensor:
+        """`[len(positions), 3, H, W]` float32 for one encoder; each distinct frame is processed once."""
+        distinct, rows = np.unique(positions, return_inverse=True)
+        if transform.resize_backend == "pil":
+            pixels = _normalize(_to_float(self._pil_resized(frames, distinct, transform, resized_cache)), transform)
+        else:
+            pixels = torch.stack([_torch_transform(frames[position], transform) for position in distinct])
+        return pixels[torch.from_numpy(rows)]
+
+    @staticmethod
+    def _pil_resized(
+        frames: np.ndarray, distinct: np.ndarray, transform: EncoderTransform, resized_cache: dict
+    ) -> np.ndarray:
+        """uint8 `[k, h, w, 3]`: PIL resize (+ centre crop), reused across encoders with the same target."""
+        height, width = frames.shape[1:3]
+        out_height, out_width = transform.resized_size(height, width)
+        box = transform.crop_box(out_height, out_width)
+        key = (out_height, out_width, transform.interpolation, box)
+        resample = PIL_RESAMPLING[transform.interpolation]
+        images = []
+        for position in distinct.tolist():
+            if (position, key) not in resized_cache:
+                image = Image.fromarray(frames[position]).resize((out_width, out_height), resample)
+                if box is not None:
+                    top, left, crop_height, crop_width = box
+                    image = image.crop((left, top, left + crop_width, top + crop_height))
+                resized_cache[position, key] = np.asarray(image)
+            images.append(resized_cache[position, key])
+        return np.stack(images)
+
+
+def _to_float(frames: np.ndarray) -> torch.Tensor:
+    """uint8 `[k, H, W, 3]` -> float32 `[k, 3, H, W]` in [0, 1] (torchvision's `ToTensor`)."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(UINT8_MAX)
+
+
+def _normalize(pixels: torch.Tensor, transform: EncoderTransform) -> torch.Tensor:
+    mean = torch.tensor(transform.image_mean, dtype=pixels.dtype).view(-1, 1, 1)
+    std = torch.tensor(transform.image_std, dtype=pixels.dtype).view(-1, 1, 1)
+    return pixels.sub_(mean).div_(std)
+
+
+def _torch_transform(frame: np.ndarray, transform: EncoderTransform) -> torch.Tensor:
+    """One frame through the torch path (LanguageBind): /255, [normalise], `F.interpolate`, centre crop, [normalise].
+
+    Frame by frame: the authors interpolate the whole `[C, T, H, W]` clip, which treats every frame plane
+    independently, so the result is the same while full-resolution float copies stay one frame at a time.
+    """
+    pixels = _to_float(frame[None])
+    if transform.normalize_before_resize:
+        pixels = _normalize(pixels, transform)
+    height, width = transform.resized_size(*frame.shape[:2])
+    align_corners = None if transform.interpolation == "nearest" else False
+    pixels = F.interpolate(pixels, size=(height, width), mode=transform.interpolation, align_corners=align_corners)
+    box = transform.crop_box(height, width)
+    if box is not None:
+        top, left, crop_height, crop_width = box
+        pixels = pixels[..., top : top + crop_height, left : left + crop_width]
+    if not transform.normalize_before_resize:
+        pixels = _normalize(pixels, transform)
+    return pixels[0]
+
+
+def _merge_settings(vision_encoders: list[str], overrides: dict[str, dict]) -> dict[str, dict]:
+    """Defaults of each named encoder with the user's partial overrides on top (JSON-serialisable)."""
+    settings = {}
+    for name in vision_encoders:
+        merged = {**MERV_FULL_ENCODER_SETTINGS.get(name, {}), **overrides.get(name, {})}
+        settings[name] = {key: list(value) if isinstance(value, tuple) else value for key, value in merged.items()}
+    return settings
+
+
+def _value_for(key: str, value: object, index: int, batch_size: int) -> object:
+    """A sampling value for video `index`: a scalar applies to all videos, a list gives one per video."""
+    if not isinstance(value, (list, tuple)):
+        return value
+    if len(value) != batch_size:
+        raise ValueError(f"`{key}` has {len(value)} values for {batch_size} videos")
+    return value[index]
+
+
+__all__ = ["MervVideoProcessor", "MervBatchFeature", "MERV_FULL_ENCODER_SETTINGS"]

@@ -1,0 +1,234 @@
+"""`MervVideoProcessor` against what the authors' code feeds each encoder (../shared/fixtures/reference/preprocess)."""
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from transformers_merv import MERV_FULL_ENCODER_SETTINGS, MervVideoProcessor, VideoDecodingError
+
+
+SHARED = Path(__file__).parents[1] / ".." / "shared"
+MEDIA = SHARED / "media"
+PREPROCESS = SHARED / "fixtures" / "reference" / "preprocess"
+PANCAKE = MEDIA / "flipping_a_pancake.mkv"
+VIDEO_0 = MEDIA / "video_0.mov"
+PANCAKE_FRAME0 = PREPROCESS / "pancake-frame0.png"
+ENCODERS = ("languagebind", "dinov2", "vivit", "siglip")
+ONE_LEVEL = 1 / 255
+FLIP_SEED, NO_FLIP_SEED = 1, 0  # first `random.random()` draw: 0.134 (< 0.5: flip) and 0.844 (no flip)
+
+
+@pytest.fixture(scope="module")
+def processor() -> MervVideoProcessor:
+    return MervVideoProcessor()
+
+
+@pytest.fixture(scope="module")
+def pancake(processor):
+    return processor(str(PANCAKE), return_metadata=True)
+
+
+def _reference(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    info = json.loads((PREPROCESS / f"{name}.json").read_text())
+    tensors = load_file(PREPROCESS / f"{name}.safetensors")
+    # The authors' LanguageBind input is [C, T, H, W]; ours is [T, C, H, W] like the other encoders.
+    if tensors["languagebind"].ndim == 4:
+        tensors["languagebind"] = tensors["languagebind"].transpose(0, 1)
+    return info, tensors
+
+
+def _assert_matches_reference(ours: torch.Tensor, reference: torch.Tensor, encoder: str, rounding: float) -> None:
+    """Same pixels to float16 storage rounding; after un-normalising, within one uint8 level."""
+    assert ours.shape == reference.shape and ours.dtype == torch.float32
+    reference = reference.float()
+    torch.testing.assert_close(ours, reference, atol=rounding, rtol=0)
+    std = torch.tensor(MERV_FULL_ENCODER_SETTINGS[encoder]["image_std"]).view(3, 1, 1)
+    assert ((ours - reference) * std).abs().max() <= ONE_LEVEL
+
+
+def test_pancake_matches_the_authors_per_encoder(pancake):
+    info, reference = _reference("pancake-merv-full")
+    pixels = pancake["pixel_values_videos"]
+    assert list(pixels) == list(ENCODERS)
+    assert pancake["video_metadata"][0].frames_indices == info["shared_decode_frame_indices"]
+    for encoder in ENCODERS:
+        assert pixels[encoder].shape[0] == 1
+        rounding = info["encoders"][encoder]["float16_max_abs_rounding_error"]
+        _assert_matches_reference(pixels[encoder][0], reference[encoder], encoder, rounding)
+        # float32 results identical to the authors' up to float16 storage: rounding them gives the stored values
+        assert torch.equal(pixels[encoder][0].half(), reference[encoder])
+
+
+def test_languagebind_is_bit_exact_with_the_authors_clip_layout_ops():
+    """The authors interpolate the [C, T, H, W] clip at once; we go frame by frame. Same float32 values."""
+    _, reference = _reference("pancake-merv-full")
+    frames = reference["decoded_frames_uint8"][::2]
+    clip = frames.permute(3, 0, 1, 2) / 255.0
+    settings = MERV_FULL_ENCODER_SETTINGS["languagebind"]
+    mean, std = torch.tensor(settings["image_mean"]), torch.tensor(settings["image_std"])
+    clip = (clip - mean[:, None, None, None]) / std[:, None, None, None]
+    clip = torch.nn.functional.interpolate(clip, size=(224, 397), mode="bilinear", align_corners=False)
+    clip = clip[..., :, 86 : 86 + 224]  # (397 - 224) / 2 = 86.5 rounds half to even
+    ours = MervVideoProcessor(vision_encoders=("languagebind",))(frames.numpy())["pixel_values_videos"]
+    assert torch.equal(ours["languagebind"][0], clip.transpose(0, 1))
+
+
+def test_decoded_frames_give_the_same_inputs_as_the_file(processor, pancake):
+    _, reference = _reference("pancake-merv-full")
+    from_array = processor(reference["decoded_frames_uint8"].numpy())["pixel_values_videos"]
+    for encoder in ENCODERS:
+        assert torch.equal(from_array[encoder], pancake["pixel_values_videos"][encoder])
+
+
+def test_three_frame_video_repeats_frames_like_the_authors(processor):
+    info, reference = _reference("video_0-merv-full")
+    outputs = processor(VIDEO_0, return_metadata=True)
+    assert outputs["video_metadata"][0].frames_indices == info["shared_decode_frame_indices"]
+    for encoder in ENCODERS:
+        stored = info["encoders"][encoder]["stored"]
+        full = reference[encoder].index_select(0, torch.tensor(stored["frame_map"]))
+        _assert_matches_reference(
+            outputs["pixel_values_videos"][encoder][0],
+            full,
+            encoder,
+            info["encoders"][encoder]["float16_max_abs_rounding_error"],
+        )
+
+
+@pytest.mark.parametrize("as_input", ["pil", "array", "path"])
+def test_single_image_is_repeated_per_encoder(processor, as_input):
+    info, reference = _reference("image-pancake-frame0-merv-full")
+    image = Image.open(PANCAKE_FRAME0)
+    video = {"pil": image, "array": np.asarray(image.convert("RGB")), "path": PANCAKE_FRAME0}[as_input]
+    pixels = processor(video)["pixel_values_videos"]
+    for encoder in ENCODERS:
+        frames = MERV_FULL_ENCODER_SETTINGS[encoder]["num_frames"]
+        expected = reference[encoder].unsqueeze(0).repeat_interleave(frames, 0)
+        rounding = info["encoders"][encoder]["float16_max_abs_rounding_error"]
+        _assert_matches_reference(pixels[encoder][0], expected, encoder, rounding)
+
+
+def test_languagebind_flip_is_off_by_default_and_optional(pancake):
+    _, reference = _reference("pancake-merv-full")
+    frames = reference["decoded_frames_uint8"].numpy()
+    random.seed(FLIP_SEED)
+    assert torch.equal(
+        MervVideoProcessor()(frames)["pixel_values_videos"]["languagebind"],
+        pancake["pixel_values_videos"]["languagebind"],
+    )
+    flipping = MervVideoProcessor(languagebind_random_flip=True)
+    random.seed(FLIP_SEED)
+    flipped = flipping(frames)["pixel_values_videos"]
+    assert torch.equal(flipped["languagebind"], pancake["pixel_values_videos"]["languagebind"].flip(-1))
+    for encoder in ("dinov2", "vivit", "siglip"):
+        assert torch.equal(flipped[encoder], pancake["pixel_values_videos"][encoder])
+    random.seed(NO_FLIP_SEED)
+    assert torch.equal(
+        flipping(frames)["pixel_values_videos"]["languagebind"], pancake["pixel_values_videos"]["languagebind"]
+    )
+
+
+def test_frames_are_resized_once_per_distinct_target(processor, monkeypatch):
+    calls = []
+    original = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **k: calls.append(a[0]) or original(self, *a, **k))
+    processor(VIDEO_0)
+    # DINOv2 and SigLIP share their bicubic 224x224 frames (2 distinct source frames); ViViT is bilinear (3).
+    assert len(calls) == 2 + 3
+
+
+def test_batch_with_per_video_clip_windows(processor):
+    outputs = processor(
+        [PANCAKE, VIDEO_0.read_bytes()], clip_start_sec=[2.0, None], clip_end_sec=[4.0, None], return_metadata=True
+    )
+    pixels = outputs["pixel_values_videos"]
+    assert pixels["vivit"].shape == (2, 32, 3, 224, 224) and pixels["dinov2"].shape == (2, 16, 3, 224, 224)
+    first, second = outputs["video_metadata"]
+    assert (first.frames_indices[0], first.frames_indices[-1]) == (60, 119)
+    assert second.frames_indices == processor(VIDEO_0, return_metadata=True)["video_metadata"][0].frames_indices
+    single = processor(PANCAKE, clip_start_sec=2.0, clip_end_sec=4.0)["pixel_values_videos"]
+    assert torch.equal(pixels["siglip"][:1], single["siglip"])
+    with pytest.raises(ValueError, match="`end_frame` has 1 values for 2 videos"):
+        processor([PANCAKE, VIDEO_0], end_frame=[10])
+
+
+def test_fps_sampling_keeps_encoder_shapes(processor):
+    outputs = processor(PANCAKE, fps=1.0, return_metadata=True)
+    grid = list(range(0, 310, 31))  # int(310 / 30 * 1) = 10 frames at arange(10) * 310 // 10
+    indices = outputs["video_metadata"][0].frames_indices
+    assert set(indices) <= set(grid) and indices == sorted(indices)
+    for encoder in ENCODERS:
+        assert outputs["pixel_values_videos"][encoder].shape[1] == MERV_FULL_ENCODER_SETTINGS[encoder]["num_frames"]
+
+
+def test_encoder_subset_and_partial_settings():
+    processor = MervVideoProcessor(
+        vision_encoders=("dinov2", "languagebind"),
+        encoder_settings={
+            "dinov2": {"size": {"height": 56, "width": 56}},
+            "languagebind": {"size": {"shortest_edge": 32}},
+        },
+    )
+    outputs = processor(PANCAKE, return_metadata=True)
+    assert list(outputs["pixel_values_videos"]) == ["dinov2", "languagebind"]
+    assert outputs["pixel_values_videos"]["dinov2"].shape == (1, 16, 3, 56, 56)
+    assert outputs["pixel_values_videos"]["languagebind"].shape == (1, 16, 3, 32, 32)
+    assert len(outputs["video_metadata"][0].frames_indices) == 16  # decode count is max(num_frames) of these two
+    assert processor.encoder_settings["dinov2"]["interpolation"] == "bicubic"
+
+
+def test_settings_round_trip(tmp_path):
+    processor = MervVideoProcessor(
+        vision_encoders=("siglip", "vivit"),
+        encoder_settings={"siglip": {"size": {"height": 64, "width": 64}, "image_mean": (0.1, 0.2, 0.3)}},
+        languagebind_random_flip=True,
+    )
+    processor.save_pretrained(tmp_path)
+    loaded = MervVideoProcessor.from_pretrained(tmp_path)
+    assert loaded.to_dict() == processor.to_dict()
+    assert loaded.vision_encoders == ["siglip", "vivit"] and loaded.languagebind_random_flip is True
+    assert loaded.encoder_settings["siglip"]["image_mean"] == [0.1, 0.2, 0.3]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"encoder_settings": {"dinov2": {"resample": 3}}}, "unknown keys.*resample"),
+        ({"vision_encoders": ("dinov2", "mystery")}, "mystery.*missing keys"),
+        ({"encoder_settings": {"dinov2": {"num_frames": 12}}}, "must divide"),
+        ({"encoder_settings": {"dinov2": {"normalize_before_resize": True}}}, "resize_backend='torch'"),
+        ({"encoder_settings": {"vivit": {"interpolation": "area"}}}, "interpolation"),
+        ({"vision_encoders": ("dinov2", "dinov2")}, "distinct"),
+    ],
+)
+def test_invalid_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MervVideoProcessor(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"size": {"height": 8, "width": 8}}, "Unsupported arguments.*size"),
+        ({"num_frames": 8}, "encoder_settings"),
+        ({"return_tensors": "np"}, "PyTorch"),
+    ],
+)
+def test_per_call_options_that_belong_to_the_settings_are_rejected(processor, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        processor(VIDEO_0, **kwargs)
+
+
+def test_bad_media_fails_before_any_output(processor):
+    with pytest.raises(FileNotFoundError):
+        processor(MEDIA / "missing.mp4")
+    with pytest.raises(VideoDecodingError, match="corrupted.mp4"):
+        processor([VIDEO_0, MEDIA / "corrupted.mp4"])
+    with pytest.raises(ValueError, match=r"`videos\[1\]` must have dtype uint8"):
+        processor([VIDEO_0, np.zeros((2, 4, 4, 3), dtype=np.float32)])
