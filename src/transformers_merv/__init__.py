@@ -3,6 +3,8 @@
 Importing the package registers MERV with transformers' Auto classes."""
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForMultimodalLM
+from transformers import AutoProcessor, AutoVideoProcessor
+from transformers.utils import is_torchvision_available
 
 from .configuration_merv import MervConfig, MervLanguageBindVideoConfig
 from .modeling_languagebind import MervLanguageBindVideoModel
@@ -12,6 +14,9 @@ from .modeling_merv import (
     MervPreTrainedModel,
     MervVideoFeaturesOutput,
 )
+from .processing_merv import MERV_CHAT_TEMPLATES, MervProcessor, merv_chat_templates
+from .video_io import VideoDecodingError, open_video, read_video
+from .video_processing_merv import MERV_FULL_ENCODER_SETTINGS, MervBatchFeature, MervVideoProcessor
 
 
 AutoConfig.register(MervConfig.model_type, MervConfig, exist_ok=True)
@@ -20,6 +25,11 @@ AutoModel.register(MervLanguageBindVideoConfig, MervLanguageBindVideoModel, exis
 # `AutoModel` gives the model that answers questions (the package's main entry point); `MervModel` is the
 # headless base model, reachable as `model.model`.
 AutoModel.register(MervConfig, MervForConditionalGeneration, exist_ok=True)
+# transformers' `AutoVideoProcessor` exists only with torchvision, which MERV does not need; `MervProcessor` loads its
+# video processor itself, so `AutoProcessor` works either way.
+if is_torchvision_available():
+    AutoVideoProcessor.register(MervConfig, MervVideoProcessor, exist_ok=True)
+AutoProcessor.register(MervConfig, MervProcessor, exist_ok=True)
 AutoModelForImageTextToText.register(MervConfig, MervForConditionalGeneration, exist_ok=True)
 AutoModelForMultimodalLM.register(MervConfig, MervForConditionalGeneration, exist_ok=True)
 
@@ -31,4 +41,13 @@ __all__ = [
     "MervModel",
     "MervForConditionalGeneration",
     "MervVideoFeaturesOutput",
+    "MervVideoProcessor",
+    "MervProcessor",
+    "MervBatchFeature",
+    "MERV_FULL_ENCODER_SETTINGS",
+    "MERV_CHAT_TEMPLATES",
+    "merv_chat_templates",
+    "VideoDecodingError",
+    "open_video",
+    "read_video",
 ]

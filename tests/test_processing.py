@@ -1,0 +1,265 @@
+"""`MervProcessor`: prompt ids exactly as the authors build them, chat templates, batching, saving."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoProcessor, AutoTokenizer
+
+from transformers_merv import MervProcessor, MervVideoProcessor, processing_merv
+from transformers_merv.processing_merv import MERV_CHAT_TEMPLATES, MERV_SYSTEM_PROMPT, VICUNA_SYSTEM_PROMPT
+
+
+SHARED = Path(__file__).parents[1] / ".." / "shared"
+MEDIA = SHARED / "media"
+PANCAKE = MEDIA / "flipping_a_pancake.mkv"
+VIDEO_0 = MEDIA / "video_0.mov"
+LLM = SHARED / "fixtures" / "reference" / "llm"
+TINY_INPUTS = SHARED / "fixtures" / "reference" / "tiny-merv-full" / "inputs.safetensors"
+NUM_VIDEO_TOKENS = 64  # the tiny fixture model's visual token count
+PAD_ID, VIDEO_ID = 1000, 1001
+QUESTION = "What is happening in this video?"
+IGNORE_INDEX = -100
+
+
+def _tokenizer(with_video_token: bool = True):
+    tokenizer = AutoTokenizer.from_pretrained(LLM)
+    tokenizer.add_special_tokens({"pad_token": "<PAD>"})
+    if with_video_token:
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<video>"]})
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def processor() -> MervProcessor:
+    # Small encoder outputs keep these tests fast; the token logic does not depend on them.
+    settings = {name: {"size": {"height": 32, "width": 32}} for name in ("dinov2", "vivit", "siglip")}
+    settings["languagebind"] = {"size": {"shortest_edge": 32}}
+    return MervProcessor(
+        MervVideoProcessor(encoder_settings=settings), _tokenizer(), num_video_tokens=NUM_VIDEO_TOKENS
+    )
+
+
+def _user(text: str, video=None) -> dict:
+    content = [{"type": "text", "text": text}]
+    return {"role": "user", "content": ([{"type": "video", "path": str(video)}] if video else []) + content}
+
+
+def _assistant(text: str) -> dict:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+# --- the authors' prompt builders (merv/models/backbones/llm/prompting/), restated for comparison --------------------
+
+
+def _authors_turns(prompt_format: str, turns: list[str]) -> list[str]:
+    """The wrapped message `add_turn` returns for each alternating human/gpt turn."""
+    wrapped = []
+    for index, message in enumerate(turns):
+        human = index % 2 == 0
+        if prompt_format in ("pure", "vicuna", "llama2-chat"):
+            message = message.replace("<image>", "").strip()
+        if prompt_format == "pure":
+            wrapped.append(f"In: {message}\nOut: " if human else f"{message or ' '}</s>")
+        elif prompt_format == "vicuna":
+            system = VICUNA_SYSTEM_PROMPT.strip() + " " if index == 0 else ""
+            wrapped.append(f"{system}USER: {message} ASSISTANT: " if human else f"{message or ' '}</s>")
+        elif prompt_format == "llama2-chat":
+            system = f"<<SYS>\n{MERV_SYSTEM_PROMPT.strip()}\n<</SYS>>\n\n" if index == 0 else ""
+            wrapped.append(f"<s>[INST] {system}{message} [/INST] " if human else f"{message or ' '}</s>")
+        elif prompt_format == "llama3.1-chat":
+            user = f"<|start_header_id|>user<|end_header_id|>\n\n{message}<|eot_id|>"
+            assistant = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+            wrapped.append(user + assistant if human else f"{message}<|eot_id|>")
+        else:
+            wrapped.append(
+                f"<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n" if human else f"{message}<|im_end|>"
+            )
+    return wrapped
+
+
+def _authors_prompt(prompt_format: str, turns: list[str]) -> str:
+    """`get_prompt()`: the whole conversation as the authors hand it to the tokenizer at inference."""
+    prompt = "".join(_authors_turns(prompt_format, turns))
+    if prompt_format == "llama3.1-chat":
+        return f"<|start_header_id|>system<|end_header_id|>\n\n{MERV_SYSTEM_PROMPT}<|eot_id|>" + prompt
+    if prompt_format == "qwen2":
+        return f"<|im_start|>system\n{MERV_SYSTEM_PROMPT}<|im_end|>\n" + prompt
+    return prompt.removeprefix("<s>").rstrip()
+
+
+def _authors_training_ids(tokenizer, turns: list[str]) -> tuple[list[int], list[int]]:
+    """`FinetuneVideoDataset.__getitem__` with the pure format: each turn rstripped and tokenized on its own."""
+    input_ids, labels = [], []
+    for index, message in enumerate(_authors_turns("pure", turns)):
+        ids = tokenizer(message.rstrip(), add_special_tokens=index == 0)["input_ids"]
+        input_ids += ids
+        labels += [IGNORE_INDEX] * len(ids) if index % 2 == 0 else ids
+    labels[0] = IGNORE_INDEX
+    return input_ids, labels
+
+
+# --- exact ids -------------------------------------------------------------------------------------------------------
+
+
+def test_chat_template_gives_the_authors_ids_with_video_tokens_after_bos(processor):
+    reference = load_file(TINY_INPUTS)["input_ids"]
+    expected = torch.cat([reference[:, :1], torch.full((1, NUM_VIDEO_TOKENS), VIDEO_ID), reference[:, 1:]], dim=1)
+    conversation = [_user(QUESTION, video=PANCAKE)]
+    assert processor.apply_chat_template(conversation, add_generation_prompt=True) == f"<video>In: {QUESTION}\nOut:"
+    inputs = processor.apply_chat_template(
+        conversation, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    assert torch.equal(inputs["input_ids"], expected)
+    assert torch.equal(inputs["attention_mask"], torch.ones_like(expected))
+    assert inputs["pixel_values_videos"]["vivit"].shape == (1, 32, 3, 32, 32)
+    direct = processor(text=f"<video>In: {QUESTION}\nOut:", videos=PANCAKE, return_tensors="pt")
+    assert torch.equal(direct["input_ids"], expected)
+
+
+def test_multi_turn_pure_tokenizes_like_the_authors_per_turn_tokenization(processor):
+    turns = ["<video>\nWhat is the man doing in the video?", "The man is playing with a red ball.", "Why?", "For fun."]
+    plain = _tokenizer(with_video_token=False)  # the authors' tokenizer: "<video>" is plain text to them
+    conversation = [(_user if index % 2 == 0 else _assistant)(text) for index, text in enumerate(turns)]
+    rendered = processor.apply_chat_template(conversation)
+    assert rendered == _authors_prompt("pure", turns)
+    expected_ids, _ = _authors_training_ids(plain, turns)
+    assert plain(rendered)["input_ids"] == expected_ids
+    fixture = load_file(TINY_INPUTS)
+    assert expected_ids[: fixture["labelled.input_ids"].shape[1]] == fixture["labelled.input_ids"][0].tolist()
+
+
+def test_assistant_mask_marks_the_tokens_the_authors_train_on(processor):
+    turns = ["What is the man doing?", "Playing with a ball.", "Why?", "For fun."]
+    conversation = [_user(turns[0], video=VIDEO_0)] + [
+        (_user if index % 2 == 0 else _assistant)(text) for index, text in enumerate(turns) if index
+    ]
+    inputs = processor.apply_chat_template(
+        conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt"
+    )
+    expected_ids, labels = _authors_training_ids(processor.tokenizer, turns)
+    ids = inputs["input_ids"][0].tolist()
+    assert ids == expected_ids[:1] + [VIDEO_ID] * NUM_VIDEO_TOKENS + expected_ids[1:]
+    mask = inputs["assistant_masks"][0].tolist()
+    assert mask == [0] * (1 + NUM_VIDEO_TOKENS) + [int(label != IGNORE_INDEX) for label in labels[1:]]
+
+
+@pytest.mark.parametrize("prompt_format", list(MERV_CHAT_TEMPLATES))
+def test_every_prompt_format_renders_like_the_authors_builder(processor, prompt_format):
+    turns = ["  Describe <image>the clip. ", "A pancake flips.", "Then?"]
+    conversation = [_user(turns[0], video=PANCAKE), _assistant(turns[1]), _user(turns[2])]
+    template = "default" if prompt_format == "pure" else prompt_format
+    rendered = processor.apply_chat_template(conversation, chat_template=template, add_generation_prompt=True)
+    assert rendered == "<video>" + _authors_prompt(prompt_format, turns)
+
+
+def test_system_prompt_override_and_pure_rejects_it(processor):
+    conversation = [{"role": "system", "content": "Be brief."}, _user("Hi")]
+    assert processor.apply_chat_template(conversation, chat_template="vicuna") == "Be brief. USER: Hi ASSISTANT:"
+    with pytest.raises(Exception, match="role.*system"):
+        processor.apply_chat_template(conversation)
+
+
+# --- batching, padding, markers, decoding ----------------------------------------------------------------------------
+
+
+def test_batch_pads_left_by_default_and_right_on_request(processor):
+    texts = ["<video>In: Hi\nOut:", "<video>In: What is happening here, in detail?\nOut:"]
+    left = processor(text=texts, videos=[VIDEO_0, PANCAKE], return_tensors="pt")
+    lengths = left["attention_mask"].sum(1)
+    assert left["input_ids"].shape[1] == lengths.max() and lengths[0] < lengths[1]
+    padding = int(lengths[1] - lengths[0])
+    assert (
+        left["input_ids"][0, :padding].tolist() == [PAD_ID] * padding
+        and left["attention_mask"][0, :padding].sum() == 0
+    )
+    assert (left["input_ids"] == VIDEO_ID).sum(1).tolist() == [NUM_VIDEO_TOKENS] * 2
+    right = processor(text=texts, videos=[VIDEO_0, PANCAKE], return_tensors="pt", padding_side="right")
+    assert right["input_ids"][0, -padding:].tolist() == [PAD_ID] * padding
+    assert right["pixel_values_videos"]["dinov2"].shape[0] == 2
+
+
+def test_sampling_kwargs_reach_the_video_processor(processor):
+    inputs = processor(
+        text=["<video>In: a\nOut:", "<video>In: b\nOut:"],
+        videos=[PANCAKE, PANCAKE],
+        clip_start_sec=[2.0, None],
+        clip_end_sec=[4.0, None],
+        return_metadata=True,
+    )
+    assert [metadata.frames_indices[0] for metadata in inputs["video_metadata"]] == [60, 0]
+
+
+@pytest.mark.parametrize(
+    ("text", "videos", "counts"),
+    [
+        ("<video><video>In: two?\nOut:", [VIDEO_0], "2 <video> marker.*1 video"),
+        ("<video>In: none?\nOut:", None, "1 <video> marker.*0 video"),
+        ("In: where is it?\nOut:", VIDEO_0, "0 <video> marker.*1 video"),
+        (["<video>In: a\nOut:", "In: b\nOut:"], [VIDEO_0, VIDEO_0], "1 <video> marker.*2 video"),
+    ],
+)
+def test_marker_count_mismatch_states_both_counts(processor, text, videos, counts):
+    with pytest.raises(ValueError, match=counts):
+        processor(text=text, videos=videos)
+
+
+def test_to_moves_and_casts_the_nested_pixel_values(processor):
+    inputs = processor(text="<video>In: Hi\nOut:", videos=VIDEO_0, return_tensors="pt").to(torch.bfloat16)
+    assert all(tensor.dtype == torch.bfloat16 for tensor in inputs["pixel_values_videos"].values())
+    assert inputs["input_ids"].dtype == torch.long
+
+
+def test_batch_decode_strips_the_prompt_when_given(processor):
+    prompt = processor(
+        text=["<video>In: Hi\nOut:", "<video>In: Hello there\nOut:"], videos=[VIDEO_0, VIDEO_0], return_tensors="pt"
+    )
+    answers = processor.tokenizer(
+        [" A pancake.", " Yes."], add_special_tokens=False, padding=True, padding_side="right"
+    )
+    generated = torch.cat([prompt["input_ids"], torch.tensor(answers["input_ids"])], dim=1)
+    assert processor.batch_decode(generated, prompt_ids=prompt["input_ids"], skip_special_tokens=True) == [
+        "A pancake.",
+        "Yes.",
+    ]
+    assert "In: Hi" in processor.batch_decode(generated, skip_special_tokens=True)[0]
+    with pytest.raises(ValueError, match="do not start with"):
+        processor.batch_decode(generated[:, 1:], prompt_ids=prompt["input_ids"])
+
+
+# --- construction, saving --------------------------------------------------------------------------------------------
+
+
+def test_tokenizer_without_the_video_token_is_rejected():
+    with pytest.raises(ValueError, match="no '<video>' token"):
+        MervProcessor(MervVideoProcessor(), _tokenizer(with_video_token=False))
+
+
+def test_warns_when_the_tokenizer_drops_sentencepiece_prefix_after_special_tokens(monkeypatch):
+    warnings = []
+    monkeypatch.setattr(processing_merv.logger, "warning", warnings.append)
+    MervProcessor(MervVideoProcessor(), _tokenizer())
+    assert warnings == []
+    tokenizer = AutoTokenizer.from_pretrained(LLM, legacy=False)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<video>"]})
+    MervProcessor(MervVideoProcessor(), tokenizer)
+    assert len(warnings) == 1 and "legacy=True" in warnings[0]
+
+
+def test_save_and_load_with_auto_processor(processor, tmp_path):
+    processor.save_pretrained(tmp_path)
+    assert (tmp_path / "processor_config.json").is_file()
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is MervProcessor and type(loaded.video_processor) is MervVideoProcessor
+    assert loaded.num_video_tokens == NUM_VIDEO_TOKENS and loaded.video_token_id == VIDEO_ID
+    assert loaded.video_processor.to_dict() == processor.video_processor.to_dict()
+    assert loaded.chat_template == processor.chat_template
+    conversation = [_user(QUESTION, video=VIDEO_0)]
+    kwargs = {"add_generation_prompt": True, "tokenize": True, "return_dict": True, "return_tensors": "pt"}
+    before, after = (
+        processor.apply_chat_template(conversation, **kwargs),
+        loaded.apply_chat_template(conversation, **kwargs),
+    )
+    assert torch.equal(before["input_ids"], after["input_ids"])
+    assert torch.equal(before["pixel_values_videos"]["siglip"], after["pixel_values_videos"]["siglip"])
