@@ -80,7 +80,7 @@ def convert_fixture(run_dir: Path, output_dir: Path) -> Path:
         directories={name: FIXTURES / "encoders" / name for name in FIXTURE_IMAGE_SIZES},
         image_sizes=FIXTURE_IMAGE_SIZES,
     )
-    convert(run_dir, FIXTURES / "llm", encoders, output_dir)
+    convert(run_dir, FIXTURES / "llm", encoders, output_dir, progress=False)
     return output_dir
 
 

@@ -98,7 +98,7 @@ def test_missing_target_parameters_are_listed(tmp_path):
     def drop(weights):
         del weights["llm_backbone"]["llm.model.norm.weight"]
 
-    with pytest.raises(ConversionError, match=r"missing \['model.language_model.norm.weight'\]"):
+    with pytest.raises(ConversionError, match=r"no source tensor for model weights \[.model.language_model.norm.weight.\]"):
         convert_fixture(_copy_run(tmp_path, edit_weights=drop), tmp_path / "out")
 
 

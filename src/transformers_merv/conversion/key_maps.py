@@ -1,114 +1,17 @@
-"""Conversion of the authors' MERV checkpoints to a `MervForConditionalGeneration` directory.
+"""Key tables mapping each source's tensor names to `MervForConditionalGeneration` state-dict names.
 
-Inputs are the authors' run directory (`config.json` + `checkpoints/latest-checkpoint.pt`, holding the projectors,
-the fine-tuned LLM and the fusion) and each encoder's public weights in the format its users have (LanguageBind's
-own directory, timm state dicts for DINOv2 and SigLIP, a transformers directory for ViViT), plus the LLM directory
-for its config and tokenizer. Key renames are data (`KeyRule` tables); every source tensor must be mapped or listed
-as deliberately unused, and every target parameter must be filled, or the conversion fails naming the keys."""
+Renames are data (`KeyRule`s, regex -> templates); tensors that change shape (fused qkv, DINOv2's position table)
+carry a transform. A `KeyMap` also lists the source keys dropped on purpose and target tensors with no source."""
 
-import json
 import math
-import pickle
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
-from .configuration_merv import MervConfig, MervLanguageBindVideoConfig
-from .modeling_merv import MervForConditionalGeneration
-
-
-MERV_IMAGE_SIZE = 224
-"""Input resolution the authors build every encoder at (`default_image_size`)."""
-
-ZIP_MAGIC = b"PK\x03\x04"
-PAD_TOKEN = "<PAD>"
-VIDEO_TOKEN = "<video>"
-LLAMA2_PAD_MULTIPLE = 64
-"""The authors resize Llama-2/Vicuna embeddings to a multiple of 64 rows after adding `<PAD>` (32001 -> 32064)."""
-
-ENCODER_IDS = {
-    "languagebind-video-noclass": "languagebind",
-    "dinov2-video-all-tokens": "dinov2",
-    "vivit-google-b-all-no-cls-16frames": "vivit",
-    "siglip-vit-b16-224px-all-no-cls": "siglip",
-}
-"""The authors' `video_backbone_ids` this converter supports -> our encoder names."""
-
-FUSION_TYPES = {
-    "cross_attention_avg_lq": "cross_attention",
-    "concat": "concat_tokens",
-    "concat_channel": "concat_channel",
-    "concat_channel_ln": "concat_channel_ln",
-    "first": "first",
-    "scalar": "scalar",
-}
-"""The authors' `feature_fusion` values -> `MervConfig.fusion_type`."""
-
-RESAMPLER_PARTS = ("avg", "attntv", "conv", "3davg", "3dconv")
-"""`arch_specifier` parts selecting a token resampler, in the order the authors test them."""
-
-PROJECTOR_SUFFIXES = ("linear", "fused-gelu-mlp", "gelu-mlp")
-"""`arch_specifier` endings selecting the channel projector, in the order the authors test them."""
-
-TIMM_ARCHITECTURES = {
-    "vit_large_patch14_reg4_dinov2": {"num_heads": 16},
-    "vit_base_patch16_siglip_224": {"num_heads": 12},
-}
-"""Hyper-parameters of timm models that cannot be read off tensor shapes (overridden by `model_args`)."""
-
-
-class ConversionError(ValueError):
-    """The inputs cannot be converted; the message names the file or keys at fault."""
-
-
-# --- loading ----------------------------------------------------------------------------------------------------------
-
-
-def load_checkpoint(path: Path) -> dict:
-    """`torch.load` with `weights_only=True`: a checkpoint that needs arbitrary code to unpickle is refused."""
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip_checkpoint(path))
-    except (pickle.UnpicklingError, RuntimeError) as err:
-        raise ConversionError(
-            f"{path} cannot be loaded safely (weights_only=True refused it: it needs arbitrary code to unpickle, or "
-            f"is not a torch checkpoint). Only plain tensor checkpoints are accepted. Cause: {err}"
-        ) from err
-
-
-def _is_zip_checkpoint(path: Path) -> bool:
-    """Whether `path` uses torch's zip serialisation, which can be memory-mapped instead of read into RAM."""
-    with path.open("rb") as handle:
-        return handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"expected a JSON file at {path}")
-    return json.loads(path.read_text())
-
-
-def _safetensors(directory: Path) -> dict[str, torch.Tensor]:
-    """All tensors of `directory/*.safetensors` (opened lazily, read when asked)."""
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors weights in {directory}")
-    tensors = {}
-    for file in files:
-        with safe_open(file, "pt") as handle:
-            for key in handle.keys():
-                tensors[key] = handle.get_tensor(key)
-    return tensors
-
-
-# --- key mapping ------------------------------------------------------------------------------------------------------
+from .errors import ConversionError
 
 
 def _split_in_three(tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -308,7 +211,7 @@ def _renumber(target: str) -> str:
 
 
 def map_tensors(
-    source: dict[str, torch.Tensor], key_map: KeyMap, target_prefix: str, origin: str
+    source: Mapping[str, torch.Tensor], key_map: KeyMap, target_prefix: str, origin: str
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield `(target key, tensor)` for every source tensor; raise listing the source keys no rule maps."""
     unmapped = []
@@ -353,267 +256,45 @@ def _dinov2_position_table(position_table: torch.Tensor, grid: tuple[int, int]) 
     return torch.cat([torch.zeros_like(patches[:, :1]), patches], dim=1)
 
 
-# --- configs ----------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class EncoderSources:
-    """Directories holding each encoder's public weights, and the input resolution MERV runs each encoder at."""
-
-    directories: dict[str, Path]
-    image_sizes: dict[str, int] = field(default_factory=dict)
-
-    def directory(self, name: str) -> Path:
-        if name not in self.directories or self.directories[name] is None:
-            raise ConversionError(f"the run uses encoder {name!r}: pass its weights with --{name} DIR")
-        path = Path(self.directories[name])
-        if not path.is_dir():
-            raise FileNotFoundError(f"--{name}: {path} is not a directory")
-        return path
-
-    def image_size(self, name: str) -> int:
-        return self.image_sizes.get(name, MERV_IMAGE_SIZE)
-
-
-def parse_arch_specifier(arch_specifier: str) -> dict:
-    """The authors' `arch_specifier` (e.g. `3davg+linear`, `no-align+3davg+frame2+linear`) as `MervConfig` fields."""
-    parts = arch_specifier.split("+")
-    projector = next((suffix for suffix in PROJECTOR_SUFFIXES if arch_specifier.endswith(suffix)), None)
-    if projector is None:
-        raise ConversionError(
-            f"arch_specifier {arch_specifier!r}: unsupported projector; it must end with one of {list(PROJECTOR_SUFFIXES)}"
-        )
-    pooling = next((part for part in RESAMPLER_PARTS if part in parts), "none")
-    frame_factor = re.search(r"frame(\d+)", arch_specifier)
-    stride = int(frame_factor.group(1)) if frame_factor and pooling in ("3davg", "3dconv") else 1
-    return {"alignment_pooling": pooling, "alignment_projector": projector, "alignment_temporal_stride": stride}
-
-
-def languagebind_config(directory: Path, image_size: int) -> MervLanguageBindVideoConfig:
-    vision = _read_json(directory / "config.json").get("vision_config")
-    if vision is None:
-        raise ConversionError(f"{directory / 'config.json'} has no `vision_config` (expected a LanguageBindVideo dir)")
-    if vision["image_size"] != image_size:
-        raise ConversionError(
-            f"LanguageBind in {directory} is built for {vision['image_size']} px but MERV runs it at {image_size} px"
-        )
-    fields = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
-              "image_size", "patch_size", "hidden_act", "layer_norm_eps", "attention_dropout", "add_time_attn")
-    return MervLanguageBindVideoConfig(
-        **{name: vision[name] for name in fields if name in vision}, temporal_group_size=vision["num_frames"]
-    )
-
-
-def _timm_vit_config(directory: Path, tensors: dict[str, torch.Tensor], image_size: int) -> dict:
-    """transformers config fields of a timm ViT, from its `config.json` (`architecture`, `model_args`: heads cannot
-    be read off shapes) and its tensor shapes. timm ViTs use exact GELU and LayerNorm eps 1e-6."""
-    timm_config = _read_json(directory / "config.json")
-    architecture = timm_config.get("architecture")
-    if architecture not in TIMM_ARCHITECTURES:
-        raise ConversionError(
-            f"{directory / 'config.json'}: timm architecture {architecture!r} is not supported; "
-            f"supported: {sorted(TIMM_ARCHITECTURES)}"
-        )
-    arch = {**TIMM_ARCHITECTURES[architecture], **timm_config.get("model_args", {})}
-    patch_embedding = tensors["patch_embed.proj.weight"]
-    return {
-        "hidden_size": patch_embedding.shape[0],
-        "intermediate_size": tensors["blocks.0.mlp.fc1.weight"].shape[0],
-        "num_hidden_layers": 1 + max(int(key.split(".")[1]) for key in tensors if key.startswith("blocks.")),
-        "num_attention_heads": arch["num_heads"],
-        "patch_size": patch_embedding.shape[-1],
-        "image_size": image_size,
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-6,
-    }
-
-
-def dinov2_config(directory: Path, tensors: dict[str, torch.Tensor], image_size: int) -> dict:
-    vit = _timm_vit_config(directory, tensors, image_size)
-    mlp_ratio = vit.pop("intermediate_size") // vit["hidden_size"]
-    num_registers = tensors["reg_token"].shape[1]
-    return {"model_type": "dinov2_with_registers", **vit, "mlp_ratio": mlp_ratio, "num_register_tokens": num_registers}
-
-
-def siglip_config(directory: Path, tensors: dict[str, torch.Tensor], image_size: int) -> dict:
-    return {"model_type": "siglip_vision_model", **_timm_vit_config(directory, tensors, image_size), "vision_use_head": False}
-
-
-def vivit_config(directory: Path, image_size: int, num_frames: int) -> dict:
-    source = _read_json(directory / "config.json")
-    if source.get("image_size") != image_size or source.get("num_frames") != num_frames:
-        raise ConversionError(
-            f"ViViT in {directory} is built for {source.get('num_frames')} frames at {source.get('image_size')} px; "
-            f"MERV runs it on {num_frames} frames at {image_size} px (its position table cannot be resampled)"
-        )
-    fields = ("image_size", "num_frames", "tubelet_size", "num_channels", "hidden_size", "num_hidden_layers",
-              "num_attention_heads", "intermediate_size", "hidden_act", "layer_norm_eps", "qkv_bias")
-    return {"model_type": "vivit", **{name: source[name] for name in fields if name in source}}
 
 
 def _grid(image_size: int, patch_size: int) -> tuple[int, int]:
     return image_size // patch_size, image_size // patch_size
 
 
-# --- orchestration ----------------------------------------------------------------------------------------------------
+def encoder_keys(config, name: str) -> KeyMap:
+    """The key map of encoder `name`'s public weights for `config` (a `MervConfig`)."""
+    if name == "dinov2":
+        sub = config.dinov2_config
+        return dinov2_keys(_grid(sub.image_size, sub.patch_size), sub.hidden_size)
+    if name == "siglip":
+        return siglip_keys(_grid(config.siglip_config.image_size, config.siglip_config.patch_size))
+    return {"languagebind": LANGUAGEBIND_KEYS, "vivit": VIVIT_KEYS}[name]
 
 
-@dataclass
-class RunDirectory:
-    """The authors' run directory: its model config and trainable weights."""
-
-    path: Path
-
-    @property
-    def model_config(self) -> dict:
-        model = _read_json(self.path / "config.json").get("model")
-        if model is None:
-            raise ConversionError(f"{self.path / 'config.json'} has no `model` section (is this a MERV run dir?)")
-        return model
-
-    def trainable_weights(self) -> dict[str, dict[str, torch.Tensor]]:
-        """`{"projectors", "llm_backbone", "feature_fusion"}` groups, accepting the authors' older names
-        (`projector` for a single projector, `adapter` for the fusion)."""
-        checkpoint = load_checkpoint(self.path / "checkpoints" / "latest-checkpoint.pt")
-        model = checkpoint.get("model") if isinstance(checkpoint, dict) else None
-        if model is None:
-            raise ConversionError(f"{self.path}/checkpoints/latest-checkpoint.pt has no `model` entry")
-        groups = dict(model)
-        if "projector" in groups:
-            groups["projectors"] = {f"0.{key}": value for key, value in groups.pop("projector").items()}
-        if "adapter" in groups:
-            groups.setdefault("feature_fusion", groups.pop("adapter"))
-        for required in ("projectors", "llm_backbone"):
-            if required not in groups:
-                raise ConversionError(
-                    f"{self.path}/checkpoints/latest-checkpoint.pt lacks `{required}` (an align-stage checkpoint "
-                    "cannot be used for inference)"
-                )
-        groups.setdefault("feature_fusion", {})
-        return groups
-
-
-def encoder_names(model_config: dict) -> list[str]:
-    names = []
-    for backbone_id in model_config["video_backbone_ids"]:
-        if backbone_id not in ENCODER_IDS:
-            raise ConversionError(f"video backbone {backbone_id!r} is not supported; supported: {sorted(ENCODER_IDS)}")
-        names.append(ENCODER_IDS[backbone_id])
-    return names
-
-
-def build_config(
-    run: RunDirectory,
-    encoders: EncoderSources,
-    llm_directory: Path,
-    encoder_tensors: dict[str, dict[str, torch.Tensor]],
+def mapped_tensors(
+    config,
+    encoder_weights: dict[str, Mapping[str, torch.Tensor]],
     trainable: dict[str, dict[str, torch.Tensor]],
-    tokenizer: PreTrainedTokenizerBase,
-) -> MervConfig:
-    """`MervConfig` of the run: encoder configs from their weights, alignment/fusion from the run config, the LLM
-    config from `llm_directory` with the checkpoint's vocabulary size."""
-    model_config = run.model_config
-    names = encoder_names(model_config)
-    frames = model_config["num_frames"]
-    frames = [frames] * len(names) if isinstance(frames, int) else list(frames)
-    num_frames = dict(zip(names, frames, strict=True))
-    fusion = model_config.get("feature_fusion")
-    if fusion not in FUSION_TYPES:
-        raise ConversionError(f"feature_fusion {fusion!r} is not supported; supported: {sorted(FUSION_TYPES)}")
-    sub_configs = {}
-    for name in names:
-        size = encoders.image_size(name)
-        directory = encoders.directory(name)
-        if name == "languagebind":
-            sub_configs["languagebind_config"] = languagebind_config(directory, size)
-        elif name == "dinov2":
-            sub_configs["dinov2_config"] = dinov2_config(directory, encoder_tensors[name], size)
-        elif name == "siglip":
-            sub_configs["siglip_config"] = siglip_config(directory, encoder_tensors[name], size)
-        else:
-            sub_configs["vivit_config"] = vivit_config(directory, size, num_frames[name])
-    text_config = AutoConfig.from_pretrained(llm_directory).to_dict()
-    text_config.update(
-        vocab_size=trainable["llm_backbone"]["llm.model.embed_tokens.weight"].shape[0],
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    fusion_query = trainable["feature_fusion"].get("Q")
-    fusion_width = {} if fusion_query is None else {"fusion_hidden_size": fusion_query.shape[-1]}
-    config = MervConfig(
-        text_config=text_config,
-        **sub_configs,
-        vision_encoders=names,
-        num_frames=num_frames,
-        alignment_tokens_per_frame=model_config["projector_token_length"],
-        **parse_arch_specifier(model_config["arch_specifier"]),
-        fusion_type=FUSION_TYPES[fusion],
-        **fusion_width,
-        video_token_id=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
-    )
-    expected = model_config.get("visual_feature_length")
-    if len(names) > 1 and expected is not None and config.num_video_tokens != expected * (
-        len(names) if config.fusion_type == "concat_tokens" else 1
-    ):
-        raise ConversionError(
-            f"run config says visual_feature_length={expected}, but the converted architecture yields "
-            f"{config.num_video_tokens} visual tokens"
-        )
-    return config
-
-
-def build_tokenizer(llm_directory: Path, vocab_rows: int) -> PreTrainedTokenizerBase:
-    """The LLM's tokenizer with the authors' `<PAD>` and our `<video>` placeholder, which lands in one of the
-    padded (never trained) embedding rows so the vocabulary and every logit stay the authors'."""
-    tokenizer = AutoTokenizer.from_pretrained(llm_directory)
-    if tokenizer.pad_token is None:
-        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-    tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
-    video_id = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
-    if video_id >= vocab_rows:
-        raise ConversionError(
-            f"the tokenizer in {llm_directory} has {len(tokenizer)} tokens with {VIDEO_TOKEN}; the checkpoint's "
-            f"embedding has only {vocab_rows} rows, so {VIDEO_TOKEN} (id {video_id}) has no free padded row"
-        )
-    return tokenizer
-
-
-def mapped_state_dict(
-    config: MervConfig,
-    encoder_tensors: dict[str, dict[str, torch.Tensor]],
-    trainable: dict[str, dict[str, torch.Tensor]],
-    run_path: Path,
-) -> dict[str, torch.Tensor]:
-    """Every target tensor of `MervForConditionalGeneration`, keyed by its state-dict name."""
-    key_maps = {
-        "languagebind": lambda: LANGUAGEBIND_KEYS,
-        "dinov2": lambda: dinov2_keys(
-            _grid(config.dinov2_config.image_size, config.dinov2_config.patch_size), config.dinov2_config.hidden_size
-        ),
-        "siglip": lambda: siglip_keys(_grid(config.siglip_config.image_size, config.siglip_config.patch_size)),
-        "vivit": lambda: VIVIT_KEYS,
-    }
-    pieces = []
+    checkpoint: str,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every `(state-dict name, tensor)` of `MervForConditionalGeneration(config)`, produced one at a time from the
+    encoders' weights and the authors' checkpoint groups (`projectors`, `llm_backbone`, `feature_fusion`)."""
     for name in config.vision_encoders:
-        pieces.append(map_tensors(encoder_tensors[name], key_maps[name](), f"model.vision_towers.{name}.", f"--{name}"))
-    checkpoint = f"{run_path}/checkpoints/latest-checkpoint.pt"
-    by_encoder = _split_projectors(trainable["projectors"], config.vision_encoders, checkpoint)
+        yield from map_tensors(encoder_weights[name], encoder_keys(config, name), f"model.vision_towers.{name}.", f"--{name}")
     projector_map = projector_keys(config.alignment_pooling, config.alignment_projector)
-    for name, tensors in by_encoder.items():
-        pieces.append(map_tensors(tensors, projector_map, f"model.projectors.{name}.", f"{checkpoint} projectors"))
-    pieces.append(map_tensors(trainable["llm_backbone"], LLM_KEYS, "", f"{checkpoint} llm_backbone"))
-    pieces.append(map_tensors(trainable["feature_fusion"], FUSION_KEYS[config.fusion_type], "", f"{checkpoint} fusion"))
-    state_dict = {}
-    for piece in pieces:
-        for key, tensor in piece:
-            if key in state_dict:
-                raise ConversionError(f"two source tensors map to {key}")
-            state_dict[key] = tensor
-    return state_dict
+    for name, tensors in _split_projectors(trainable["projectors"], config.vision_encoders, checkpoint).items():
+        yield from map_tensors(tensors, projector_map, f"model.projectors.{name}.", f"{checkpoint} projectors")
+    yield from map_tensors(trainable["llm_backbone"], LLM_KEYS, "", f"{checkpoint} llm_backbone")
+    yield from map_tensors(
+        trainable["feature_fusion"], FUSION_KEYS[config.fusion_type], "", f"{checkpoint} feature_fusion"
+    )
 
 
 def _split_projectors(
-    projectors: dict[str, torch.Tensor], names: list[str], origin: str
+    projectors: Mapping[str, torch.Tensor], names: list[str], origin: str
 ) -> dict[str, dict[str, torch.Tensor]]:
+    """The authors index projectors by encoder position (`0.`, `1.`, ...); ours are keyed by encoder name."""
     by_encoder = {name: {} for name in names}
     for key, tensor in projectors.items():
         index, _, rest = key.partition(".")
@@ -621,53 +302,3 @@ def _split_projectors(
             raise ConversionError(f"{origin}: projector key {key!r} does not belong to one of {len(names)} encoders")
         by_encoder[names[int(index)]][rest] = tensor
     return by_encoder
-
-
-def load_encoder_tensors(names: list[str], encoders: EncoderSources) -> dict[str, dict[str, torch.Tensor]]:
-    return {name: _safetensors(encoders.directory(name)) for name in names}
-
-
-def convert(
-    run_dir: Path, llm_dir: Path, encoders: EncoderSources, output_dir: Path, max_shard_size: str = "5GB"
-) -> MervForConditionalGeneration:
-    """Convert a run directory to `output_dir`; returns the converted model (weights as in the sources)."""
-    run = RunDirectory(Path(run_dir))
-    llm_dir = Path(llm_dir)
-    if not llm_dir.is_dir():
-        raise FileNotFoundError(f"--llm: {llm_dir} is not a directory")
-    names = encoder_names(run.model_config)
-    encoder_tensors = load_encoder_tensors(names, encoders)
-    trainable = run.trainable_weights()
-    vocab_rows = trainable["llm_backbone"]["llm.model.embed_tokens.weight"].shape[0]
-    tokenizer = build_tokenizer(llm_dir, vocab_rows)
-    config = build_config(run, encoders, llm_dir, encoder_tensors, trainable, tokenizer)
-    state_dict = mapped_state_dict(config, encoder_tensors, trainable, run.path)
-    model = load_into_model(config, state_dict)
-    output_dir = Path(output_dir)
-    model.save_pretrained(output_dir, max_shard_size=max_shard_size)
-    GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    ).save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    return model
-
-
-def load_into_model(config: MervConfig, state_dict: dict[str, torch.Tensor]) -> MervForConditionalGeneration:
-    """Build the model on the meta device and take the tensors without copying; fail listing missing, unexpected
-    or mis-shaped keys."""
-    with torch.device("meta"):
-        model = MervForConditionalGeneration(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = [
-        f"{key}: source {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in set(expected) & set(state_dict)
-        if state_dict[key].shape != expected[key].shape
-    ]
-    if missing or unexpected or mismatched:
-        raise ConversionError(
-            f"weights do not fit the model: missing {missing}, unexpected {unexpected}, mismatched {sorted(mismatched)}"
-        )
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    return model
