@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from huggingface_hub import HfApi
 from transformers import AutoModel
+from unittest import mock
 
 import transformers_merv  # noqa: F401
-from transformers_merv.conversion import ConversionError, load_checkpoint, parse_arch_specifier
+from transformers_merv.conversion import ConversionError, EncoderSources, convert, load_checkpoint, parse_arch_specifier
+from transformers_merv.conversion.sources import _timm_config
 
 from conftest import FIXTURE_IMAGE_SIZES, FIXTURES, TINY_FULL, convert_fixture, fixture_pixels
 
@@ -152,3 +155,75 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path):
 def test_arch_specifier_parsing(spec, expected):
     fields = parse_arch_specifier(spec)
     assert (fields["alignment_pooling"], fields["alignment_projector"], fields["alignment_temporal_stride"]) == expected
+
+
+def _encoder_sources(directories: dict[str, Path] | None = None) -> EncoderSources:
+    return EncoderSources(
+        directories={name: FIXTURES / "encoders" / name for name in FIXTURE_IMAGE_SIZES} | (directories or {}),
+        image_sizes=FIXTURE_IMAGE_SIZES,
+    )
+
+
+def test_encoder_weights_as_torch_files_and_open_clip_checkpoints(tmp_path, converted_full):
+    """DINOv2 as a timm `pytorch_model.bin`; SigLIP in the open_clip layout users download from timm/ViT-B-16-SigLIP
+    (the timm tower under `visual.trunk.`, plus a text tower that is dropped)."""
+    dinov2 = tmp_path / "dinov2"
+    dinov2.mkdir()
+    torch.save(load_file(FIXTURES / "encoders" / "dinov2" / "model.safetensors"), dinov2 / "pytorch_model.bin")
+    shutil.copy(FIXTURES / "encoders" / "dinov2" / "config.json", dinov2)
+    siglip = tmp_path / "siglip"
+    siglip.mkdir()
+    trunk = load_file(FIXTURES / "encoders" / "siglip" / "model.safetensors")
+    open_clip = {f"visual.trunk.{key}": value for key, value in trunk.items()}
+    open_clip |= {"text.token_embedding.weight": torch.zeros(8, 4), "logit_scale": torch.ones(()), "logit_bias": torch.zeros(())}
+    torch.save(open_clip, siglip / "open_clip_pytorch_model.bin")
+    # the tiny tower's head count is not the registry's, so it keeps timm's config.json with `model_args`
+    shutil.copy(FIXTURES / "encoders" / "siglip" / "config.json", siglip)
+    output = tmp_path / "out"
+    convert(TINY_FULL / "run", FIXTURES / "llm", _encoder_sources({"dinov2": dinov2, "siglip": siglip}), output,
+            progress=False)
+    reference, converted = load_file(converted_full / "model.safetensors"), load_file(output / "model.safetensors")
+    assert reference.keys() == converted.keys()
+    assert all(torch.equal(reference[key], converted[key]) for key in reference)
+
+
+def test_open_clip_config_names_the_timm_architecture(tmp_path):
+    vision_cfg = {"timm_model_name": "vit_base_patch16_siglip_224", "image_size": 224}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"vision_cfg": vision_cfg}}))
+    assert _timm_config(tmp_path) == {"architecture": "vit_base_patch16_siglip_224"}
+
+
+def test_dtype_sharding_verify_and_model_card(tmp_path):
+    report = convert(TINY_FULL / "run", FIXTURES / "llm", _encoder_sources(), tmp_path, dtype="bfloat16",
+                     max_shard_size="1MB", verify=True, progress=False)
+    assert len(report.shards) > 1 and (tmp_path / "model.safetensors.index.json").is_file()
+    assert report.verified_tensors == report.num_tensors == 295
+    model = AutoModel.from_pretrained(tmp_path, dtype="auto")
+    assert model.dtype == torch.bfloat16
+    card = (tmp_path / "README.md").read_text()
+    assert "merv-full" in card and "license: llama2" in card and "base_model: meta-llama/Llama-2-7b-hf" in card
+    assert "all 295 tensors equal their sources" in card
+    assert {"processor_config.json", "chat_template.jinja", "tokenizer.json"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_push_to_hub_uploads_the_output_folder(tmp_path):
+    uploaded = {}
+
+    def upload_folder(self, folder_path, repo_id, **kwargs):
+        uploaded.update(repo_id=repo_id, files={path.name for path in Path(folder_path).iterdir()})
+        return mock.Mock(commit_url=f"https://hub/{repo_id}/commit/1")
+
+    with mock.patch.object(HfApi, "create_repo", return_value=mock.Mock(repo_id="me/merv-full")) as create, \
+            mock.patch.object(HfApi, "upload_folder", upload_folder):
+        report = convert(TINY_FULL / "run", FIXTURES / "llm", _encoder_sources(), tmp_path, push_to_hub="me/merv-full",
+                         private=True, progress=False)
+    assert create.call_args.kwargs["private"] is True
+    assert report.commit_url == "https://hub/me/merv-full/commit/1"
+    assert uploaded["repo_id"] == "me/merv-full"
+    assert {"README.md", "config.json", "model.safetensors", "modeling_merv.py", "processor_config.json"} <= uploaded["files"]
+
+
+def test_unknown_model_id_lists_the_authors_models(tmp_path):
+    run = _copy_run(tmp_path, edit_config=lambda model_config: model_config.__setitem__("model_id", "my-model"))
+    with pytest.raises(ConversionError, match="model_id 'my-model' is not one of the authors' models: .*merv-full"):
+        convert_fixture(run, tmp_path / "out")

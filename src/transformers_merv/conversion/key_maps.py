@@ -98,8 +98,8 @@ def siglip_keys(grid: tuple[int, int]) -> KeyMap:
             *_timm_block_rules("encoder.layers", "self_attn", "out_proj", "layer_norm"),
             rename(r"norm\.(weight|bias)", r"post_layernorm.\1"),
         ],
-        # the attention-pooling (MAP) head is not used by MERV
-        unused=[r"attn_pool\..+"],
+        # the attention-pooling (MAP) head is not used by MERV; open_clip checkpoints also hold the text tower
+        unused=[r"attn_pool\..+", r"text\..+", r"logit_scale", r"logit_bias"],
     )
 
 

@@ -81,6 +81,8 @@ TIMM_ARCHITECTURES = {
 """Hyper-parameters of timm models that cannot be read off tensor shapes (overridden by `model_args`)."""
 
 TORCH_WEIGHT_FILES = ("pytorch_model.bin", "model.pth", "model.pt", "open_clip_pytorch_model.bin")
+OPEN_CLIP_TRUNK_PREFIX = "visual.trunk."
+"""open_clip checkpoints of timm towers (e.g. timm/ViT-B-16-SigLIP) nest the timm model under this prefix."""
 
 
 # --- files ------------------------------------------------------------------------------------------------------------
@@ -136,23 +138,49 @@ class LazySafetensors(Mapping):
             return tuple(handle.get_slice(key).get_shape())
 
 
+class WithoutPrefix(Mapping):
+    """`weights` with `prefix` removed from the keys that carry it (other keys unchanged)."""
+
+    def __init__(self, weights: Mapping[str, torch.Tensor], prefix: str):
+        self.weights, self.prefix = weights, prefix
+        self._source_key = {key.removeprefix(prefix): key for key in weights}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.weights[self._source_key[key]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._source_key)
+
+    def __len__(self) -> int:
+        return len(self._source_key)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tensor_shape(self.weights, self._source_key[key])
+
+
 def load_weights(directory: Path, flag: str) -> Mapping[str, torch.Tensor]:
     """An encoder's weights from `directory`: `*.safetensors` (read lazily) or a torch state dict (loaded with
-    `weights_only=True`)."""
+    `weights_only=True`); an open_clip checkpoint's timm tower is exposed under timm's own key names."""
     if not directory.is_dir():
         raise FileNotFoundError(f"{flag}: {directory} is not a directory")
     safetensors_files = sorted(directory.glob("*.safetensors"))
     if safetensors_files:
-        return LazySafetensors(safetensors_files)
-    for name in TORCH_WEIGHT_FILES:
-        if (directory / name).is_file():
-            state_dict = load_checkpoint(directory / name)
-            return state_dict.get("state_dict", state_dict)
-    raise FileNotFoundError(f"{flag}: no weights in {directory} (expected *.safetensors or one of {TORCH_WEIGHT_FILES})")
+        weights = LazySafetensors(safetensors_files)
+    else:
+        path = next((directory / name for name in TORCH_WEIGHT_FILES if (directory / name).is_file()), None)
+        if path is None:
+            raise FileNotFoundError(
+                f"{flag}: no weights in {directory} (expected *.safetensors or one of {TORCH_WEIGHT_FILES})"
+            )
+        state_dict = load_checkpoint(path)
+        weights = state_dict.get("state_dict", state_dict)
+    if any(key.startswith(OPEN_CLIP_TRUNK_PREFIX) for key in weights):
+        return WithoutPrefix(weights, OPEN_CLIP_TRUNK_PREFIX)
+    return weights
 
 
 def tensor_shape(weights: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
-    return weights.shape(key) if isinstance(weights, LazySafetensors) else tuple(weights[key].shape)
+    return weights.shape(key) if hasattr(weights, "shape") else tuple(weights[key].shape)
 
 
 # --- the run ----------------------------------------------------------------------------------------------------------
@@ -271,10 +299,18 @@ def languagebind_config(directory: Path, image_size: int) -> MervLanguageBindVid
     )
 
 
+def _timm_config(directory: Path) -> dict:
+    """timm's `config.json`, or the timm part of an open_clip `open_clip_config.json`."""
+    if (directory / "config.json").is_file() or not (directory / "open_clip_config.json").is_file():
+        return read_json(directory / "config.json")
+    vision = read_json(directory / "open_clip_config.json").get("model_cfg", {}).get("vision_cfg", {})
+    return {"architecture": vision.get("timm_model_name")}
+
+
 def _timm_vit_config(directory: Path, weights: Mapping[str, torch.Tensor], image_size: int) -> dict:
     """transformers config fields of a timm ViT, from its `config.json` (`architecture`, `model_args`: heads cannot
     be read off shapes) and its tensor shapes. timm ViTs use exact GELU and LayerNorm eps 1e-6."""
-    timm_config = read_json(directory / "config.json")
+    timm_config = _timm_config(directory)
     architecture = timm_config.get("architecture")
     if architecture not in TIMM_ARCHITECTURES:
         raise ConversionError(
