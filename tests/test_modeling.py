@@ -156,6 +156,16 @@ def test_frozen_encoders_get_no_gradient_and_keep_no_graph():
     assert all(feature.requires_grad for feature in features.projected_features.values())
 
 
+def test_frozen_encoders_stay_in_eval_mode_when_training():
+    model = MervForConditionalGeneration(tiny_config())
+    model.model.vision_towers["dinov2"].requires_grad_(False)
+    model.train()
+    assert not model.model.vision_towers["dinov2"].training
+    assert model.model.vision_towers["siglip"].training and model.model.language_model.training
+    model.eval()
+    assert not any(module.training for module in model.modules())
+
+
 def test_save_and_reload_are_identical(model, tmp_path):
     model.save_pretrained(tmp_path)
     reloaded = AutoModel.from_pretrained(tmp_path).eval()

@@ -448,6 +448,14 @@ class MervModel(MervPreTrainedModel):
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
+    def train(self, mode: bool = True) -> "MervModel":
+        """`nn.Module.train`, except that frozen encoders (no trainable parameter) stay in eval mode."""
+        super().train(mode)
+        for tower in self.vision_towers.values():
+            if not _has_trainable_parameters(tower):
+                tower.eval()
+        return self
+
     def get_encoder(self, modality: str | None = None) -> nn.Module:
         return self.vision_towers if modality in ("image", "video") else super().get_encoder(modality)
 
