@@ -1,4 +1,4 @@
-"""Synthetic video QA generator: determinism, splits, balance, file formats, and that every answer
+"""Synthetic video QA generator and its tokenizer: determinism, splits, balance, file formats, and that every answer
 can be read off its decoded video."""
 
 import json
@@ -11,6 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from transformers import AutoTokenizer
 
 from transformers_merv.data import synthetic
 from transformers_merv.data.synthetic import (
@@ -32,6 +33,17 @@ from transformers_merv.data.synthetic import (
     render_frames,
     scene_questions,
     split_of,
+)
+from transformers_merv.data.tokenizer import (
+    BOS_TOKEN_ID,
+    EOS_TOKEN_ID,
+    PAD_TOKEN_ID,
+    PROMPT_FORMAT,
+    UNK_TOKEN_ID,
+    VIDEO_TOKEN,
+    VIDEO_TOKEN_ID,
+    build_tokenizer,
+    conversation_texts,
 )
 
 
@@ -64,6 +76,11 @@ def dataset(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("synthetic") / "seed0"
     generate_dataset(directory, SMALL, seed=0)
     return directory
+
+
+@pytest.fixture(scope="module")
+def tokenizer(dataset):
+    return build_tokenizer(conversation_texts(load(dataset, "train") + load(dataset, "align")))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -315,3 +332,53 @@ def test_rejects_unknown_splits_and_negative_counts(tmp_path):
         generate_dataset(tmp_path / "a", {"training": 3})
     with pytest.raises(ValueError, match="num_videos"):
         generate_dataset(tmp_path / "b", {"train": -1})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def test_tokenizer_special_tokens(tokenizer):
+    assert (tokenizer.unk_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (
+        UNK_TOKEN_ID, BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID
+    )
+    assert tokenizer.convert_tokens_to_ids(VIDEO_TOKEN) == VIDEO_TOKEN_ID
+    assert VIDEO_TOKEN in tokenizer.all_special_tokens
+    ids = tokenizer(f"{VIDEO_TOKEN}In: hi</s>").input_ids
+    assert ids[:2] == [BOS_TOKEN_ID, VIDEO_TOKEN_ID] and ids[-1] == EOS_TOKEN_ID
+    assert tokenizer("In")["input_ids"][1:] == ids[2:3]  # text after <video> tokenizes as at the start
+    assert tokenizer("red").input_ids[0] == BOS_TOKEN_ID and EOS_TOKEN_ID not in tokenizer("red").input_ids
+    assert len(tokenizer) <= 512
+
+
+def test_tokenizer_round_trips_seen_and_unseen_text(tokenizer, dataset):
+    texts = [PROMPT_FORMAT.format(question=question["question"]) for question in load(dataset, "test_q")]
+    texts += [answer["answer"] for answer in load(dataset, "test_a")] + ["In: Où est le cercle 🟥?\nOut: à gauche"]
+    for text in texts:
+        ids = tokenizer(text).input_ids
+        assert UNK_TOKEN_ID not in ids
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
+def test_every_answer_is_a_single_token_alone_and_after_the_prompt(tokenizer):
+    prompt = PROMPT_FORMAT.format(question="What color is the circle?")
+    prompt_ids = tokenizer(prompt).input_ids
+    for answer in ANSWER_VOCABULARY:
+        alone = tokenizer(answer, add_special_tokens=False).input_ids
+        assert len(alone) == 1, answer
+        assert tokenizer(f"{prompt} {answer}").input_ids == prompt_ids + alone, answer
+
+
+def test_tokenizer_saves_and_reloads(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = f"{VIDEO_TOKEN}In: Which way does the blue square move?\nOut: left</s>"
+    assert reloaded(text).input_ids == tokenizer(text).input_ids
+    assert reloaded.pad_token_id == PAD_TOKEN_ID and reloaded.convert_tokens_to_ids(VIDEO_TOKEN) == VIDEO_TOKEN_ID
+
+
+def test_tokenizer_rejects_vocabularies_that_split_answers():
+    with pytest.raises(ValueError, match="single tokens"):
+        build_tokenizer(["In: What color is it?\nOut: red"], vocab_size=300)
+    with pytest.raises(ValueError, match="vocab_size"):
+        build_tokenizer(["red"], vocab_size=100)
