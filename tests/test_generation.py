@@ -25,10 +25,12 @@ def model() -> MervForConditionalGeneration:
 
 @pytest.fixture
 def tower_calls(model):
-    """Counts forward calls of every vision tower."""
+    """Counts how often every vision tower encodes (calls of its patch embeddings)."""
     calls = dict.fromkeys(model.config.vision_encoders, 0)
     hooks = [
-        tower.register_forward_hook(lambda module, args, output, name=name: calls.__setitem__(name, calls[name] + 1))
+        tower.embeddings.register_forward_hook(
+            lambda module, args, output, name=name: calls.__setitem__(name, calls[name] + 1)
+        )
         for name, tower in model.model.vision_towers.items()
     ]
     yield calls

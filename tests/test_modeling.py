@@ -199,3 +199,26 @@ def test_greedy_generation_with_cache_matches_teacher_forcing(model):
             next_token = model(input_ids=sequence, pixel_values_videos=pixels).logits[:, -1].argmax(-1, keepdim=True)
             sequence = torch.cat([sequence, next_token], dim=1)
     assert torch.equal(generated, sequence)
+
+
+def test_encoders_stop_at_their_feature_layer(model):
+    """Layers after the one MERV reads are kept (complete checkpoints) but never run, and the tokens equal that
+    hidden state of a full tower forward."""
+    config = model.config
+    pixels = random_pixels(config, seed=11)
+    ran = []
+    last_layers = {name: model.model.vision_towers[name].get_submodule(path)[-1]
+                   for name, path in (("languagebind", "encoder.layers"), ("dinov2", "encoder.layer"),
+                                      ("siglip", "encoder.layers"))}
+    hooks = [layer.register_forward_hook(lambda *args, name=name: ran.append(name)) for name, layer in last_layers.items()]
+    with torch.no_grad():
+        features = model.get_video_features(pixels, output_encoder_features=True).encoder_features
+        for hook in hooks:
+            hook.remove()
+        assert ran == []
+        assert "model.vision_towers.languagebind.encoder.layers.2.mlp.fc1.weight" in model.state_dict()
+        siglip = model.model.vision_towers["siglip"]
+        full = siglip(pixel_values=pixels["siglip"].flatten(0, 1), output_hidden_states=True).hidden_states[-2]
+        torch.testing.assert_close(features["siglip"], full.reshape(1, -1, full.shape[-1]))
+        vivit = model.model.vision_towers["vivit"](pixel_values=pixels["vivit"]).last_hidden_state[:, 1:]
+        torch.testing.assert_close(features["vivit"], vivit)

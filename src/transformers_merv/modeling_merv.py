@@ -37,12 +37,27 @@ MAX_SHARD_SIZE = "5GB"
 GENERATION_AUTO_CLASSES = ("AutoModel", "AutoModelForImageTextToText", "AutoModelForMultimodalLM")
 """Auto classes that load `MervForConditionalGeneration` from a saved directory with `trust_remote_code=True`."""
 
-VIDEO_INPUT_TOWERS = ("languagebind", "vivit")
-"""Towers that take whole videos `(batch, frames, C, H, W)`; the others take frames folded into the batch."""
+VIDEO_INPUT_TOWERS = ("vivit",)
+"""Towers whose embeddings take whole videos `(batch, frames, C, H, W)` (ViViT's tubelets span frames); the others
+take frames folded into the batch, frame-major (LanguageBind's temporal groups are runs of consecutive rows)."""
 
-FINAL_NORM_NAMES = {"languagebind": "post_layernorm", "dinov2": "layernorm", "vivit": "layernorm",
-                    "siglip": "post_layernorm"}
-"""Attribute of each tower's final LayerNorm, applied when `config.vision_feature_final_norm[name]` is set."""
+@dataclass(frozen=True)
+class TowerParts:
+    """Where an encoder's pieces live: the modules applied before the layers, the layer list, the final norm."""
+
+    stem: tuple[str, ...]
+    layers: str
+    final_norm: str
+
+
+TOWER_PARTS = {
+    "languagebind": TowerParts(("embeddings", "pre_layrnorm"), "encoder.layers", "post_layernorm"),
+    "dinov2": TowerParts(("embeddings",), "encoder.layer", "layernorm"),
+    "vivit": TowerParts(("embeddings",), "layers", "layernorm"),
+    "siglip": TowerParts(("embeddings",), "encoder.layers", "post_layernorm"),
+}
+"""MERV reads one layer of each encoder; running the tower piece by piece stops there instead of computing (and
+discarding) the later layers, while the towers keep every layer so checkpoints stay complete."""
 
 
 @dataclass
@@ -522,14 +537,25 @@ class MervModel(MervPreTrainedModel):
         num_videos = pixels.shape[0]
         pixels = pixels.to(device=_execution_device(tower), dtype=tower.dtype)
         tower_input = pixels if name in VIDEO_INPUT_TOWERS else pixels.flatten(0, 1)
-        layer = self.config.vision_feature_layer[name]
         with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable_parameters(tower)):
-            hidden = tower(pixel_values=tower_input, output_hidden_states=layer).hidden_states[layer]
-            if self.config.vision_feature_final_norm[name]:
-                hidden = getattr(tower, FINAL_NORM_NAMES[name])(hidden)
+            hidden = self._tower_hidden_state(name, tower, tower_input)
         if self.config.vision_feature_select_strategy[name] == "default":
             hidden = hidden[:, self.config.encoder_num_prefix_tokens(name) :]
         return hidden.reshape(num_videos, -1, hidden.shape[-1])
+
+    def _tower_hidden_state(self, name: str, tower: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        """Hidden state `config.vision_feature_layer[name]` of the tower (0 = after the embeddings), running only the
+        layers up to it, then the final norm if `config.vision_feature_final_norm[name]`."""
+        parts = TOWER_PARTS[name]
+        hidden = pixels
+        for stem in parts.stem:
+            hidden = getattr(tower, stem)(hidden)
+        layers = tower.get_submodule(parts.layers)
+        for layer in layers[: self.config.vision_feature_layer[name] % (len(layers) + 1)]:
+            hidden = layer(hidden, None)
+        if self.config.vision_feature_final_norm[name]:
+            hidden = getattr(tower, parts.final_norm)(hidden)
+        return hidden
 
     def _align(self, name: str, features: torch.Tensor) -> torch.Tensor:
         """Pool and project one encoder's tokens to `(videos, visual_tokens, text_hidden_size)`."""
