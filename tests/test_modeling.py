@@ -222,3 +222,28 @@ def test_encoders_stop_at_their_feature_layer(model):
         torch.testing.assert_close(features["siglip"], full.reshape(1, -1, full.shape[-1]))
         vivit = model.model.vision_towers["vivit"](pixel_values=pixels["vivit"]).last_hidden_state[:, 1:]
         torch.testing.assert_close(features["vivit"], vivit)
+
+
+def test_concurrent_encoders_give_identical_outputs(model):
+    config = model.config
+    pixels, input_ids = random_pixels(config, batch_size=2, seed=13), _prompt(config, batch_size=2)
+    with torch.no_grad():
+        sequential = model(input_ids=input_ids, pixel_values_videos=pixels)
+        model.config.concurrent_encoders = True
+        try:
+            concurrent = model(input_ids=input_ids, pixel_values_videos=pixels)
+        finally:
+            model.config.concurrent_encoders = False
+    assert torch.equal(sequential.video_outputs.pooler_output, concurrent.video_outputs.pooler_output)
+    assert torch.equal(sequential.logits, concurrent.logits)
+
+
+def test_concurrent_encoders_keep_the_callers_grad_mode():
+    config = tiny_config(concurrent_encoders=True)
+    model = MervForConditionalGeneration(config).train()
+    model.model.vision_towers.requires_grad_(False)
+    features = model.get_video_features(random_pixels(config), output_encoder_features=True)
+    assert all(value.requires_grad for value in features.projected_features.values())
+    with torch.no_grad():
+        features = model.get_video_features(random_pixels(config), output_encoder_features=True)
+    assert not any(value.requires_grad for value in features.projected_features.values())

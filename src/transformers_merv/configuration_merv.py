@@ -142,6 +142,9 @@ class MervConfig(PreTrainedConfig):
         How the encoders' token sequences are combined, one of `FUSION_TYPES`.
     fusion_hidden_size (`int`, *optional*, defaults to 3072):
         Width of the learnable query of the cross-attention fusion.
+    concurrent_encoders (`bool`, *optional*, defaults to `False`):
+        Run the encoders (each with its projector) concurrently, one thread (and CUDA stream) per encoder: a speed-up
+        when they sit on different GPUs or leave one GPU idle; outputs are identical to sequential execution.
     video_token_id (`int`, *optional*, defaults to 32001):
         Id of the `<video>` placeholder whose embeddings are replaced by the visual tokens. MERV keeps it in one
         of the unused padded vocabulary rows so the vocabulary (and every logit) stays the authors'.
@@ -178,6 +181,7 @@ class MervConfig(PreTrainedConfig):
     alignment_conv_depth: int = 3
     fusion_type: str = "cross_attention"
     fusion_hidden_size: int = 3072
+    concurrent_encoders: bool = False
     video_token_id: int = 32001
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False

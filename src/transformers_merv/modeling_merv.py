@@ -5,6 +5,7 @@ Data flow (`MervModel.get_video_features`): each encoder in `config.vision_encod
 the fusion module mixes the encoders into one sequence. `MervModel.forward` scatters that sequence into the
 `<video>` placeholder positions of the prompt embeddings and runs the language model."""
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -489,8 +490,9 @@ class MervModel(MervPreTrainedModel):
             Also return each encoder's selected tokens and projected tokens.
         """
         self._check_pixel_values(pixel_values_videos)
-        encoded = {name: self._encode(name, pixel_values_videos[name]) for name in self.config.vision_encoders}
-        projected = {name: self._align(name, features) for name, features in encoded.items()}
+        branches = self._run_encoder_branches(pixel_values_videos)
+        encoded = {name: features for name, (features, _) in branches.items()}
+        projected = {name: aligned for name, (_, aligned) in branches.items()}
         target = next(iter(projected.values())).device
         fused, weights = self.fusion([features.to(target) for features in projected.values()])
         return MervVideoFeaturesOutput(
@@ -500,6 +502,41 @@ class MervModel(MervPreTrainedModel):
             encoder_features=encoded if output_encoder_features else None,
             projected_features=projected if output_encoder_features else None,
         )
+
+    def _run_encoder_branches(
+        self, pixel_values_videos: dict[str, torch.Tensor]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(selected tokens, aligned tokens) of every encoder, one after the other or, with
+        `config.concurrent_encoders`, each in its own thread (and CUDA stream), so encoders on different GPUs (or
+        sharing one) overlap. Results are identical either way."""
+        names = self.config.vision_encoders
+        if not self.config.concurrent_encoders or len(names) == 1:
+            return {name: self._encoder_branch(name, pixel_values_videos[name]) for name in names}
+        grad_enabled, inference_mode = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+        def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+            # grad and inference modes are thread-local: carry the caller's into the worker
+            with torch.inference_mode(inference_mode), torch.set_grad_enabled(grad_enabled):
+                return self._encoder_branch_on_own_stream(name, pixel_values_videos[name])
+
+        with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="merv-encoder") as pool:
+            futures = {name: pool.submit(run, name) for name in names}
+            return {name: future.result() for name, future in futures.items()}
+
+    def _encoder_branch_on_own_stream(self, name: str, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        device = _execution_device(self.vision_towers[name])
+        if device.type != "cuda":
+            return self._encoder_branch(name, pixels)
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))  # the inputs may still be in flight on the caller's
+        with torch.cuda.stream(stream):
+            result = self._encoder_branch(name, pixels)
+        stream.synchronize()  # blocks this worker only; the caller then reads finished tensors
+        return result
+
+    def _encoder_branch(self, name: str, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self._encode(name, pixels)
+        return features, self._align(name, features)
 
     def _check_pixel_values(self, pixel_values_videos: dict[str, torch.Tensor]) -> None:
         if not isinstance(pixel_values_videos, dict):
