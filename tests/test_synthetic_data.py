@@ -42,6 +42,7 @@ from transformers_merv.data.tokenizer import (
     UNK_TOKEN_ID,
     VIDEO_TOKEN,
     VIDEO_TOKEN_ID,
+    WORD_START,
     build_tokenizer,
     conversation_texts,
 )
@@ -358,6 +359,14 @@ def test_tokenizer_round_trips_seen_and_unseen_text(tokenizer, dataset):
         ids = tokenizer(text).input_ids
         assert UNK_TOKEN_ID not in ids
         assert tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
+def test_prompts_need_no_byte_fallback_and_evaluation_prompts_keep_words_whole(tokenizer, dataset):
+    for text in conversation_texts(load(dataset, "test")):
+        assert not any(token.startswith("<0x") for token in tokenizer.tokenize(text)), text
+    for question in load(dataset, "test_q"):
+        tokens = tokenizer.tokenize(PROMPT_FORMAT.format(question=question["question"]))
+        assert WORD_START not in tokens, tokens  # a lone "▁" would mean a word learnt only after "<video>\n"
 
 
 def test_every_answer_is_a_single_token_alone_and_after_the_prompt(tokenizer):

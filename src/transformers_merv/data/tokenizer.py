@@ -33,10 +33,15 @@ PROMPT_FORMAT = "In: {question}\nOut:"
 
 
 def conversation_texts(records: Iterable[dict]) -> Iterator[str]:
-    """Texts of Video-LLaVA records as the model reads them: human turns in `PROMPT_FORMAT`, gpt turns as answers."""
+    """Texts of Video-LLaVA records as the model reads them: gpt turns as they are, human turns in `PROMPT_FORMAT`
+    twice, as the authors train (with the `<video>` placeholder in the text) and evaluate (without it)."""
     for record in records:
         for turn in record["conversations"]:
-            yield PROMPT_FORMAT.format(question=turn["value"]) if turn["from"] == "human" else turn["value"]
+            if turn["from"] != "human":
+                yield turn["value"]
+                continue
+            yield PROMPT_FORMAT.format(question=turn["value"])
+            yield PROMPT_FORMAT.format(question=turn["value"].replace(VIDEO_TOKEN, "").strip())
 
 
 def _backend(vocab_size: int, texts: Iterable[str]) -> Tokenizer:
