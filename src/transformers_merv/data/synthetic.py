@@ -188,6 +188,7 @@ class Scene:
 
     @property
     def subject_object(self) -> SceneObject:
+        """The shape the questions are about."""
         return self.objects[self.subject]
 
 
@@ -366,11 +367,11 @@ def _order_scene(rng: np.random.Generator, color: str, shape: str, first: str) -
     colors = (color, other_color) if subject == 0 else (other_color, color)
     sides = ("left", "right") if rng.random() < 0.5 else ("top", "bottom")
     sides = sides if rng.random() < 0.5 else sides[::-1]
-    first = int(rng.integers(0, ORDER_FIRST_APPEARANCE_MAX + 1))
-    second = first + int(rng.integers(ORDER_DELAY_RANGE[0], ORDER_DELAY_RANGE[1] + 1))
+    first_frame = int(rng.integers(0, ORDER_FIRST_APPEARANCE_MAX + 1))
+    second_frame = first_frame + int(rng.integers(ORDER_DELAY_RANGE[0], ORDER_DELAY_RANGE[1] + 1))
     objects = tuple(
-        SceneObject(shape, shape_color, *_side_centre(rng, side), visible=((appear, NUM_FRAMES),))
-        for shape, shape_color, side, appear in zip(shapes, colors, sides, (first, second))
+        SceneObject(name, name_color, *_side_centre(rng, side), visible=((appear, NUM_FRAMES),))
+        for name, name_color, side, appear in zip(shapes, colors, sides, (first_frame, second_frame))
     )
     return Scene("order", objects, subject=subject)
 
@@ -533,6 +534,7 @@ def majority_baselines(questions: Sequence[Question]) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Dataset
+
 
 def _write_json(path: Path, data: object) -> None:
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
