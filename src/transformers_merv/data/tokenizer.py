@@ -73,7 +73,8 @@ def build_tokenizer(
     vocab_size: int = DEFAULT_VOCAB_SIZE,
     single_token_words: Iterable[str] = ANSWER_VOCABULARY,
 ) -> PreTrainedTokenizerFast:
-    """Train the tokenizer on `texts` (e.g. `conversation_texts` of the training records).
+    """Train the tokenizer on `texts` (e.g. `conversation_texts` of the training records). Its vocabulary has at most
+    `vocab_size` entries: training stops early once every word of `texts` is a single piece.
 
     Raises `ValueError` when `vocab_size` leaves no room for learnt pieces, or when a word of `single_token_words`
     (by default every answer of the synthetic data) does not come out as a single token.
