@@ -2,6 +2,7 @@
 
 import io
 import json
+import threading
 from pathlib import Path
 
 import av
@@ -15,6 +16,7 @@ from transformers.video_utils import VideoMetadata, default_sample_indices_fn
 from transformers_merv import video_io
 from transformers_merv.video_io import (
     VideoDecodingError,
+    decode_in_background,
     make_batched_video_inputs,
     open_video,
     read_video,
@@ -215,6 +217,32 @@ def test_rotation_metadata_gives_upright_frames(tmp_path, rotation):
     upright = np.rot90(stored, k=rotation // 90, axes=(1, 2))  # the display matrix turns counter-clockwise
     np.testing.assert_array_equal(frames, upright)
     assert (metadata.height, metadata.width) == upright.shape[1:3]
+
+
+def test_background_decoding_yields_in_order_reraises_and_stops_when_closed():
+    assert list(decode_in_background(iter(range(10)), depth=2)) == list(range(10))
+
+    def failing():
+        yield 1
+        raise VideoDecodingError("broken clip")
+
+    frames = decode_in_background(failing())
+    assert next(frames) == 1
+    with pytest.raises(VideoDecodingError, match="broken clip"):
+        next(frames)
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(len(produced))
+            yield produced[-1]
+
+    frames = decode_in_background(endless(), depth=2)
+    assert next(frames) == 0
+    frames.close()  # joins the thread, which stops producing
+    stopped_at = len(produced)
+    assert not any(thread.name == "merv-video-decode" for thread in threading.enumerate())
+    assert len(produced) == stopped_at
 
 
 # --- bad media -------------------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ Besides files, paths, bytes and file-like objects, already decoded frames are ac
 import io
 import math
 import os
+import queue
+import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
@@ -37,6 +39,7 @@ VIDEO_BACKEND = "pyav"
 RGB_CHANNELS = 3
 DEGREES_PER_QUARTER_TURN = 90
 QUARTER_TURNS = 4
+DECODE_AHEAD_FRAMES = 4
 
 FileSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 FrameSource = np.ndarray | torch.Tensor | Image.Image | Sequence[Image.Image | np.ndarray | torch.Tensor]
@@ -138,7 +141,8 @@ def _check_indices_in_range(
 
 
 class VideoReader:
-    """A source of frames: `metadata` first, then `get_frames(indices)`; use as a context manager."""
+    """A source of frames: `metadata` first, then `get_frames(indices)` or `iter_frames(indices)`; use as a
+    context manager."""
 
     name: str
     metadata: VideoMetadata
@@ -146,19 +150,28 @@ class VideoReader:
     def get_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """uint8 RGB frames `[len(indices), H, W, 3]`, upright; indices may repeat and come in any order."""
         indices = np.asarray(indices, dtype=np.int64)
-        if indices.size == 0:
+        distinct, positions = np.unique(indices, return_inverse=True)
+        frames = None
+        for slot, frame in enumerate(self.iter_frames(distinct)):
+            if frames is None:
+                frames = np.empty((len(distinct), *frame.shape), dtype=np.uint8)
+            frames[slot] = frame
+        return frames if np.array_equal(distinct, indices) else frames[positions]
+
+    def iter_frames(self, indices: np.ndarray) -> Iterator[np.ndarray]:
+        """Upright uint8 RGB frames `[H, W, 3]` at sorted, distinct `indices`, decoded one at a time."""
+        if len(indices) == 0:
             raise ValueError(f"No frame indices given for {self.name}")
-        if indices.min() < 0 or indices.max() >= self.metadata.total_num_frames:
+        if np.any(np.diff(indices) <= 0):
+            raise ValueError("`iter_frames` needs sorted, distinct indices; `get_frames` takes any")
+        if indices[0] < 0 or indices[-1] >= self.metadata.total_num_frames:
             raise ValueError(
-                f"Frame indices {indices.min()}..{indices.max()} are outside {self.name}'s "
+                f"Frame indices {indices[0]}..{indices[-1]} are outside {self.name}'s "
                 f"{self.metadata.total_num_frames} frames"
             )
-        distinct, positions = np.unique(indices, return_inverse=True)
-        frames = self._read_distinct(distinct)
-        self.metadata.height, self.metadata.width = frames.shape[1:3]
-        return frames if len(distinct) == len(indices) and (distinct == indices).all() else frames[positions]
+        return self._iter_frames(indices)
 
-    def _read_distinct(self, indices: np.ndarray) -> np.ndarray:
+    def _iter_frames(self, indices: np.ndarray) -> Iterator[np.ndarray]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -180,8 +193,8 @@ class FrameArrayReader(VideoReader):
         num_frames, height, width = frames.shape[:3]
         self.metadata = VideoMetadata(total_num_frames=num_frames, width=width, height=height)
 
-    def _read_distinct(self, indices: np.ndarray) -> np.ndarray:
-        return self._frames[indices]
+    def _iter_frames(self, indices: np.ndarray) -> Iterator[np.ndarray]:
+        return iter(self._frames[indices])
 
 
 class PyAVVideoReader(VideoReader):
@@ -247,21 +260,21 @@ class PyAVVideoReader(VideoReader):
             video_backend=VIDEO_BACKEND,
         )
 
-    def _read_distinct(self, indices: np.ndarray) -> np.ndarray:
-        frames = None
+    def _iter_frames(self, indices: np.ndarray) -> Iterator[np.ndarray]:
         if self._index_of_pts is not None:
             self._wanted_pts = {self._sorted_pts[index] for index in indices.tolist()}
+        shape = None
         try:
-            for slot, frame in enumerate(self._decode_in_order(indices.tolist())):
+            for frame in self._decode_in_order(indices.tolist()):
                 image = _to_upright_rgb(frame)
-                if frames is None:
-                    frames = np.empty((len(indices), *image.shape), dtype=np.uint8)
-                if image.shape != frames.shape[1:]:
+                if shape is None:
+                    shape = image.shape
+                    self.metadata.height, self.metadata.width = shape[:2]
+                if image.shape != shape:
                     raise VideoDecodingError(f"{self.name} changes frame size mid-stream, which is not supported")
-                frames[slot] = image
+                yield image
         except av.error.FFmpegError as err:
             raise VideoDecodingError(f"{self.name} is corrupt or truncated (while decoding): {err}") from err
-        return frames
 
     def _decode_in_order(self, targets: list[int]) -> Iterator[av.VideoFrame]:
         """Yield the frames at the sorted, distinct `targets`, seeking when a keyframe lies between them."""
@@ -341,6 +354,44 @@ def _to_upright_rgb(frame: av.VideoFrame) -> np.ndarray:
     image = frame.to_ndarray(format="rgb24")
     quarter_turns = round(frame.rotation / DEGREES_PER_QUARTER_TURN) % QUARTER_TURNS
     return np.ascontiguousarray(np.rot90(image, k=quarter_turns)) if quarter_turns else image
+
+
+def decode_in_background(frames: Iterator[np.ndarray], depth: int = DECODE_AHEAD_FRAMES) -> Iterator[np.ndarray]:
+    """Yield from `frames` while a background thread runs it up to `depth` frames ahead.
+
+    PyAV demuxes, decodes and converts with the GIL released, so the next frames decode while the caller works on
+    the current one. Errors are re-raised in the caller; closing this iterator early stops the thread.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for frame in frames:
+                if stop.is_set():
+                    return
+                ready.put((frame, None))
+            ready.put((None, None))
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            ready.put((None, err))
+
+    worker = threading.Thread(target=produce, name="merv-video-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            frame, error = ready.get()
+            if error is not None:
+                raise error
+            if frame is None:
+                return
+            yield frame
+    finally:
+        stop.set()
+        while worker.is_alive():  # a producer blocked on a full queue needs room to see `stop`
+            try:
+                ready.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.01)
 
 
 def open_video(video: SingleVideoInput, name: str = "video") -> VideoReader:

@@ -4,6 +4,7 @@ normalisation, exactly as the authors' code prepares them (`merv/models/vidlms/m
 import math
 import random
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,7 @@ from transformers.video_utils import VideoMetadata
 
 from .video_io import (
     RGB_CHANNELS,
+    decode_in_background,
     make_batched_video_inputs,
     open_video,
     sample_frame_indices,
@@ -320,22 +322,28 @@ class MervVideoProcessor(VideoProcessorMixin):
     def _process_one(
         self, video: object, name: str, transforms: dict[str, EncoderTransform], **sampling
     ) -> tuple[dict[str, torch.Tensor], VideoMetadata]:
+        """One video: its distinct sampled frames are decoded one at a time in a background thread while each is
+        transformed for every encoder that uses it (PIL resizes shared between encoders with the same target);
+        decoded frames are not kept."""
         with open_video(video, name) as reader:
             plan = self.frame_plan(reader.metadata, **sampling)
             distinct, positions = np.unique(plan.indices, return_inverse=True)
-            frames = reader.get_frames(distinct)
+            rows = {encoder: positions[plan.rows[encoder]].tolist() for encoder in transforms}
+            processed = {encoder: dict.fromkeys(rows[encoder]) for encoder in transforms}
+            with closing(decode_in_background(reader.iter_frames(distinct))) as frames:
+                for position, frame in enumerate(frames):
+                    resized = {}
+                    for encoder, transform in transforms.items():
+                        if position in processed[encoder]:
+                            processed[encoder][position] = _transform_frame(frame, transform, resized)
             metadata = reader.metadata
         metadata.frames_indices = plan.indices.tolist()
-        resized_cache = {}
         pixels = {
-            encoder: self._transform(frames, positions[plan.rows[encoder]], transform, resized_cache)
-            for encoder, transform in transforms.items()
+            encoder: torch.from_numpy(np.stack([processed[encoder][position] for position in rows[encoder]]))
+            for encoder in transforms
         }
-        if (
-            "languagebind" in pixels
-            and self.languagebind_random_flip
-            and random.random() < LANGUAGEBIND_FLIP_PROBABILITY
-        ):
+        flip = self.languagebind_random_flip and random.random() < LANGUAGEBIND_FLIP_PROBABILITY
+        if flip and "languagebind" in pixels:
             pixels["languagebind"] = pixels["languagebind"].flip(-1)
         return pixels, metadata
 
@@ -360,69 +368,58 @@ class MervVideoProcessor(VideoProcessorMixin):
         used = np.unique(np.concatenate(list(picks.values())))
         return FramePlan(grid[used], {name: np.searchsorted(used, pick) for name, pick in picks.items()})
 
-    def _transform(
-        self, frames: np.ndarray, positions: np.ndarray, transform: EncoderTransform, resized_cache: dict
-    ) -> torch.Tensor:
-        """`[len(positions), 3, H, W]` float32 for one encoder; each distinct frame is processed once."""
-        distinct, rows = np.unique(positions, return_inverse=True)
-        if transform.resize_backend == "pil":
-            pixels = _normalize(_to_float(self._pil_resized(frames, distinct, transform, resized_cache)), transform)
-        else:
-            pixels = torch.stack([_torch_transform(frames[position], transform) for position in distinct])
-        return pixels[torch.from_numpy(rows)]
 
-    @staticmethod
-    def _pil_resized(
-        frames: np.ndarray, distinct: np.ndarray, transform: EncoderTransform, resized_cache: dict
-    ) -> np.ndarray:
-        """uint8 `[k, h, w, 3]`: PIL resize (+ centre crop), reused across encoders with the same target."""
-        height, width = frames.shape[1:3]
-        out_height, out_width = transform.resized_size(height, width)
-        box = transform.crop_box(out_height, out_width)
-        key = (out_height, out_width, transform.interpolation, box)
-        resample = PIL_RESAMPLING[transform.interpolation]
-        images = []
-        for position in distinct.tolist():
-            if (position, key) not in resized_cache:
-                image = Image.fromarray(frames[position]).resize((out_width, out_height), resample)
-                if box is not None:
-                    top, left, crop_height, crop_width = box
-                    image = image.crop((left, top, left + crop_width, top + crop_height))
-                resized_cache[position, key] = np.asarray(image)
-            images.append(resized_cache[position, key])
-        return np.stack(images)
+def _transform_frame(frame: np.ndarray, transform: EncoderTransform, resized: dict) -> np.ndarray:
+    """One uint8 `[H, W, 3]` frame -> float32 `[3, h, w]` for one encoder. `resized` caches this frame's PIL
+    resizes by target, for encoders that share one (DINOv2 and SigLIP: bicubic 224x224)."""
+    if transform.resize_backend == "torch":
+        return _torch_transform(frame, transform)
+    height, width = transform.resized_size(*frame.shape[:2])
+    box = transform.crop_box(height, width)
+    key = (height, width, transform.interpolation, box)
+    if key not in resized:
+        image = Image.fromarray(frame).resize((width, height), PIL_RESAMPLING[transform.interpolation])
+        if box is not None:
+            top, left, crop_height, crop_width = box
+            image = image.crop((left, top, left + crop_width, top + crop_height))
+        resized[key] = np.asarray(image)
+    return _normalize(_to_float(resized[key]), transform)
 
 
-def _to_float(frames: np.ndarray) -> torch.Tensor:
-    """uint8 `[k, H, W, 3]` -> float32 `[k, 3, H, W]` in [0, 1] (torchvision's `ToTensor`)."""
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(UINT8_MAX)
+def _to_float(image: np.ndarray) -> np.ndarray:
+    """uint8 `[H, W, 3]` -> float32 `[3, H, W]` in [0, 1], as torchvision's `ToTensor` and the authors' `x / 255.0`
+    compute it (IEEE float32 division, so numpy and torch agree bit for bit)."""
+    return image.transpose(2, 0, 1).astype(np.float32) / np.float32(UINT8_MAX)
 
 
-def _normalize(pixels: torch.Tensor, transform: EncoderTransform) -> torch.Tensor:
-    mean = torch.tensor(transform.image_mean, dtype=pixels.dtype).view(-1, 1, 1)
-    std = torch.tensor(transform.image_std, dtype=pixels.dtype).view(-1, 1, 1)
-    return pixels.sub_(mean).div_(std)
+def _normalize(pixels: np.ndarray, transform: EncoderTransform) -> np.ndarray:
+    """`(x - mean) / std` per channel in float32, in place, as torchvision's `Normalize` / `NormalizeVideo`."""
+    pixels -= np.asarray(transform.image_mean, dtype=np.float32)[:, None, None]
+    pixels /= np.asarray(transform.image_std, dtype=np.float32)[:, None, None]
+    return pixels
 
 
-def _torch_transform(frame: np.ndarray, transform: EncoderTransform) -> torch.Tensor:
-    """One frame through the torch path (LanguageBind): /255, [normalise], `F.interpolate`, centre crop, [normalise].
+def _torch_transform(frame: np.ndarray, transform: EncoderTransform) -> np.ndarray:
+    """The torch path (LanguageBind): /255, [normalise], `F.interpolate` (no antialias), centre crop, [normalise].
 
     Frame by frame: the authors interpolate the whole `[C, T, H, W]` clip, which treats every frame plane
     independently, so the result is the same while full-resolution float copies stay one frame at a time.
     """
-    pixels = _to_float(frame[None])
+    pixels = _to_float(frame)
     if transform.normalize_before_resize:
         pixels = _normalize(pixels, transform)
     height, width = transform.resized_size(*frame.shape[:2])
     align_corners = None if transform.interpolation == "nearest" else False
-    pixels = F.interpolate(pixels, size=(height, width), mode=transform.interpolation, align_corners=align_corners)
+    resized = F.interpolate(
+        torch.from_numpy(pixels)[None], size=(height, width), mode=transform.interpolation, align_corners=align_corners
+    )[0].numpy()
     box = transform.crop_box(height, width)
     if box is not None:
         top, left, crop_height, crop_width = box
-        pixels = pixels[..., top : top + crop_height, left : left + crop_width]
+        resized = resized[:, top : top + crop_height, left : left + crop_width]
     if not transform.normalize_before_resize:
-        pixels = _normalize(pixels, transform)
-    return pixels[0]
+        resized = _normalize(np.ascontiguousarray(resized), transform)
+    return resized
 
 
 def _merge_settings(vision_encoders: list[str], overrides: dict[str, dict]) -> dict[str, dict]:
