@@ -1,0 +1,164 @@
+"""Preprocessing benchmarks for `MervVideoProcessor` and `video_io` (results: benchmarks/README.md).
+
+1. Decode once for all encoders vs decoding separately per encoder, on ../shared/media/flipping_a_pancake.mkv.
+2. Sampling 32 frames from a 10-minute low-resolution video (generated here with PyAV into a temporary directory,
+   MP4 and the same packets remuxed to Matroska) vs from the 10-second pancake clip, and vs the same video cut to
+   10 s; peak memory of each read.
+
+    python benchmarks/bench_preprocess.py [--repeats 5] [--long-minutes 10]
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from transformers_merv import MervVideoProcessor
+from transformers_merv.video_io import read_video
+
+
+PANCAKE = Path(__file__).resolve().parents[1].parent / "shared" / "media" / "flipping_a_pancake.mkv"
+ENCODERS = ("languagebind", "dinov2", "vivit", "siglip")
+SAMPLED_FRAMES = 32
+SYNTHETIC_FPS = 30
+SYNTHETIC_SIZE = (90, 160)  # height, width
+SHORT_SECONDS = 10
+GOPS = {"250 frames (x264 default)": 250, "60 frames (2 s)": 60}
+KIB_PER_MIB = 1024
+
+
+def median_seconds(function: Callable[[], object], repeats: int) -> float:
+    function()  # warm-up: imports, caches, first-call allocations
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_decode_once(repeats: int) -> list[tuple[str, str]]:
+    together = MervVideoProcessor()
+    separate = [MervVideoProcessor(vision_encoders=(name,)) for name in ENCODERS]
+    once = median_seconds(lambda: together(PANCAKE), repeats)
+    each = median_seconds(lambda: [processor(PANCAKE) for processor in separate], repeats)
+    return [
+        ("pancake, 4 encoders, decode once (`MervVideoProcessor()`)", f"{once * 1000:.0f} ms"),
+        ("pancake, one processor per encoder, 4 decodes", f"{each * 1000:.0f} ms"),
+        ("**speed-up of decoding once**", f"**{each / once:.2f}x**"),
+    ]
+
+
+def make_video(path: Path, seconds: int, gop: int) -> Path:
+    """MP4 of a moving gradient with a moving block; x264 with B-frames, like common encodes."""
+    height, width = SYNTHETIC_SIZE
+    rows, cols = np.mgrid[0:height, 0:width]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=SYNTHETIC_FPS, options={"x264-params": "bframes=3:b-adapt=0"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.gop_size = gop
+        for index in range(seconds * SYNTHETIC_FPS):
+            frame = np.empty((height, width, 3), dtype=np.uint8)
+            frame[..., 0] = (cols + index) % 256
+            frame[..., 1] = (rows * 2 + index // 3) % 256
+            frame[..., 2] = index % 256
+            top, left = (index // 2) % (height - 16), index % (width - 16)
+            frame[top : top + 16, left : left + 16] = 255
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def remux_to_matroska(source: Path) -> Path:
+    """The same packets in a Matroska file, whose header states no frame count."""
+    target = source.with_suffix(".mkv")
+    with av.open(str(source)) as inputs, av.open(str(target), "w", format="matroska") as outputs:
+        stream = outputs.add_stream_from_template(inputs.streams.video[0])
+        for packet in inputs.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream
+                outputs.mux(packet)
+    return target
+
+
+def peak_memory_mib(path: Path) -> float:
+    """Peak resident memory added by one `read_video` call, measured in a fresh process."""
+    result = subprocess.run(
+        [sys.executable, __file__, "--measure-memory", str(path)], capture_output=True, text=True, check=True
+    )
+    return float(result.stdout.strip())
+
+
+def measure_memory(path: str) -> None:
+    """Linux: reset the process's peak resident size (`clear_refs` 5), read, report the new peak minus the start."""
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kib("VmRSS")
+    read_video(path, SAMPLED_FRAMES)
+    print((_status_kib("VmHWM") - before) / KIB_PER_MIB)
+
+
+def _status_kib(field: str) -> int:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+    return int(line.split()[1])
+
+
+def bench_long_video(repeats: int, long_minutes: int) -> list[tuple[str, str]]:
+    pancake_time = median_seconds(partial(read_video, PANCAKE, SAMPLED_FRAMES), repeats)
+    rows = [("pancake (real 10.3 s clip, 426x240, 3 keyframes)", f"{pancake_time * 1000:.0f} ms")]
+    with tempfile.TemporaryDirectory() as folder:
+        for gop_name, gop in GOPS.items():
+            short_mp4 = make_video(Path(folder) / f"short_{gop}.mp4", SHORT_SECONDS, gop)
+            long_mp4 = make_video(Path(folder) / f"long_{gop}.mp4", long_minutes * 60, gop)
+            for short, long in ((short_mp4, long_mp4), (remux_to_matroska(short_mp4), remux_to_matroska(long_mp4))):
+                short_time = median_seconds(partial(read_video, short, SAMPLED_FRAMES), repeats)
+                long_time = median_seconds(partial(read_video, long, SAMPLED_FRAMES), repeats)
+                rows.append(
+                    (
+                        f"{long_minutes} min {long.suffix[1:]}, keyframe every {gop_name}",
+                        f"{long_time * 1000:.0f} ms = **{long_time / pancake_time:.2f}x** the pancake, "
+                        f"{long_time / short_time:.2f}x the same video cut to 10 s ({short_time * 1000:.0f} ms); "
+                        f"peak memory +{peak_memory_mib(long):.1f} MiB (10 s: +{peak_memory_mib(short):.1f} MiB)",
+                    )
+                )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--long-minutes", type=int, default=10)
+    parser.add_argument("--measure-memory", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure_memory:
+        measure_memory(args.measure_memory)
+        return
+    machine = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "av": av.__version__,
+        "torch": torch.__version__,
+        "load average before": os.getloadavg(),
+    }
+    print(f"machine: {json.dumps(machine)}; median of {args.repeats} runs after one warm-up\n")
+    print("| measurement | result |\n|---|---|")
+    for name, value in bench_decode_once(args.repeats) + bench_long_video(args.repeats, args.long_minutes):
+        print(f"| {name} | {value} |")
+    print(f"\nload average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
