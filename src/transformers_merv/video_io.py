@@ -2,9 +2,13 @@
 
 Decoding uses PyAV only. Opening a video demuxes its packets once (no decoding) to count the frames and map each frame
 index to its presentation time stamp: containers such as Matroska report no frame count, and the authors' decoder
-(decord) counts frames the same way. Only the requested frames are then decoded; when a requested frame lies behind a
-keyframe that has not been reached yet, the reader seeks to that keyframe instead of decoding everything before it,
-so the cost of sampling a long video grows with the number of frames sampled, not with its length.
+(decord) counts frames the same way. Only the requested frames are then decoded, one at a time: when a requested frame
+lies behind a keyframe that has not been reached yet, the reader seeks to that keyframe instead of decoding everything
+before it, and non-reference frames that were not requested are skipped, so the cost of sampling a long video grows
+with the number of frames sampled (times the keyframe interval), not with its length. Frames come out upright
+(rotation metadata applied) as uint8 RGB. Image files decode as one-frame videos. A Matroska file cut short reads as
+the shorter video it still holds (complete frames only, as with decord); data that cannot be decoded raises
+`VideoDecodingError`, a `ValueError` naming the file, with PyAV's error chained.
 
 Frame indices follow the authors' `load_video` (`merv/preprocessing/datasets/datasets.py`), float64 arithmetic and
 truncation included: `np.linspace(start * fps, min(N - 1, end * fps - 1), num_frames, dtype=int)` with
@@ -12,7 +16,7 @@ truncation included: `np.linspace(start * fps, min(N - 1, end * fps - 1), num_fr
 frames than requested therefore gets repeated indices (a 3-frame clip sampled at 32 gives `[0] * 16 + [1] * 15 + [2]`),
 exactly as the authors' code does; it is not an error.
 
-Besides files, paths, bytes and file-like objects, already decoded frames are accepted: a uint8 array or tensor
+Besides paths, bytes and binary file objects, already decoded frames are accepted: a uint8 array or tensor
 `[frames, height, width, 3]`, a list of PIL images or of `[height, width, 3]` arrays (one video), or a single image
 (a one-frame video, which the sampling repeats, as the authors do for images).
 """

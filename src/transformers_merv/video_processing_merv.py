@@ -286,14 +286,18 @@ class MervVideoProcessor(VideoProcessorMixin):
             for i in range(len(videos))
         ]
         transforms = self.transforms
-        pixels = {name: [] for name in self.vision_encoders}
+        frames = {name: [] for name in self.vision_encoders}
         metadata = []
         for i, (video, video_sampling) in enumerate(zip(videos, per_video, strict=True)):
-            video_pixels, video_metadata = self._process_one(video, f"videos[{i}]", transforms, **video_sampling)
-            for name, tensor in video_pixels.items():
-                pixels[name].append(tensor)
+            video_frames, video_metadata = self._process_one(video, f"videos[{i}]", transforms, **video_sampling)
+            for name, encoder_frames in video_frames.items():
+                frames[name].extend(encoder_frames)
             metadata.append(video_metadata)
-        data = {"pixel_values_videos": {name: torch.stack(tensors) for name, tensors in pixels.items()}}
+        pixels = {  # one copy into the batch tensor
+            name: torch.from_numpy(np.stack(encoder_frames).reshape(len(videos), -1, *encoder_frames[0].shape))
+            for name, encoder_frames in frames.items()
+        }
+        data = {"pixel_values_videos": pixels}
         if return_metadata:
             data["video_metadata"] = metadata
         return MervBatchFeature(data)
@@ -321,8 +325,8 @@ class MervVideoProcessor(VideoProcessorMixin):
 
     def _process_one(
         self, video: object, name: str, transforms: dict[str, EncoderTransform], **sampling
-    ) -> tuple[dict[str, torch.Tensor], VideoMetadata]:
-        """One video: its distinct sampled frames are decoded one at a time in a background thread while each is
+    ) -> tuple[dict[str, list[np.ndarray]], VideoMetadata]:
+        """One video, as float32 `[3, H, W]` frames per encoder (repeated frames are the same array): its distinct sampled frames are decoded one at a time in a background thread while each is
         transformed for every encoder that uses it (PIL resizes shared between encoders with the same target);
         decoded frames are not kept."""
         with open_video(video, name) as reader:
@@ -338,14 +342,11 @@ class MervVideoProcessor(VideoProcessorMixin):
                             processed[encoder][position] = _transform_frame(frame, transform, resized)
             metadata = reader.metadata
         metadata.frames_indices = plan.indices.tolist()
-        pixels = {
-            encoder: torch.from_numpy(np.stack([processed[encoder][position] for position in rows[encoder]]))
-            for encoder in transforms
-        }
+        frames = {encoder: [processed[encoder][position] for position in rows[encoder]] for encoder in transforms}
         flip = self.languagebind_random_flip and random.random() < LANGUAGEBIND_FLIP_PROBABILITY
-        if flip and "languagebind" in pixels:
-            pixels["languagebind"] = pixels["languagebind"].flip(-1)
-        return pixels, metadata
+        if flip and "languagebind" in frames:
+            frames["languagebind"] = [frame[..., ::-1] for frame in frames["languagebind"]]
+        return frames, metadata
 
     def frame_plan(
         self,
@@ -389,7 +390,9 @@ def _transform_frame(frame: np.ndarray, transform: EncoderTransform, resized: di
 def _to_float(image: np.ndarray) -> np.ndarray:
     """uint8 `[H, W, 3]` -> float32 `[3, H, W]` in [0, 1], as torchvision's `ToTensor` and the authors' `x / 255.0`
     compute it (IEEE float32 division, so numpy and torch agree bit for bit)."""
-    return image.transpose(2, 0, 1).astype(np.float32) / np.float32(UINT8_MAX)
+    pixels = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+    pixels /= np.float32(UINT8_MAX)
+    return pixels
 
 
 def _normalize(pixels: np.ndarray, transform: EncoderTransform) -> np.ndarray:
