@@ -326,9 +326,12 @@ class MervVideoProcessor(VideoProcessorMixin):
     def _process_one(
         self, video: object, name: str, transforms: dict[str, EncoderTransform], **sampling
     ) -> tuple[dict[str, list[np.ndarray]], VideoMetadata]:
-        """One video, as float32 `[3, H, W]` frames per encoder (repeated frames are the same array): its distinct sampled frames are decoded one at a time in a background thread while each is
-        transformed for every encoder that uses it (PIL resizes shared between encoders with the same target);
-        decoded frames are not kept."""
+        """One video as float32 `[3, H, W]` frames per encoder (a repeated frame is the same array).
+
+        Its distinct sampled frames are decoded one at a time in a background thread while each is transformed for
+        every encoder that uses it (PIL resizes shared between encoders with the same target); decoded frames are not
+        kept.
+        """
         with open_video(video, name) as reader:
             plan = self.frame_plan(reader.metadata, **sampling)
             distinct, positions = np.unique(plan.indices, return_inverse=True)
