@@ -1,0 +1,475 @@
+"""The `merv` command: ask a question about a video, evaluate on the authors' files, explain the encoder fusion,
+convert the authors' checkpoints.
+
+    merv ask VIDEO "QUESTION"
+    merv eval --questions Q.json --answers A.json --video-dir DIR --mode {open-ended,mcq} --output results.json
+    merv explain VIDEO "QUESTION" --plot fusion.png
+    merv convert --run-dir RUN --llm LLM_DIR [--languagebind DIR ...] --output-dir OUT
+
+Every command but `convert` uses the shipped default model unless `--model PATH_OR_HUB_ID` names another.
+Errors are one line on stderr (`error: ...`) with exit status 1; bad flags exit with status 2.
+"""
+
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .configuration_merv import ENCODER_CONFIG_KEYS
+from .conversion import DTYPES, MERV_IMAGE_SIZE, ConversionError, EncoderSources, convert
+from .evaluation import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_NEW_TOKENS,
+    MODES,
+    OPEN_ENDED,
+    EvaluationInputError,
+    evaluate,
+    load_items,
+    load_judge,
+    write_results,
+)
+
+
+PROG = "merv"
+EXIT_ERROR = 1
+AUTO = "auto"
+DTYPE_CHOICES = (AUTO, *DTYPES)
+BAR_WIDTH = 40
+"""Characters of the longest text bar in `merv explain`."""
+
+# Fusion chart (PNG).
+CHART_WIDTH = 720
+CHART_ROW_HEIGHT = 44
+CHART_MARGIN = 20
+CHART_LABEL_WIDTH = 150
+CHART_VALUE_WIDTH = 70
+CHART_TITLE_HEIGHT = 56
+CHART_FONT_SIZE = 18
+CHART_TITLE_CHARS = 70
+CHART_BACKGROUND = (255, 255, 255)
+CHART_TEXT = (20, 20, 20)
+CHART_AXIS = (160, 160, 160)
+CHART_COLORS = ((66, 133, 244), (219, 68, 55), (244, 180, 0), (15, 157, 88), (171, 71, 188), (0, 172, 193))
+
+
+class CliError(Exception):
+    """A problem with the user's input, reported as one line."""
+
+
+# --- model and inputs ------------------------------------------------------------------------------------------------
+
+
+def default_model() -> str:
+    """The folder of the shipped default model (`transformers_merv.default_model_path()`)."""
+    try:
+        from . import default_model_path
+    except ImportError:
+        raise CliError("this installation ships no default model; pass --model PATH_OR_HUB_ID") from None
+    path = Path(default_model_path())
+    if not path.is_dir():
+        raise CliError(f"the default model folder {path} is missing; reinstall, or pass --model PATH_OR_HUB_ID")
+    return str(path)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """`device`, or CUDA when available and the CPU otherwise."""
+    resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {device}: CUDA is not available on this machine")
+    return resolved
+
+
+def check_model_id(model_id: str) -> None:
+    """Fail early, without network, on a name that is neither an existing folder nor a valid Hub model id."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if Path(model_id).exists():
+        return
+    try:
+        validate_repo_id(model_id)
+    except HFValidationError:
+        raise CliError(f"no model folder at {model_id} (and it is not a Hub model id)") from None
+
+
+def load_processor(model_id: str):
+    from transformers import AutoProcessor
+
+    check_model_id(model_id)
+    try:
+        return AutoProcessor.from_pretrained(model_id)
+    except (OSError, ValueError) as err:
+        raise CliError(f"cannot load model {model_id!r}: {_first_line(err)}") from err
+
+
+def load_model(model_id: str, device: torch.device, dtype: str):
+    from transformers import AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(model_id, dtype=AUTO if dtype == AUTO else DTYPES[dtype])
+    except (OSError, ValueError) as err:
+        raise CliError(f"cannot load model {model_id!r}: {_first_line(err)}") from err
+    return model.to(device).eval()
+
+
+def _first_line(err: BaseException) -> str:
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+
+
+def prepare_inputs(processor, video: Path, question: str, window: Mapping[str, float | int]):
+    """Prompt ids (the model's chat template) and pixels for one video and question."""
+    if not video.is_file():
+        raise CliError(f"no video file at {video}")
+    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(conversation, tokenize=False)
+    try:
+        return processor(text=[text], videos=[str(video)], return_tensors="pt", **window)
+    except ValueError as err:  # VideoDecodingError and sampling windows outside the video
+        message = _first_line(err)
+        raise CliError(message if str(video) in message else f"{video}: {message}") from err
+
+
+def answer_question(model, processor, inputs, generation: Mapping[str, Any]) -> tuple[str, Any]:
+    """The answer to one prepared question, and the video features it was generated from (`fusion_weights`...)."""
+    inputs = inputs.to(model.device)
+    pixels = {name: value.to(model.dtype) for name, value in inputs["pixel_values_videos"].items()}
+    with torch.inference_mode():
+        features = model.get_video_features(pixels)
+        output = model.generate(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            mm_encoder_outputs={"video": features},
+            **generation,
+        )
+    return processor.batch_decode(output, prompt_ids=inputs["input_ids"], skip_special_tokens=True)[0], features
+
+
+def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The generation flags the user gave (`max_new_tokens` always)."""
+    names = ("do_sample", "temperature", "top_p", "top_k", "num_beams")
+    kwargs = {name: getattr(args, name) for name in names if getattr(args, name) not in (None, False)}
+    return {"max_new_tokens": args.max_new_tokens, **kwargs}
+
+
+def sampling_window(args: argparse.Namespace) -> dict[str, float | int]:
+    names = ("clip_start_sec", "clip_end_sec", "end_frame")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+# --- commands --------------------------------------------------------------------------------------------------------
+
+
+def _answer_from_args(args: argparse.Namespace) -> tuple[Any, str, Any]:
+    """Load the processor, read the video (failing fast), load the model, answer: (model, answer, features)."""
+    model_id = args.model or default_model()
+    processor = load_processor(model_id)
+    inputs = prepare_inputs(processor, args.video, args.question, sampling_window(args))
+    model = load_model(model_id, resolve_device(args.device), args.dtype)
+    return model, *answer_question(model, processor, inputs, generation_kwargs(args))
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    _, answer, _ = _answer_from_args(args)
+    print(answer)
+    return 0
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    model, answer, features = _answer_from_args(args)
+    print(f"answer: {answer}")
+    if features.fusion_weights is None:
+        raise CliError(
+            f"this model's fusion ({model.config.fusion_type!r}) has no per-encoder weights, so there is no "
+            "contribution to show; fusion_type 'cross_attention' (MERV's) or 'scalar' has them"
+        )
+    weights = dict(zip(model.config.vision_encoders, features.fusion_weights[0].float().tolist()))
+    print("encoder contributions (fusion weights):")
+    print(format_weights(weights))
+    if args.plot is not None:
+        draw_fusion_chart(weights, args.question, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    if args.judge is not None and args.mode != OPEN_ENDED:
+        raise CliError("--judge scores open-ended answers only")
+    items = load_items(args.questions, args.answers, args.mode, args.limit)
+    if not args.video_dir.is_dir():
+        raise CliError(f"--video-dir {args.video_dir} is not a directory")
+    judge = load_judge(args.judge) if args.judge else None
+    model_id = args.model or default_model()
+    processor = load_processor(model_id)
+    model = load_model(model_id, resolve_device(args.device), args.dtype)
+    results = evaluate(
+        model,
+        processor,
+        items,
+        args.video_dir,
+        args.mode,
+        batch_size=args.batch_size,
+        generation_kwargs={"max_new_tokens": args.max_new_tokens},
+        judge=judge,
+    )
+    sources = {
+        "model": model_id,
+        "questions_file": str(args.questions),
+        "answers_file": str(args.answers),
+        "video_dir": str(args.video_dir),
+    }
+    results["summary"] = sources | results["summary"]
+    write_results(args.output, results)
+    print(format_summary(results["summary"]))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Convert an authors' run; flags of `add_convert_arguments` (shared with conversion/convert_merv_to_hf.py)."""
+    try:
+        encoders = EncoderSources(
+            directories={name: getattr(args, name) for name in ENCODER_CONFIG_KEYS},
+            image_sizes=parse_image_sizes(args.image_size),
+        )
+        report = convert(
+            args.run_dir,
+            args.llm,
+            encoders,
+            args.output_dir,
+            dtype=args.dtype,
+            max_shard_size=args.max_shard_size,
+            verify=args.verify,
+            push_to_hub=args.push_to_hub,
+            private=args.private,
+        )
+    except (ConversionError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    print(
+        f"converted {args.run_dir} -> {report.output_dir} ({report.num_tensors} tensors, {len(report.shards)} shards)"
+    )
+    if report.verified_tensors is not None:
+        print(f"verified: {report.verified_tensors} tensors equal their sources; forward pass ran")
+    if report.commit_url:
+        print(f"pushed: {report.commit_url}")
+    return 0
+
+
+# --- output ----------------------------------------------------------------------------------------------------------
+
+
+def format_weights(weights: Mapping[str, float]) -> str:
+    """One line per encoder: name, weight and a bar scaled to the largest weight."""
+    width = max(len(name) for name in weights)
+    largest = max(weights.values()) or 1.0
+    return "\n".join(
+        f"  {name:<{width}}  {weight:.3f}  {'█' * round(BAR_WIDTH * weight / largest)}"
+        for name, weight in weights.items()
+    )
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    lines = [
+        f"{summary['mode']}: accuracy {_percent(summary['accuracy'])} ({summary['correct']}/{summary['evaluated']}"
+        f" questions; {summary['skipped']} skipped)"
+    ]
+    if "naive_accuracy" in summary:
+        lines.append(f"  naive first-letter accuracy {_percent(summary['naive_accuracy'])}")
+    for kind, rates in summary.get("per_question_type", {}).items():
+        lines.append(f"  {kind}: {_percent(rates['accuracy'])} ({rates['correct']}/{rates['evaluated']})")
+    return "\n".join(lines)
+
+
+def _percent(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{100 * rate:.1f}%"
+
+
+def draw_fusion_chart(weights: Mapping[str, float], question: str, path: str | Path) -> None:
+    """A horizontal bar chart of the fusion weights (PNG, Pillow only)."""
+    height = CHART_TITLE_HEIGHT + CHART_ROW_HEIGHT * len(weights) + CHART_MARGIN
+    image = Image.new("RGB", (CHART_WIDTH, height), CHART_BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=CHART_FONT_SIZE)
+    title = question if len(question) <= CHART_TITLE_CHARS else question[: CHART_TITLE_CHARS - 1] + "…"
+    draw.text((CHART_MARGIN, CHART_MARGIN), f"Fusion weights: {title}", fill=CHART_TEXT, font=font)
+    left = CHART_MARGIN + CHART_LABEL_WIDTH
+    span = CHART_WIDTH - left - CHART_VALUE_WIDTH - CHART_MARGIN
+    for row, (name, weight) in enumerate(weights.items()):
+        top = CHART_TITLE_HEIGHT + row * CHART_ROW_HEIGHT
+        middle = top + CHART_ROW_HEIGHT // 2
+        draw.text((CHART_MARGIN, middle), name, fill=CHART_TEXT, font=font, anchor="lm")
+        bar_end = left + max(1, round(span * weight))
+        draw.rectangle(
+            (left, top + 8, bar_end, top + CHART_ROW_HEIGHT - 8), fill=CHART_COLORS[row % len(CHART_COLORS)]
+        )
+        draw.text((bar_end + 8, middle), f"{weight:.3f}", fill=CHART_TEXT, font=font, anchor="lm")
+    draw.line((left, CHART_TITLE_HEIGHT, left, height - CHART_MARGIN), fill=CHART_AXIS, width=1)
+    try:
+        image.save(path, format="PNG")
+    except OSError as err:
+        raise CliError(f"cannot write {path}: {err}") from err
+
+
+# --- argument parsing ------------------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _device(text: str) -> str:
+    try:
+        torch.device(text)
+    except RuntimeError as err:
+        raise argparse.ArgumentTypeError(_first_line(err)) from None
+    return text
+
+
+def parse_image_sizes(values: Sequence[str]) -> dict[str, int]:
+    """`NAME=PIXELS` values of `--image-size` as `{encoder: pixels}`."""
+    sizes = {}
+    for value in values:
+        name, _, size = value.partition("=")
+        if name not in ENCODER_CONFIG_KEYS or not size.isdigit():
+            raise ConversionError(
+                f"--image-size expects NAME=PIXELS with NAME in {list(ENCODER_CONFIG_KEYS)}, got {value!r}"
+            )
+        sizes[name] = int(size)
+    return sizes
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    """The converter's flags (`merv convert` and conversion/convert_merv_to_hf.py)."""
+    parser.add_argument("--run-dir", type=Path, required=True, help="authors' run directory")
+    parser.add_argument("--llm", type=Path, required=True, help="LLM directory (config + tokenizer)")
+    for name in ENCODER_CONFIG_KEYS:
+        parser.add_argument(f"--{name}", type=Path, help=f"{name} weights directory (needed if the run uses it)")
+    parser.add_argument(
+        "--image-size",
+        nargs="*",
+        default=[],
+        metavar="NAME=PIXELS",
+        help=f"input resolution per encoder (default {MERV_IMAGE_SIZE}, the authors' value)",
+    )
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument(
+        "--dtype", choices=list(DTYPES), help="store the weights in this dtype (default: as the source)"
+    )
+    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    parser.add_argument("--verify", action="store_true", help="reload the output, compare every tensor, run a forward")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the output to this Hub model repository")
+    parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", metavar="PATH_OR_HUB_ID", help="model folder or Hub id (default: the shipped model)"
+    )
+    parser.add_argument(
+        "--device", type=_device, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)"
+    )
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=AUTO, help="weights dtype (default: as saved)")
+
+
+def _add_question_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("video", type=Path, help="video file")
+    parser.add_argument("question", help="question about the video")
+    _add_model_arguments(parser)
+    generation = parser.add_argument_group("generation")
+    generation.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help="longest answer (default %(default)s)",
+    )
+    generation.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    generation.add_argument("--temperature", type=float)
+    generation.add_argument("--top-p", type=float)
+    generation.add_argument("--top-k", type=int)
+    generation.add_argument("--num-beams", type=_positive_int)
+    window = parser.add_argument_group("frame sampling window (the authors' load_video)")
+    window.add_argument("--clip-start-sec", type=float, help="sample from this time (seconds)")
+    window.add_argument("--clip-end-sec", type=float, help="sample up to this time (seconds)")
+    window.add_argument("--end-frame", type=int, help="sample frames 0..END_FRAME instead")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ask = commands.add_parser(
+        "ask", help="answer a question about a video", description="Answer a question about a video."
+    )
+    _add_question_arguments(ask)
+    ask.set_defaults(run=run_ask)
+
+    evaluation = commands.add_parser(
+        "eval",
+        help="evaluate on the authors' question/answer files",
+        description="Evaluate on the authors' evaluation files (question and answer lists joined by question_id).",
+    )
+    evaluation.add_argument("--questions", type=Path, required=True, help="question file (e.g. test_q.json)")
+    evaluation.add_argument("--answers", type=Path, required=True, help="answer file (e.g. test_a.json)")
+    evaluation.add_argument("--video-dir", type=Path, required=True, help="folder of <video_name>.<extension> files")
+    evaluation.add_argument("--mode", choices=MODES, required=True)
+    evaluation.add_argument("--output", type=Path, required=True, help="results JSON to write")
+    _add_model_arguments(evaluation)
+    evaluation.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        help="questions per batch (default %(default)s)",
+    )
+    evaluation.add_argument("--limit", type=_positive_int, help="evaluate only the first LIMIT questions")
+    evaluation.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help="longest answer (default %(default)s, as the authors evaluate; decoding is greedy)",
+    )
+    evaluation.add_argument(
+        "--judge",
+        metavar="MODULE:CALLABLE",
+        help="open-ended only: judge(question, answer, prediction) -> bool or {'pred': 'yes'|'no', 'score': n}",
+    )
+    evaluation.set_defaults(run=run_eval)
+
+    explain = commands.add_parser(
+        "explain",
+        help="answer and show how much each encoder contributes",
+        description="Answer a question and show the fusion weights: how much each encoder contributes.",
+    )
+    _add_question_arguments(explain)
+    explain.add_argument("--plot", type=Path, metavar="PNG", help="also draw the weights as a bar chart")
+    explain.set_defaults(run=run_explain)
+
+    conversion = commands.add_parser(
+        "convert",
+        help="convert an authors' MERV run to a transformers folder",
+        description="Convert an authors' MERV run (princetonvisualai/merv) to a transformers folder.",
+    )
+    add_convert_arguments(conversion)
+    conversion.set_defaults(run=run_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (CliError, EvaluationInputError, OSError) as err:
+        print(f"error: {_first_line(err)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

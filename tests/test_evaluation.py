@@ -1,0 +1,314 @@
+"""Evaluation: the authors' file formats and prompts, answer normalisation, the judge hook, multiple choice by option
+likelihood, per-type summaries, skipped videos, and batched runs that match one-by-one runs."""
+
+import json
+import shutil
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+from transformers import AutoModel, AutoProcessor
+
+from transformers_merv import MervVideoProcessor
+from transformers_merv.data.synthetic import generate_dataset
+from transformers_merv.evaluation import (
+    MCQ,
+    OPEN_ENDED,
+    UNPARSABLE_JUDGE_REPLY,
+    EvalItem,
+    EvaluationInputError,
+    chat_judge,
+    evaluate,
+    find_video,
+    gpt_judge_messages,
+    judge_verdict,
+    letter_token_ids,
+    load_items,
+    load_judge,
+    mcq_prompt,
+    naive_mcq_correct,
+    normalize_answer,
+    parse_judge_reply,
+    pick_letter,
+    summarize,
+)
+
+from conftest import MEDIA
+
+MAX_NEW_TOKENS = 3
+
+
+def _write(path: Path, records: list[dict]) -> Path:
+    path.write_text(json.dumps(records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """One synthetic test video (three questions of three types), a corrupt video and a question about a missing
+    one."""
+    root = tmp_path_factory.mktemp("eval-data")
+    generate_dataset(root, {"test": 1})
+    shutil.copy(MEDIA / "corrupted.mp4", root / "videos" / "broken.mp4")
+    for kind in ("", "mcq_"):
+        questions = json.loads((root / f"test_{kind}q.json").read_text())
+        answers = json.loads((root / f"test_{kind}a.json").read_text())
+        for name in ("broken", "absent"):
+            questions.append({**questions[0], "video_name": name, "question_id": f"{name}_{kind}q"})
+            answers.append({**answers[0], "question_id": f"{name}_{kind}q"})
+        _write(root / f"with_bad_videos_{kind}q.json", questions)
+        _write(root / f"with_bad_videos_{kind}a.json", answers)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(converted_full):
+    return AutoModel.from_pretrained(converted_full).eval(), AutoProcessor.from_pretrained(converted_full)
+
+
+# --- the authors' formats --------------------------------------------------------------------------------------------
+
+
+def test_mcq_prompt_is_the_authors_text():
+    assert mcq_prompt("Is the camera moving?", ["static", "I don't know", "moving"]) == (
+        "Is the camera moving? Select the correct answer from the following options. Write your answer as only one "
+        "of A, B, C and nothing else.\n\n    A. static\nB. I don't know\nC. moving"
+    )
+
+
+def test_items_join_answers_by_question_id_and_keep_the_sampling_window(tmp_path):
+    questions = _write(
+        tmp_path / "q.json",
+        [
+            {
+                "question_id": 7,
+                "video_name": "v",
+                "question": "Q?",
+                "options": ["x", "y", "z"],
+                "num_option": 2,
+                "end_frame": 595,
+                "question_type": "motion",
+            },
+            {"question_id": "8", "video_name": "w", "question": "R?", "options": ["x", "y"], "time": [1.5, 4.0]},
+        ],
+    )
+    answers = _write(tmp_path / "a.json", [{"question_id": "8", "answer_id": 0}, {"question_id": 7, "answer_id": 1}])
+    first, second = load_items(questions, answers, MCQ)
+    assert (first.question_id, first.answer, first.letters, first.question_type) == ("7", "B", "AB", "motion")
+    assert first.sampling == {"end_frame": 595}
+    assert second.sampling == {"clip_start_sec": 1.5, "clip_end_sec": 4.0}
+    assert second.prompt.endswith("\n\n    A. x\nB. y")
+    assert load_items(questions, answers, MCQ, limit=1) == [first]
+
+
+@pytest.mark.parametrize(
+    ("questions", "answers", "message"),
+    [
+        ([{"question_id": 1, "video_name": "v", "question": "Q?"}], [], r"no answer .*\['1'\]"),
+        ([{"question_id": 1, "question": "Q?"}], [{"question_id": 1, "answer": "x"}], "has no 'video_name'"),
+        ({"question_id": 1}, [], "must be a JSON list"),
+        (
+            [{"question_id": 1, "video_name": "v", "question": "Q?"}] * 2,
+            [{"question_id": 1, "answer": "x"}],
+            r"repeats question_id \['1'\]",
+        ),
+    ],
+)
+def test_bad_evaluation_files_are_clear_errors(tmp_path, questions, answers, message):
+    with pytest.raises(EvaluationInputError, match=message):
+        load_items(_write(tmp_path / "q.json", questions), _write(tmp_path / "a.json", answers), OPEN_ENDED)
+
+
+def test_videos_are_found_by_name_with_any_extension(tmp_path):
+    (tmp_path / "clip.txt").write_text("notes")
+    (tmp_path / "clip.webm").write_bytes(b"")
+    (tmp_path / "other.weird").write_bytes(b"")
+    assert find_video(tmp_path, "clip") == tmp_path / "clip.webm"
+    assert find_video(tmp_path, "other") == tmp_path / "other.weird"
+    with pytest.raises(FileNotFoundError, match=r"no video file missing\.\*"):
+        find_video(tmp_path, "missing")
+
+
+# --- open-ended scoring ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prediction", "answer"),
+    [("Red.", "red"), ("The circle", "circle"), ("three", "3"), ("an apple, ", "Apple"), ("1,000", "one thousand")],
+)
+def test_normalisation(prediction, answer):
+    expected = answer != "one thousand"
+    assert (normalize_answer(prediction) == normalize_answer(answer)) is expected
+
+
+def test_judge_results_and_the_authors_gpt_protocol():
+    assert judge_verdict(True) and not judge_verdict(False)
+    assert judge_verdict({"pred": "yes", "score": 4}) and not judge_verdict({"pred": "no", "score": 5})
+    assert judge_verdict({"correct": True})
+    assert parse_judge_reply(" {'pred': 'yes', 'score': 4}") == {"pred": "yes", "score": 4}
+    assert parse_judge_reply("Sure! yes") == UNPARSABLE_JUDGE_REPLY
+    assert parse_judge_reply("{'pred': 'maybe', 'score': 3}") == UNPARSABLE_JUDGE_REPLY
+    system, user = gpt_judge_messages("What color?", "red", "crimson")
+    assert system["role"] == "system" and "Consider synonyms or paraphrases" in system["content"]
+    assert "Question: What color?\nCorrect Answer: red\nPredicted Answer: crimson\n\n" in user["content"]
+    assert user["content"].endswith("{'pred': 'yes', 'score': 4}.")
+    seen = []
+    judge = chat_judge(lambda messages: seen.append(messages) or "{'pred': 'yes', 'score': 5}")
+    assert judge("What color?", "red", "crimson") == {"pred": "yes", "score": 5} and seen[0][1] == user
+
+
+def test_judges_load_from_module_paths():
+    assert load_judge("transformers_merv.evaluation:judge_verdict") is judge_verdict
+    with pytest.raises(EvaluationInputError, match="MODULE:CALLABLE"):
+        load_judge("judge_verdict")
+    with pytest.raises(EvaluationInputError, match="cannot load judge"):
+        load_judge("transformers_merv.evaluation:nothing")
+
+
+# --- multiple choice -------------------------------------------------------------------------------------------------
+
+
+def test_option_likelihood_picks_the_highest_logit_among_the_valid_letters():
+    logits = torch.zeros(10)
+    logits[[1, 2, 3, 4, 5]] = torch.tensor([1.0, 0.5, 3.0, 2.0, 9.0])  # token 5 is the invalid letter "D"
+    letter, scores = pick_letter(logits, {"A": [1], "B": [2, 4], "C": [3]})
+    assert letter == "C" and scores == {"A": 1.0, "B": 2.0, "C": 3.0}
+
+
+def test_every_option_letter_has_tokens_in_the_tiny_tokenizer(tiny):
+    model, processor = tiny
+    ids = letter_token_ids(processor.tokenizer, "ABCDE", model.config.text_config.vocab_size)
+    word_start_a = processor.tokenizer("A", add_special_tokens=False)["input_ids"]
+    assert len(word_start_a) == 1 and word_start_a[0] in ids["A"]
+    assert all(processor.tokenizer.decode([index]).strip() == letter for letter in ids for index in ids[letter])
+
+
+def test_naive_check_reads_the_first_character():
+    assert naive_mcq_correct(" b. a cat", "B") and not naive_mcq_correct("The answer is B", "B")
+
+
+# --- summaries -------------------------------------------------------------------------------------------------------
+
+
+def test_summary_per_question_type_and_skipped_videos():
+    results = [
+        {"question_id": "1", "question_type": "color", "correct": True, "naive_correct": False},
+        {"question_id": "2", "question_type": "color", "correct": False, "naive_correct": False},
+        {"question_id": "3", "question_type": "count", "correct": True, "naive_correct": True},
+        {"question_id": "4", "question_type": "count", "video_name": "v", "correct": None, "skipped": "no video"},
+    ]
+    summary = summarize(results, MCQ)
+    assert (summary["total"], summary["evaluated"], summary["skipped"], summary["correct"]) == (4, 3, 1, 2)
+    assert summary["accuracy"] == pytest.approx(2 / 3) and summary["naive_accuracy"] == pytest.approx(1 / 3)
+    assert summary["per_question_type"]["color"] == {
+        "evaluated": 2,
+        "correct": 1,
+        "accuracy": 0.5,
+        "naive_accuracy": 0.0,
+    }
+    assert summary["per_question_type"]["count"]["evaluated"] == 1
+    assert summary["skipped_questions"] == [{"question_id": "4", "video_name": "v", "reason": "no video"}]
+
+
+def test_open_ended_summary_with_judge_scores():
+    results = [
+        {
+            "question_id": "1",
+            "correct": True,
+            "exact_match": False,
+            "normalized_match": True,
+            "judge": {"pred": "yes", "score": 5},
+        },
+        {
+            "question_id": "2",
+            "correct": False,
+            "exact_match": False,
+            "normalized_match": False,
+            "judge": {"pred": "no", "score": 2},
+        },
+    ]
+    summary = summarize(results, OPEN_ENDED)
+    assert summary["accuracy"] == 0.5 and summary["exact_match_accuracy"] == 0.0
+    assert summary["judge_average_score"] == 3.5 and "per_question_type" not in summary
+
+
+# --- runs with the tiny model ----------------------------------------------------------------------------------------
+
+
+def test_open_ended_run_scores_with_a_judge_and_skips_unreadable_videos(tiny, dataset):
+    model, processor = tiny
+    items = load_items(dataset / "with_bad_videos_q.json", dataset / "with_bad_videos_a.json", OPEN_ENDED)
+    calls = []
+
+    def judge(question, answer, prediction):
+        calls.append((question, answer, prediction))
+        return {"pred": "yes" if question.startswith("Which color") else "no", "score": 3}
+
+    output = evaluate(
+        model,
+        processor,
+        items,
+        dataset / "videos",
+        OPEN_ENDED,
+        batch_size=4,
+        generation_kwargs={"max_new_tokens": MAX_NEW_TOKENS},
+        judge=judge,
+        progress=False,
+    )
+    results, summary = output["results"], output["summary"]
+    assert [entry["question_id"] for entry in results] == [item.question_id for item in items]
+    evaluated = [entry for entry in results if "skipped" not in entry]
+    assert len(calls) == len(evaluated) == len(items) - 2
+    assert all(entry["correct"] == entry["question"].startswith("Which color") for entry in evaluated)
+    assert all(entry["prediction"] and entry["judge"]["score"] == 3 for entry in evaluated)
+    assert summary["skipped"] == 2 and summary["judge_average_score"] == 3
+    reasons = {entry["question_id"]: entry["reason"] for entry in summary["skipped_questions"]}
+    assert "corrupt" in reasons["broken_q"] and "no video file absent.*" in reasons["absent_q"]
+    assert summary["per_question_type"]["color"]["accuracy"] == 1.0
+
+
+def test_mcq_batches_match_single_questions(tiny, dataset):
+    model, processor = tiny
+    items = load_items(dataset / "test_mcq_q.json", dataset / "test_mcq_a.json", MCQ)
+    runs = [
+        evaluate(
+            model,
+            processor,
+            items,
+            dataset / "videos",
+            MCQ,
+            batch_size=size,
+            generation_kwargs={"max_new_tokens": MAX_NEW_TOKENS},
+            progress=False,
+        )["results"]
+        for size in (len(items), 1)
+    ]
+    for batched, alone in zip(*runs):
+        assert batched["prediction"] == alone["prediction"] and batched["generation"] == alone["generation"]
+        assert batched["letter_logits"] == pytest.approx(alone["letter_logits"], abs=1e-4)
+    for entry, item in zip(runs[0], items):
+        assert set(entry["letter_logits"]) == set(item.letters)
+        assert entry["prediction"] == max(entry["letter_logits"], key=entry["letter_logits"].get)
+        assert entry["correct"] == (entry["prediction"] == item.answer)
+        assert entry["naive_correct"] == naive_mcq_correct(entry["generation"], item.answer)
+        assert entry["answer_text"] == item.options[item.letters.index(item.answer)]
+
+
+def test_sampling_window_reaches_the_video_processor(tiny, dataset):
+    model, processor = tiny
+    item = EvalItem("q", "test_00000", "Q?", "Q?", "red", sampling={"end_frame": 5, "clip_start_sec": 0.25})
+    with mock.patch.object(
+        MervVideoProcessor, "preprocess", autospec=True, side_effect=MervVideoProcessor.preprocess
+    ) as preprocess:
+        evaluate(
+            model,
+            processor,
+            [item],
+            dataset / "videos",
+            OPEN_ENDED,
+            generation_kwargs={"max_new_tokens": 1},
+            progress=False,
+        )
+    assert preprocess.call_args.kwargs["end_frame"] == 5
+    assert preprocess.call_args.kwargs["clip_start_sec"] == 0.25
