@@ -328,9 +328,10 @@ class MervVideoProcessor(VideoProcessorMixin):
     ) -> tuple[dict[str, list[np.ndarray]], VideoMetadata]:
         """One video as float32 `[3, H, W]` frames per encoder (a repeated frame is the same array).
 
-        Its distinct sampled frames are decoded one at a time in a background thread while each is transformed for
-        every encoder that uses it (PIL resizes shared between encoders with the same target); decoded frames are not
-        kept.
+        Its distinct sampled frames are decoded one at a time in a background thread while each is PIL-resized for
+        every encoder that uses it (one resize per distinct target: DINOv2 and SigLIP share theirs). The torch-resized
+        frames (LanguageBind) are kept as uint8 and transformed once decoding is over, when torch's own threads no
+        longer compete with the decoding thread.
         """
         with open_video(video, name) as reader:
             plan = self.frame_plan(reader.metadata, **sampling)
@@ -342,8 +343,16 @@ class MervVideoProcessor(VideoProcessorMixin):
                     resized = {}
                     for encoder, transform in transforms.items():
                         if position in processed[encoder]:
-                            processed[encoder][position] = _transform_frame(frame, transform, resized)
+                            deferred = transform.resize_backend == "torch"
+                            processed[encoder][position] = (
+                                frame if deferred else _pil_transform(frame, transform, resized)
+                            )
             metadata = reader.metadata
+        for encoder, transform in transforms.items():
+            if transform.resize_backend == "torch":
+                processed[encoder] = {
+                    position: _torch_transform(frame, transform) for position, frame in processed[encoder].items()
+                }
         metadata.frames_indices = plan.indices.tolist()
         frames = {encoder: [processed[encoder][position] for position in rows[encoder]] for encoder in transforms}
         flip = self.languagebind_random_flip and random.random() < LANGUAGEBIND_FLIP_PROBABILITY
@@ -373,11 +382,9 @@ class MervVideoProcessor(VideoProcessorMixin):
         return FramePlan(grid[used], {name: np.searchsorted(used, pick) for name, pick in picks.items()})
 
 
-def _transform_frame(frame: np.ndarray, transform: EncoderTransform, resized: dict) -> np.ndarray:
-    """One uint8 `[H, W, 3]` frame -> float32 `[3, h, w]` for one encoder. `resized` caches this frame's PIL
-    resizes by target, for encoders that share one (DINOv2 and SigLIP: bicubic 224x224)."""
-    if transform.resize_backend == "torch":
-        return _torch_transform(frame, transform)
+def _pil_transform(frame: np.ndarray, transform: EncoderTransform, resized: dict) -> np.ndarray:
+    """One uint8 `[H, W, 3]` frame -> float32 `[3, h, w]` through PIL resize (+ crop), /255 and normalisation.
+    `resized` caches this frame's resizes by target for encoders that share one."""
     height, width = transform.resized_size(*frame.shape[:2])
     box = transform.crop_box(height, width)
     key = (height, width, transform.interpolation, box)
