@@ -55,22 +55,27 @@ class Timing:
         return f"{self.wall / other.wall:.2f}x (CPU {self.cpu / other.cpu:.2f}x)"
 
 
-def measure(function: Callable[[], object], repeats: int) -> Timing:
-    function()  # warm-up: imports, caches, first-call allocations
-    walls, cpus = [], []
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        function()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    return Timing(statistics.median(walls), statistics.median(cpus))
+def measure(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, Timing]:
+    """Time the functions in turn, `repeats` rounds after a warm-up round, so that a load change on a shared
+    machine affects all of them alike."""
+    walls, cpus = {name: [] for name in functions}, {name: [] for name in functions}
+    for round_index in range(repeats + 1):
+        for name, function in functions.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            function()
+            if round_index:  # round 0 warms up imports, caches and first-call allocations
+                walls[name].append(time.perf_counter() - wall)
+                cpus[name].append(time.process_time() - cpu)
+    return {name: Timing(statistics.median(walls[name]), statistics.median(cpus[name])) for name in functions}
 
 
 def bench_decode_once(repeats: int) -> list[tuple[str, str]]:
     together = MervVideoProcessor()
     separate = [MervVideoProcessor(vision_encoders=(name,)) for name in ENCODERS]
-    once = measure(lambda: together(PANCAKE), repeats)
-    each = measure(lambda: [processor(PANCAKE) for processor in separate], repeats)
+    timings = measure(
+        {"once": lambda: together(PANCAKE), "each": lambda: [processor(PANCAKE) for processor in separate]}, repeats
+    )
+    once, each = timings["once"], timings["each"]
     return [
         ("pancake, 4 encoders, decode once: `MervVideoProcessor()(video)`", str(once)),
         ("pancake, one `MervVideoProcessor(vision_encoders=(name,))` per encoder: 4 decodes", str(each)),
@@ -132,19 +137,19 @@ def _status_kib(field: str) -> int:
 
 
 def bench_long_video(repeats: int, long_minutes: int) -> list[tuple[str, str]]:
-    pancake = measure(partial(read_video, PANCAKE, SAMPLED_FRAMES), repeats)
-    rows = [("`read_video`, 32 frames: pancake (real 10.3 s clip, 426x240, 3 keyframes)", str(pancake))]
+    rows = []
     with tempfile.TemporaryDirectory() as folder:
         for gop_name, gop in GOPS.items():
             short_mp4 = make_video(Path(folder) / f"short_{gop}.mp4", SHORT_SECONDS, gop)
             long_mp4 = make_video(Path(folder) / f"long_{gop}.mp4", long_minutes * 60, gop)
             for short, long in ((short_mp4, long_mp4), (remux_to_matroska(short_mp4), remux_to_matroska(long_mp4))):
-                short_time = measure(partial(read_video, short, SAMPLED_FRAMES), repeats)
-                long_time = measure(partial(read_video, long, SAMPLED_FRAMES), repeats)
+                reads = {path: partial(read_video, path, SAMPLED_FRAMES) for path in (PANCAKE, short, long)}
+                timings = measure(reads, repeats)
+                pancake, short_time, long_time = timings[PANCAKE], timings[short], timings[long]
                 rows.append(
                     (
                         f"`read_video`, 32 frames: {long_minutes} min {long.suffix[1:]}, keyframe every {gop_name}",
-                        f"{long_time} = **{long_time.ratio(pancake)}** the pancake; "
+                        f"{long_time} = **{long_time.ratio(pancake)}** the pancake ({pancake}); "
                         f"{long_time.ratio(short_time)} the same video cut to {SHORT_SECONDS} s ({short_time}); "
                         f"peak memory +{peak_memory_mib(long):.1f} MiB ({SHORT_SECONDS} s: "
                         f"+{peak_memory_mib(short):.1f} MiB)",
@@ -171,7 +176,7 @@ def main() -> None:
         "torch": torch.__version__,
         "load average before": os.getloadavg(),
     }
-    print(f"machine: {json.dumps(machine)}; median of {args.repeats} runs after one warm-up\n")
+    print(f"machine: {json.dumps(machine)}; median of {args.repeats} interleaved rounds after a warm-up round\n")
     print("| measurement | result |\n|---|---|")
     for name, value in bench_decode_once(args.repeats) + bench_long_video(args.repeats, args.long_minutes):
         print(f"| {name} | {value} |")
