@@ -1,0 +1,249 @@
+"""Train MERV with transformers' `Trainer`: the authors' alignment and finetuning stages, or LoRA / QLoRA with PEFT.
+
+Data: a Video-LLaVA / MERV JSON (`--data_path`) whose video and image paths are relative to `--media_root` (see
+`transformers_merv.training.VideoLlavaDataset`). Every `TrainingArguments` flag works; those the authors set have
+their values per stage as defaults (below), so a bare command reproduces their recipe:
+
+    python examples/train.py --model_name_or_path merv-full-hf --stage finetune \
+        --data_path data/videochatgpt_llavaimage_tune.json --media_root data/ --output_dir runs/merv-finetune
+
+Global batch = per-device batch x gradient accumulation x GPUs. `--global_batch_size` (default: the authors' 256 for
+alignment, 128 for finetuning) sets the accumulation from the other two, as the authors do: 8 GPUs x 16 x 2 = 256
+(align), 8 x 8 x 2 = 128 (finetune); on one GPU the same command accumulates 16 steps.
+
+Stages (`transformers_merv.training.set_trainable`):
+  align       projectors + fusion; caption data (`[BOS][video] caption</s>`); lr 1e-3, wd 0, batch 256
+  full-align  + the LLM: stage 1 of merv-full; caption data; lr 1e-4, wd 0, batch 256
+  finetune    projectors + fusion + LLM; conversations; lr 2e-5, wd 0.1, batch 128
+  lora        LoRA on the LLM (r 128, alpha 256, dropout 0.05), projectors + fusion in full; lr 2e-4, wd 0, batch 128
+              (LLaVA-1.5's LoRA recipe; the authors train no LoRA). `--qlora` loads the LLM in 4 bits (CUDA +
+              bitsandbytes). The output directory holds the adapter (`PeftModel.from_pretrained`).
+All stages: 1 epoch, cosine schedule with 3% warmup, max grad norm 1, bf16, gradient checkpointing of the LLM layers,
+AdamW with weight decay on >=2-D weights only (Trainer's default groups; the authors' rule gives the same groups).
+
+For merv-full's two stages run `full-align` on caption data, then `finetune` from its output directory. Several GPUs:
+`accelerate launch --config_file examples/accelerate_fsdp.yaml examples/train.py ...` (or
+`examples/accelerate_deepspeed.yaml`).
+"""
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+
+import torch
+import transformers
+from peft import get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoProcessor, HfArgumentParser, Trainer, TrainingArguments, set_seed
+
+from transformers_merv import MervForConditionalGeneration
+from transformers_merv.training import (
+    LORA_DEFAULTS,
+    TRAINING_STAGES,
+    MervDataCollator,
+    VideoLlavaDataset,
+    check_qlora_available,
+    lora_config,
+    qlora_quantization_config,
+    set_trainable,
+)
+from transformers_merv.training.data import BadExamplePolicy, DataFormat
+
+
+logger = logging.getLogger(__name__)
+
+ALIGN_STAGES = ("align", "full-align")
+AUTHORS_MAX_LENGTH = 3072
+
+COMMON_RECIPE = {
+    "num_train_epochs": 1,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.03,
+    "max_grad_norm": 1.0,
+    "bf16": True,
+    "activation_checkpointing": True,
+    "save_steps": 512,
+    "logging_steps": 1,
+    "seed": 7,
+    "dataloader_num_workers": 2,
+    "remove_unused_columns": False,
+    "ddp_find_unused_parameters": True,
+}
+"""The authors' settings shared by every stage (`merv/conf/models.py`, `scripts/pretrain_video.py`). Under DDP,
+unused parameters are looked for because the fusion keeps the authors' value and output projections, which it does
+not use (FSDP and DeepSpeed ignore the flag)."""
+STAGE_RECIPES = {
+    stage: {
+        "learning_rate": learning_rate,
+        "weight_decay": weight_decay,
+        "per_device_train_batch_size": per_device,
+        "global_batch_size": global_batch,
+    }
+    for stage, learning_rate, weight_decay, per_device, global_batch in (
+        ("align", 1e-3, 0.0, 16, 256),
+        ("full-align", 1e-4, 0.0, 16, 256),
+        ("finetune", 2e-5, 0.1, 8, 128),
+        ("lora", 2e-4, 0.0, 8, 128),
+    )
+}
+"""Per stage: the authors' `align_*` / `finetune_*` values (merv-full's stage 1 for `full-align`); LLaVA-1.5's LoRA
+recipe for `lora`."""
+
+
+@dataclass
+class MervArguments:
+    model_name_or_path: str = field(metadata={"help": "A converted MERV checkpoint (directory or Hub id)."})
+    stage: str = field(default="finetune", metadata={"choices": TRAINING_STAGES, "help": "What to train."})
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Examples per optimizer step over all GPUs; sets --gradient_accumulation_steps (default: the "
+            "stage's recipe, 256 or 128). 0 keeps --gradient_accumulation_steps as given."
+        },
+    )
+    lora_r: int = field(default=LORA_DEFAULTS["r"], metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=LORA_DEFAULTS["lora_alpha"], metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=LORA_DEFAULTS["lora_dropout"], metadata={"help": "LoRA dropout."})
+    qlora: bool = field(default=False, metadata={"help": "Load the LLM in 4 bits (QLoRA; needs CUDA + bitsandbytes)."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "e.g. sdpa, flash_attention_2."})
+
+
+@dataclass
+class DataArguments:
+    data_path: str = field(metadata={"help": "The Video-LLaVA / MERV training JSON."})
+    media_root: str = field(metadata={"help": "Folder the JSON's video and image paths are relative to."})
+    data_format: DataFormat | None = field(
+        default=None, metadata={"help": "Default: caption for the align stages, chat otherwise."}
+    )
+    on_bad_example: BadExamplePolicy = field(
+        default="skip",
+        metadata={"help": "Malformed entries, missing or unreadable videos: skip them (logged, counted) or stop."},
+    )
+    check_media: bool = field(
+        default=False, metadata={"help": "Decode every video once before training to find unreadable ones."}
+    )
+    max_length: int | None = field(
+        default=AUTHORS_MAX_LENGTH,
+        metadata={"help": "Truncate sequences, visual tokens included (the authors: 2048 text + 1024 visual)."},
+    )
+    chat_template: str | None = field(
+        default=None, metadata={"help": "Named chat template of the processor (default: its default)."}
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[MervArguments, DataArguments, TrainingArguments]:
+    """Parse the command line with the chosen stage's recipe as defaults."""
+    stage_parser = argparse.ArgumentParser(add_help=False)
+    stage_parser.add_argument("--stage", default="finetune", choices=TRAINING_STAGES)
+    stage = stage_parser.parse_known_args(argv)[0].stage
+    parser = HfArgumentParser((MervArguments, DataArguments, TrainingArguments))
+    parser.set_defaults(**COMMON_RECIPE, **STAGE_RECIPES[stage])
+    merv_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if merv_args.qlora:
+        if merv_args.stage != "lora":
+            raise ValueError("--qlora trains LoRA adapters on a 4-bit LLM; use it with --stage lora")
+        check_qlora_available()
+    if data_args.data_format is None:
+        data_args.data_format = "caption" if merv_args.stage in ALIGN_STAGES else "chat"
+    set_gradient_accumulation(training_args, merv_args.global_batch_size)
+    return merv_args, data_args, training_args
+
+
+def set_gradient_accumulation(training_args: TrainingArguments, global_batch_size: int | None) -> None:
+    """Accumulate gradients so that per-device batch x accumulation x processes = `global_batch_size`."""
+    if not global_batch_size:
+        return
+    per_step = training_args.per_device_train_batch_size * training_args.world_size
+    if global_batch_size % per_step:
+        raise ValueError(
+            f"--global_batch_size {global_batch_size} is not a multiple of per-device batch x processes = {per_step}"
+        )
+    steps = global_batch_size // per_step
+    if training_args.gradient_accumulation_steps not in (1, steps):
+        raise ValueError(
+            f"--gradient_accumulation_steps {training_args.gradient_accumulation_steps} contradicts "
+            f"--global_batch_size {global_batch_size} (which needs {steps}); pass --global_batch_size 0 to keep it"
+        )
+    training_args.gradient_accumulation_steps = steps
+
+
+def setup_logging(training_args: TrainingArguments) -> None:
+    """Log as transformers' example scripts do: one format, the process's level for transformers too."""
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def load_model(merv_args: MervArguments, training_args: TrainingArguments) -> MervForConditionalGeneration:
+    """The model with its stage's trainable parameters; for LoRA, wrapped by PEFT. Fully trained stages keep fp32
+    weights (bf16 autocast computes); LoRA keeps the frozen weights in bf16 (4 bits for the QLoRA LLM) and the
+    trained ones in fp32."""
+    lora = merv_args.stage == "lora"
+    kwargs = {"dtype": torch.bfloat16 if lora and training_args.bf16 else torch.float32}
+    if merv_args.attn_implementation:
+        kwargs["attn_implementation"] = merv_args.attn_implementation
+    if merv_args.qlora:
+        kwargs["quantization_config"] = qlora_quantization_config()
+    model = MervForConditionalGeneration.from_pretrained(merv_args.model_name_or_path, **kwargs)
+    if merv_args.qlora:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=training_args.activation_checkpointing
+        )
+    set_trainable(model, merv_args.stage)
+    if not lora:
+        return model
+    config = lora_config(
+        model, r=merv_args.lora_r, lora_alpha=merv_args.lora_alpha, lora_dropout=merv_args.lora_dropout
+    )
+    model = get_peft_model(model, config)
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
+    model.print_trainable_parameters()
+    return model
+
+
+def main(argv: list[str] | None = None) -> Trainer:
+    merv_args, data_args, training_args = parse_args(argv)
+    setup_logging(training_args)
+    logger.info(f"Stage {merv_args.stage!r}, {training_args.gradient_accumulation_steps} accumulation steps")
+    set_seed(training_args.seed)
+
+    processor = AutoProcessor.from_pretrained(merv_args.model_name_or_path)
+    dataset = VideoLlavaDataset(
+        data_args.data_path,
+        data_args.media_root,
+        processor,
+        data_format=data_args.data_format,
+        on_bad_example=data_args.on_bad_example,
+        max_length=data_args.max_length,
+        chat_template=data_args.chat_template,
+    )
+    if data_args.check_media:
+        dataset.check_media(num_workers=training_args.dataloader_num_workers)
+    model = load_model(merv_args, training_args)
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=MervDataCollator.from_processor(processor),
+        processing_class=processor,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.save_state()
+    if dataset.skipped:
+        logger.warning(f"{len(dataset.skipped)} examples were skipped in the main process (see the log for why)")
+    return trainer
+
+
+if __name__ == "__main__":
+    main()
