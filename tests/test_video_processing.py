@@ -183,6 +183,22 @@ def test_encoder_subset_and_partial_settings():
     assert processor.encoder_settings["dinov2"]["interpolation"] == "bicubic"
 
 
+def test_from_encoder_sizes_keeps_each_resize_strategy():
+    sizes = {"languagebind": 32, "dinov2": 56, "vivit": 28, "siglip": 64}  # the tiny fixture model's inputs
+    processor = MervVideoProcessor.from_encoder_sizes(
+        {"languagebind": 16, "dinov2": 16, "vivit": 32, "siglip": 16}, sizes
+    )
+    assert processor.encoder_settings["languagebind"]["size"] == {"shortest_edge": 32}
+    assert processor.encoder_settings["dinov2"]["size"] == {"height": 56, "width": 56}
+    pixels = processor(VIDEO_0)["pixel_values_videos"]
+    assert {name: tuple(tensor.shape[1:]) for name, tensor in pixels.items()} == {
+        "languagebind": (16, 3, 32, 32),
+        "dinov2": (16, 3, 56, 56),
+        "vivit": (32, 3, 28, 28),
+        "siglip": (16, 3, 64, 64),
+    }
+
+
 def test_settings_round_trip(tmp_path):
     processor = MervVideoProcessor(
         vision_encoders=("siglip", "vivit"),

@@ -245,6 +245,21 @@ class MervVideoProcessor(VideoProcessorMixin):
         self.languagebind_random_flip = languagebind_random_flip
         self._check_encoders()
 
+    @classmethod
+    def from_encoder_sizes(
+        cls, num_frames: dict[str, int], image_sizes: dict[str, int], **kwargs
+    ) -> "MervVideoProcessor":
+        """The merv-full preprocessing at other frame counts and square input sizes (a `MervConfig`'s `num_frames`
+        and its encoders' `image_size`), each encoder keeping its resize strategy: LanguageBind scales the short side
+        and centre-crops, the others squash to the square. Encoders in the order of `num_frames`."""
+        settings = {}
+        for name, count in num_frames.items():
+            default_size = MERV_FULL_ENCODER_SETTINGS.get(name, {}).get("size", {})
+            side = image_sizes[name]
+            size = {"shortest_edge": side} if "shortest_edge" in default_size else {"height": side, "width": side}
+            settings[name] = {"num_frames": count, "size": size}
+        return cls(vision_encoders=list(num_frames), encoder_settings=settings, **kwargs)
+
     def _check_encoders(self) -> None:
         if not self.vision_encoders or len(set(self.vision_encoders)) != len(self.vision_encoders):
             raise ValueError(f"`vision_encoders` must list distinct encoders, got {self.vision_encoders}")
