@@ -1,5 +1,8 @@
 """`MervProcessor`: prompt ids exactly as the authors build them, chat templates, batching, saving."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -263,3 +266,27 @@ def test_save_and_load_with_auto_processor(processor, tmp_path):
     )
     assert torch.equal(before["input_ids"], after["input_ids"])
     assert torch.equal(before["pixel_values_videos"]["siglip"], after["pixel_values_videos"]["siglip"])
+
+
+def test_saved_processor_loads_as_remote_code_without_the_package(processor, tmp_path):
+    processor.save_pretrained(tmp_path / "saved")
+    assert {"processing_merv.py", "video_processing_merv.py", "video_io.py"} <= {
+        p.name for p in (tmp_path / "saved").iterdir()
+    }
+    script = f"""
+import sys
+sys.modules["transformers_merv"] = None  # not installed
+from transformers import AutoProcessor
+processor = AutoProcessor.from_pretrained({str(tmp_path / "saved")!r}, trust_remote_code=True)
+assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+video, text = {{"type": "video", "path": {str(VIDEO_0)!r}}}, {{"type": "text", "text": "Hi"}}
+conversation = [{{"role": "user", "content": [video, text]}}]
+inputs = processor.apply_chat_template(conversation, tokenize=True, return_dict=True, return_tensors="pt")
+print(inputs["input_ids"].tolist(), sorted(inputs["pixel_values_videos"]))
+"""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    conversation = [_user("Hi", video=VIDEO_0)]
+    expected = processor.apply_chat_template(conversation, tokenize=True, return_dict=True, return_tensors="pt")
+    assert result.stdout.strip() == f"{expected['input_ids'].tolist()} {sorted(expected['pixel_values_videos'])}"

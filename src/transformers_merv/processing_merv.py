@@ -165,6 +165,8 @@ class MervProcessor(ProcessorMixin):
             The placeholder marking where a video goes in the text.
     """
 
+    _auto_class = "AutoProcessor"  # saved processors carry `auto_map` and these files, for `trust_remote_code=True`
+
     def __init__(
         self,
         video_processor=None,
