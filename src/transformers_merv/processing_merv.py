@@ -281,7 +281,7 @@ class MervProcessor(ProcessorMixin):
         """
         if prompt_ids is None:
             return self.tokenizer.batch_decode(sequences, **kwargs)
-        sequences, prompt_ids = torch.as_tensor(sequences), torch.as_tensor(prompt_ids)
+        sequences, prompt_ids = torch.as_tensor(sequences).cpu(), torch.as_tensor(prompt_ids).cpu()
         prompt_length = prompt_ids.shape[-1]
         if sequences.shape[-1] < prompt_length or not torch.equal(sequences[..., :prompt_length], prompt_ids):
             raise ValueError("`sequences` do not start with `prompt_ids`; pass the `input_ids` given to `generate`")
