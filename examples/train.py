@@ -67,11 +67,8 @@ COMMON_RECIPE = {
     "seed": 7,
     "dataloader_num_workers": 2,
     "remove_unused_columns": False,
-    "ddp_find_unused_parameters": True,
 }
-"""The authors' settings shared by every stage (`merv/conf/models.py`, `scripts/pretrain_video.py`). Under DDP,
-unused parameters are looked for because the fusion keeps the authors' value and output projections, which it does
-not use (FSDP and DeepSpeed ignore the flag)."""
+"""The authors' settings shared by every stage (`merv/conf/models.py`, `scripts/pretrain_video.py`)."""
 STAGE_RECIPES = {
     stage: {
         "learning_rate": learning_rate,

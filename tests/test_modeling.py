@@ -247,3 +247,20 @@ def test_concurrent_encoders_keep_the_callers_grad_mode():
     with torch.no_grad():
         features = model.get_video_features(random_pixels(config), output_encoder_features=True)
     assert not any(value.requires_grad for value in features.projected_features.values())
+
+
+def test_concurrent_encoders_are_refused_in_distributed_runs(model, tmp_path):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    model.config.concurrent_encoders = True
+    try:
+        with pytest.raises(ValueError, match="cannot be used in distributed training"):
+            model.get_video_features(random_pixels(model.config))
+    finally:
+        model.config.concurrent_encoders = False
+        torch.distributed.destroy_process_group()
+
+
+def test_unused_fusion_projections_are_buffers_not_parameters(model):
+    names = {name for name, _ in model.named_parameters()}
+    assert "model.fusion.value_proj.weight" not in names and "model.fusion.out_proj.bias" not in names
+    assert {"model.fusion.value_proj.weight", "model.fusion.out_proj.bias"} <= set(model.state_dict())

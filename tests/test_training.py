@@ -61,10 +61,6 @@ LLM_LINEAR_LAYERS = (
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
 DIRECTIONS = {"red": "right", "green": "left", "blue": "left", "yellow": "right"}
 VIDEO_SIDE, VIDEO_FRAMES, SQUARE = 64, 32, 16
-UNUSED_FUSION_PARAMETERS = {
-    f"model.fusion.{name}.{kind}" for name in ("value_proj", "out_proj") for kind in ("weight", "bias")
-}
-"""Kept from the authors' `nn.MultiheadAttention` for checkpoint round trips; the fusion never uses them."""
 BATCH_SIZE = 4
 TRAINING_STEPS = 30
 
@@ -450,8 +446,8 @@ def test_text_only_batch_gets_a_filler_video_that_changes_nothing_but_runs_every
         losses.append(loss.item())
         without_gradient.append({name for name, p in model.named_parameters() if p.requires_grad and p.grad is None})
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
-    assert without_gradient[1] == UNUSED_FUSION_PARAMETERS
-    assert without_gradient[0] > UNUSED_FUSION_PARAMETERS
+    assert without_gradient[1] == set()  # with the filler video every trainable parameter gets a gradient
+    assert without_gradient[0]
     assert all(name.startswith(("model.projectors.", "model.fusion.")) for name in without_gradient[0])
 
 

@@ -281,6 +281,16 @@ class MervVisualProjector(nn.Module):
 # --- fusion ----------------------------------------------------------------------------------------------------------
 
 
+class MervUnusedLinear(nn.Module):
+    """Weights of a linear layer that the model carries but never applies, held as buffers: saved and loaded with
+    the checkpoint, never trained (so distributed training sees no parameter without gradient)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(out_features, in_features))
+        self.register_buffer("bias", torch.zeros(out_features))
+
+
 class MervQueryFusion(nn.Module):
     """MERV's fusion: one learnable query scores every encoder by its token-mean (single-head attention), and the
     fused tokens are the score-weighted sum of the encoders' projected tokens.
@@ -294,8 +304,8 @@ class MervQueryFusion(nn.Module):
         self.query = nn.Parameter(torch.zeros(1, width))
         self.query_proj = nn.Linear(width, width)
         self.key_proj = nn.Linear(text_dim, width)
-        self.value_proj = nn.Linear(text_dim, width)
-        self.out_proj = nn.Linear(width, width)
+        self.value_proj = MervUnusedLinear(text_dim, width)
+        self.out_proj = MervUnusedLinear(width, width)
 
     def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         stacked = torch.stack(features, dim=1)  # (batch, encoders, tokens, dim)
@@ -413,6 +423,9 @@ class MervPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, MervQueryFusion):
             init.xavier_uniform_(module.query)
+        elif isinstance(module, MervUnusedLinear):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
         elif isinstance(module, MervScalarFusion):
             init.normal_(module.scalar)
         elif isinstance(module, MervAttentivePooler):
@@ -512,6 +525,11 @@ class MervModel(MervPreTrainedModel):
         names = self.config.vision_encoders
         if not self.config.concurrent_encoders or len(names) == 1:
             return {name: self._encoder_branch(name, pixel_values_videos[name]) for name in names}
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            raise ValueError(
+                "`config.concurrent_encoders` cannot be used in distributed training (FSDP / DeepSpeed gather "
+                "parameters per module, which worker threads would race); set it to False"
+            )
         grad_enabled, inference_mode = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
         def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
