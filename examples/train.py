@@ -126,6 +126,10 @@ class DataArguments:
     chat_template: str | None = field(
         default=None, metadata={"help": "Named chat template of the processor (default: its default)."}
     )
+    cache_examples: bool = field(
+        default=False,
+        metadata={"help": "Keep encoded examples in memory so later epochs skip decoding (small datasets only)."},
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[MervArguments, DataArguments, TrainingArguments]:
@@ -222,6 +226,7 @@ def main(argv: list[str] | None = None) -> Trainer:
         on_bad_example=data_args.on_bad_example,
         max_length=data_args.max_length,
         chat_template=data_args.chat_template,
+        cache=data_args.cache_examples,
     )
     if data_args.check_media:
         dataset.check_media(num_workers=training_args.dataloader_num_workers)

@@ -5,6 +5,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import av
 import numpy as np
@@ -400,6 +401,18 @@ def test_corrupted_video_is_skipped_counted_and_replaced_by_the_next_example(wit
 
 
 # --- collator --------------------------------------------------------------------------------------------------------
+
+
+def test_cache_keeps_encoded_examples_and_shares_a_videos_pixels(media_root, processor, tmp_path):
+    entries = [video_chat("red"), caption("red") | {"id": "red-again"}, video_chat("blue")]
+    dataset = VideoLlavaDataset(write_json(tmp_path / "cached.json", entries), media_root, processor, cache=True)
+    first = [dataset[index] for index in range(3)]
+    with mock.patch.object(processor, "apply_chat_template", side_effect=AssertionError("decoded again")):
+        again = [dataset[index] for index in range(3)]
+    assert all(a is b for a, b in zip(first, again))
+    assert first[0]["pixel_values_videos"] is first[1]["pixel_values_videos"]  # one video, stored once
+    uncached = chat_dataset(media_root, processor)
+    assert torch.equal(uncached[0]["input_ids"], chat_dataset(media_root, processor, cache=True)[0]["input_ids"])
 
 
 def test_collator_right_pads_and_stacks_the_videos_of_rows_that_have_one(media_root, processor):

@@ -173,6 +173,10 @@ class VideoLlavaDataset(Dataset):
             before adding 1024 visual tokens: 3072 here.
         chat_template (`str`, *optional*):
             Name of the processor's chat template to use (default: its default template).
+        cache (`bool`, *optional*, defaults to `False`):
+            Keep every encoded example in memory, so later epochs skip decoding and preprocessing (examples of one
+            video share its pixel tensors). For datasets that fit in RAM, e.g. small ones trained for many epochs;
+            with DataLoader workers, use `persistent_workers=True` (each worker keeps its own cache).
     """
 
     def __init__(
@@ -184,6 +188,7 @@ class VideoLlavaDataset(Dataset):
         on_bad_example: BadExamplePolicy = "skip",
         max_length: int | None = None,
         chat_template: str | None = None,
+        cache: bool = False,
     ):
         if data_format not in DATA_FORMATS:
             raise ValueError(f"`data_format` must be one of {DATA_FORMATS}, got {data_format!r}")
@@ -201,6 +206,8 @@ class VideoLlavaDataset(Dataset):
         self.chat_template = chat_template
         self.skipped: list[BadExample] = []
         self._unreadable: set[int] = set()
+        self._cache: dict[int, dict[str, Any]] | None = {} if cache else None
+        self._pixels_by_media: dict[str, dict[str, torch.Tensor]] = {}
         self.examples = self._parse(Path(data_path), Path(media_root))
 
     def _parse(self, data_path: Path, media_root: Path) -> list[Example]:
@@ -238,12 +245,26 @@ class VideoLlavaDataset(Dataset):
             position = (index + offset) % len(self.examples)
             if position in self._unreadable:
                 continue
+            if self._cache is not None and position in self._cache:
+                return self._cache[position]
             example = self.examples[position]
             try:
-                return self._encode(example)
+                item = self._encode(example)
             except MEDIA_ERRORS as error:
                 self._mark_unreadable(position, _unreadable(example, error))
+                continue
+            if self._cache is not None:
+                self._cache[position] = self._share_pixels(example, item)
+            return item
         raise BadExampleError("Every example of the dataset has an unreadable video or image", self.skipped)
+
+    def _share_pixels(self, example: Example, item: dict[str, Any]) -> dict[str, Any]:
+        """The item, its pixel tensors replaced by those already cached for the same media file."""
+        if "pixel_values_videos" in item:
+            item["pixel_values_videos"] = self._pixels_by_media.setdefault(
+                str(example.media_path), item["pixel_values_videos"]
+            )
+        return item
 
     def _mark_unreadable(self, position: int, reason: str) -> None:
         problem = BadExample(self.examples[position].name, reason)
