@@ -17,7 +17,7 @@ import transformers_merv  # noqa: F401
 from transformers_merv.conversion import ConversionError, EncoderSources, convert, load_checkpoint, parse_arch_specifier
 from transformers_merv.conversion.sources import _timm_config
 
-from conftest import FIXTURE_IMAGE_SIZES, FIXTURES, TINY_FULL, convert_fixture, fixture_pixels
+from conftest import FIXTURE_IMAGE_SIZES, FIXTURES, MEDIA, TINY_FULL, convert_fixture, fixture_pixels
 
 CONVERTER = Path(__file__).resolve().parents[1] / "conversion" / "convert_merv_to_hf.py"
 
@@ -227,3 +227,21 @@ def test_unknown_model_id_lists_the_authors_models(tmp_path):
     run = _copy_run(tmp_path, edit_config=lambda model_config: model_config.__setitem__("model_id", "my-model"))
     with pytest.raises(ConversionError, match="model_id 'my-model' is not one of the authors' models: .*merv-full"):
         convert_fixture(run, tmp_path / "out")
+
+
+def test_converted_processor_matches_the_model(converted_full):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(converted_full)
+    config = AutoModel.from_pretrained(converted_full).config
+    assert processor.num_video_tokens == config.num_video_tokens
+    assert processor.video_token_id == config.video_token_id
+    transforms = processor.video_processor.transforms
+    assert {name: transform.num_frames for name, transform in transforms.items()} == config.num_frames
+    settings = processor.video_processor.encoder_settings
+    assert settings["languagebind"]["size"] == {"shortest_edge": 32}  # short side + centre crop, as the authors
+    assert settings["dinov2"]["size"] == {"height": 56, "width": 56}  # squashed to the square (resize-naive)
+    pixels = processor.video_processor(str(MEDIA / "flipping_a_pancake.mkv"), return_tensors="pt")["pixel_values_videos"]
+    assert {name: tuple(value.shape[1:]) for name, value in pixels.items()} == {
+        name: (config.num_frames[name], 3, size, size) for name, size in FIXTURE_IMAGE_SIZES.items()
+    }

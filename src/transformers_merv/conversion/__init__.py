@@ -128,13 +128,13 @@ def _save_model_files(model: MervForConditionalGeneration, output_dir: Path, tok
 
 
 def build_processor(config, tokenizer, template: str) -> MervProcessor:
-    """The processor matching `config`: each encoder's frames and resolution, `<video>` expanded to
-    `config.num_video_tokens` placeholders, the authors' prompt format as the default chat template."""
-    settings = {}
-    for name in config.vision_encoders:
-        size = config.encoder_config(name).image_size
-        settings[name] = {"num_frames": config.num_frames[name], "size": {"height": size, "width": size}}
-    video_processor = MervVideoProcessor(vision_encoders=config.vision_encoders, encoder_settings=settings)
+    """The processor matching `config`: each encoder's frames and resolution (with the authors' resize strategy for
+    that encoder), `<video>` expanded to `config.num_video_tokens` placeholders, the authors' prompt format as the
+    default chat template."""
+    video_processor = MervVideoProcessor.from_encoder_sizes(
+        {name: config.num_frames[name] for name in config.vision_encoders},
+        {name: config.encoder_config(name).image_size for name in config.vision_encoders},
+    )
     return MervProcessor(
         video_processor, tokenizer, chat_template=merv_chat_templates(template), num_video_tokens=config.num_video_tokens
     )
