@@ -162,7 +162,27 @@ def test_image_file_is_a_one_frame_video():
     frames, metadata = read_video(PANCAKE_FRAME0, MERV_DECODE_COUNT)
     image = np.asarray(Image.open(PANCAKE_FRAME0).convert("RGB"))
     assert metadata.total_num_frames == 1 and metadata.frames_indices == [0] * MERV_DECODE_COUNT
+    assert (metadata.video_backend, metadata.fps) == ("pil", None)
     np.testing.assert_array_equal(frames, np.broadcast_to(image, frames.shape))
+
+
+def test_images_are_decoded_by_pil_like_the_authors(tmp_path):
+    path = tmp_path / "frame.jpg"
+    Image.open(PANCAKE_FRAME0).convert("RGB").save(path, quality=75)  # 4:2:0 chroma, where FFmpeg's decode differs
+    expected = np.asarray(Image.open(path).convert("RGB"))
+    np.testing.assert_array_equal(read_video(path, 1)[0][0], expected)
+    np.testing.assert_array_equal(read_video(path.read_bytes(), 1)[0][0], expected)
+    with av.open(str(path)) as container:
+        assert np.abs(next(container.decode(video=0)).to_ndarray(format="rgb24").astype(int) - expected).max() > 1
+
+
+def test_animated_gif_is_sampled_like_the_authors(tmp_path):
+    path = tmp_path / "clip.gif"
+    images = [Image.fromarray(np.full((8, 8, 3), 40 * index, dtype=np.uint8)) for index in range(5)]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=100)
+    frames, metadata = read_video(path, 8)
+    assert metadata.frames_indices == [0, 0, 1, 1, 2, 2, 3, 4]  # np.linspace(0, n - 1, 8, dtype=int)
+    assert frames[:, 0, 0, 0].tolist() == [0, 0, 40, 40, 80, 80, 120, 160]
 
 
 # --- seeking: exact frames, cost growing with the frames sampled ----------------------------------------------------

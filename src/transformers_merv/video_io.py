@@ -1,14 +1,17 @@
 """Video decoding and frame sampling for MERV, independent of any model.
 
-Decoding uses PyAV only. Opening a video demuxes its packets once (no decoding) to count the frames and map each frame
-index to its presentation time stamp: containers such as Matroska report no frame count, and the authors' decoder
-(decord) counts frames the same way. Only the requested frames are then decoded, one at a time: when a requested frame
-lies behind a keyframe that has not been reached yet, the reader seeks to that keyframe instead of decoding everything
-before it, and non-reference frames that were not requested are skipped, so the cost of sampling a long video grows
-with the number of frames sampled (times the keyframe interval), not with its length. Frames come out upright
-(rotation metadata applied) as uint8 RGB. Image files decode as one-frame videos. A Matroska file cut short reads as
-the shorter video it still holds (complete frames only, as with decord); data that cannot be decoded raises
-`VideoDecodingError`, a `ValueError` naming the file, with PyAV's error chained.
+Videos are decoded with PyAV. Opening a video demuxes its packets once (no decoding) to count the frames and map each
+frame index to its presentation time stamp: containers such as Matroska report no frame count, and the authors'
+decoder (decord) counts frames the same way. Only the requested frames are then decoded, one at a time: when a
+requested frame lies behind a keyframe that has not been reached yet, the reader seeks to that keyframe instead of
+decoding everything before it, and non-reference frames that were not requested are skipped, so the cost of sampling a
+long video grows with the number of frames sampled (times the keyframe interval), not with its length. Frames come
+out upright (rotation metadata applied) as uint8 RGB. A Matroska file cut short reads as the shorter video it still
+holds (complete frames only, as with decord); data that cannot be decoded raises `VideoDecodingError`, a `ValueError`
+naming the file, with PyAV's error chained.
+
+Image files are decoded by PIL, as the authors do: a still image is a one-frame video, an animated GIF a video of its
+frames (without a frame rate, so sampled over `[0, N - 1]`, as the authors sample GIFs).
 
 Frame indices follow the authors' `load_video` (`merv/preprocessing/datasets/datasets.py`), float64 arithmetic and
 truncation included: `np.linspace(start * fps, min(N - 1, end * fps - 1), num_frames, dtype=int)` with
@@ -35,11 +38,12 @@ from typing import BinaryIO
 import av
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageSequence
 from transformers.video_utils import VideoMetadata
 
 
 VIDEO_BACKEND = "pyav"
+IMAGE_BACKEND = "pil"
 RGB_CHANNELS = 3
 DEGREES_PER_QUARTER_TURN = 90
 QUARTER_TURNS = 4
@@ -191,11 +195,11 @@ class VideoReader:
 class FrameArrayReader(VideoReader):
     """Frames that are already decoded (array, tensor, PIL images): no frame rate, no decoding."""
 
-    def __init__(self, frames: np.ndarray, name: str):
+    def __init__(self, frames: np.ndarray, name: str, backend: str | None = None):
         self.name = name
         self._frames = frames
         num_frames, height, width = frames.shape[:3]
-        self.metadata = VideoMetadata(total_num_frames=num_frames, width=width, height=height)
+        self.metadata = VideoMetadata(total_num_frames=num_frames, width=width, height=height, video_backend=backend)
 
     def _iter_frames(self, indices: np.ndarray) -> Iterator[np.ndarray]:
         return iter(self._frames[indices])
@@ -401,19 +405,43 @@ def decode_in_background(frames: Iterator[np.ndarray], depth: int = DECODE_AHEAD
 def open_video(video: SingleVideoInput, name: str = "video") -> VideoReader:
     """A reader for one video: a path, bytes, a binary file object, or decoded frames (see the module docstring).
 
+    Image files (still or animated) are decoded by PIL, as the authors open images and GIFs; everything else by PyAV.
     Raises `FileNotFoundError` for a missing file, `VideoDecodingError` (a `ValueError`) for unreadable media, and
     `ValueError` / `TypeError` naming `name` for decoded frames of the wrong shape, dtype or type.
     """
     if isinstance(video, (str, os.PathLike)):
-        path = os.fspath(video)
-        if "://" not in path and not Path(path).exists():
-            raise FileNotFoundError(f"No video file at {path!r} (argument `{name}`)")
-        return PyAVVideoReader(path, name=repr(path))
-    if isinstance(video, (bytes, bytearray, memoryview)):
-        return PyAVVideoReader(io.BytesIO(video), name=f"`{name}` ({len(video)} bytes)")
-    if hasattr(video, "read"):
-        return PyAVVideoReader(video, name=f"`{name}` ({getattr(video, 'name', type(video).__name__)})")
-    return FrameArrayReader(to_frame_array(video, name), name=f"`{name}`")
+        source = os.fspath(video)
+        label = repr(source)
+        if "://" in source:
+            return PyAVVideoReader(source, name=label)
+        if not Path(source).exists():
+            raise FileNotFoundError(f"No video file at {source!r} (argument `{name}`)")
+    elif isinstance(video, (bytes, bytearray, memoryview)):
+        source, label = io.BytesIO(video), f"`{name}` ({len(video)} bytes)"
+    elif hasattr(video, "read"):
+        source, label = video, f"`{name}` ({getattr(video, 'name', type(video).__name__)})"
+    else:
+        return FrameArrayReader(to_frame_array(video, name), name=f"`{name}`")
+    frames = _read_image_frames(source)
+    if frames is not None:
+        return FrameArrayReader(frames, name=label, backend=IMAGE_BACKEND)
+    return PyAVVideoReader(source, name=label)
+
+
+def _read_image_frames(source: str | BinaryIO) -> np.ndarray | None:
+    """Every frame of an image file as PIL decodes it, or None when PIL cannot (then the file is a video for PyAV).
+
+    The authors open images (and GIFs) with PIL; FFmpeg decodes a JPEG up to ~18 levels differently (chroma
+    upsampling), so images must not go through PyAV.
+    """
+    start = source.tell() if hasattr(source, "tell") else None
+    try:
+        with Image.open(source) as image:
+            return np.stack([np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(image)])
+    except OSError:  # includes PIL's UnidentifiedImageError, and images PIL identifies but cannot decode
+        if start is not None:
+            source.seek(start)
+        return None
 
 
 def read_video(
