@@ -245,3 +245,19 @@ def test_converted_processor_matches_the_model(converted_full):
     assert {name: tuple(value.shape[1:]) for name, value in pixels.items()} == {
         name: (config.num_frames[name], 3, size, size) for name, size in FIXTURE_IMAGE_SIZES.items()
     }
+
+
+def test_tokenizer_prefixes_text_after_the_video_placeholder_even_if_saved_non_legacy(tmp_path):
+    """The authors tokenize "In: ..." on its own (a leading "▁"); after `<video>` ours must do the same."""
+    llm = tmp_path / "llm"
+    shutil.copytree(FIXTURES / "llm", llm)
+    tokenizer_config = json.loads((llm / "tokenizer_config.json").read_text())
+    (llm / "tokenizer_config.json").write_text(json.dumps(tokenizer_config | {"legacy": False}))
+    output = tmp_path / "out"
+    convert(TINY_FULL / "run", llm, _encoder_sources(), output, progress=False)
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(output)
+    alone = processor.tokenizer("In: What?", add_special_tokens=False)["input_ids"]
+    after_video = processor.tokenizer("<video>In: What?", add_special_tokens=False)["input_ids"]
+    assert after_video == [processor.video_token_id, *alone]

@@ -359,8 +359,10 @@ def vivit_config(directory: Path, image_size: int, num_frames: int) -> dict:
 
 def build_tokenizer(llm_directory: Path, vocab_rows: int) -> PreTrainedTokenizerBase:
     """The LLM's tokenizer with the authors' `<PAD>` and our `<video>` placeholder, which lands in one of the
-    padded (never trained) embedding rows so the vocabulary and every logit stay the authors'."""
-    tokenizer = AutoTokenizer.from_pretrained(llm_directory)
+    padded (never trained) embedding rows so the vocabulary and every logit stay the authors'. Llama tokenizers are
+    loaded with `legacy=True`: the authors tokenize each prompt on its own, where SentencePiece starts the text with
+    "▁"; legacy tokenizers do the same after our `<video>` placeholders, so the ids stay the authors'."""
+    tokenizer = AutoTokenizer.from_pretrained(llm_directory, legacy=True)
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
