@@ -2,6 +2,8 @@
 
 Importing the package registers MERV with transformers' Auto classes."""
 
+from pathlib import Path
+
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForMultimodalLM
 from transformers import AutoProcessor, AutoVideoProcessor
 from transformers.utils import is_torchvision_available
@@ -33,7 +35,17 @@ AutoProcessor.register(MervConfig, MervProcessor, exist_ok=True)
 AutoModelForImageTextToText.register(MervConfig, MervForConditionalGeneration, exist_ok=True)
 AutoModelForMultimodalLM.register(MervConfig, MervForConditionalGeneration, exist_ok=True)
 
+DEFAULT_MODEL_DIRECTORY = Path(__file__).resolve().parent / "default_model"
+
+
+def default_model_path() -> Path:
+    """Folder of the small MERV shipped with the package (trained on synthetic videos by
+    `examples/build_default_model.py`; see its model card): `AutoModel.from_pretrained(default_model_path())`."""
+    return DEFAULT_MODEL_DIRECTORY
+
+
 __all__ = [
+    "default_model_path",
     "MervConfig",
     "MervLanguageBindVideoConfig",
     "MervLanguageBindVideoModel",
