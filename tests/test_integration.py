@@ -18,7 +18,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForMultimodalLM
 from transformers.integrations.accelerate import infer_auto_device_map
 
-from transformers_merv import MervConfig, MervForConditionalGeneration, MervModel
+from transformers_merv import MervConfig, MervForConditionalGeneration
 
 from conftest import random_pixels, tiny_config, with_placeholders
 

@@ -25,10 +25,10 @@ from transformers_merv.video_io import (
     to_frame_array,
 )
 
+from conftest import FIXTURES, MEDIA
 
-SHARED = Path(__file__).parents[1] / ".." / "shared"
-MEDIA = SHARED / "media"
-PREPROCESS = SHARED / "fixtures" / "reference" / "preprocess"
+
+PREPROCESS = FIXTURES / "preprocess"
 PANCAKE = MEDIA / "flipping_a_pancake.mkv"
 VIDEO_0 = MEDIA / "video_0.mov"
 CORRUPTED = MEDIA / "corrupted.mp4"

@@ -2,7 +2,6 @@
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +11,10 @@ from safetensors.torch import load_file
 
 from transformers_merv import MERV_FULL_ENCODER_SETTINGS, MervVideoProcessor, VideoDecodingError
 
+from conftest import FIXTURES, MEDIA
 
-SHARED = Path(__file__).parents[1] / ".." / "shared"
-MEDIA = SHARED / "media"
-PREPROCESS = SHARED / "fixtures" / "reference" / "preprocess"
+
+PREPROCESS = FIXTURES / "preprocess"
 PANCAKE = MEDIA / "flipping_a_pancake.mkv"
 VIDEO_0 = MEDIA / "video_0.mov"
 PANCAKE_FRAME0 = PREPROCESS / "pancake-frame0.png"
