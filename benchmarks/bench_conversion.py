@@ -37,22 +37,33 @@ def make_run(workdir: Path, layers: int, hidden: int) -> tuple[Path, Path]:
         shutil.copy(FIXTURES / "llm" / name, llm / name)
     intermediate = int(hidden * 2.6875)
     llm_config = json.loads((FIXTURES / "llm" / "config.json").read_text())
-    llm_config.update(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                      num_attention_heads=hidden // 128, num_key_value_heads=hidden // 128)
+    llm_config.update(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 128,
+        num_key_value_heads=hidden // 128,
+    )
     (llm / "config.json").write_text(json.dumps(llm_config))
     generator = torch.Generator().manual_seed(0)
 
     def random(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=generator) * 0.02
 
-    llm_weights = {"llm.model.embed_tokens.weight": random(VOCAB_ROWS, hidden), "llm.model.norm.weight": random(hidden),
-                   "llm.lm_head.weight": random(VOCAB_ROWS, hidden)}
+    llm_weights = {
+        "llm.model.embed_tokens.weight": random(VOCAB_ROWS, hidden),
+        "llm.model.norm.weight": random(hidden),
+        "llm.lm_head.weight": random(VOCAB_ROWS, hidden),
+    }
     for index in range(layers):
         prefix = f"llm.model.layers.{index}."
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
             llm_weights[f"{prefix}self_attn.{name}.weight"] = random(hidden, hidden)
-        for name, shape in (("gate_proj", (intermediate, hidden)), ("up_proj", (intermediate, hidden)),
-                            ("down_proj", (hidden, intermediate))):
+        for name, shape in (
+            ("gate_proj", (intermediate, hidden)),
+            ("up_proj", (intermediate, hidden)),
+            ("down_proj", (hidden, intermediate)),
+        ):
             llm_weights[f"{prefix}mlp.{name}.weight"] = random(*shape)
         llm_weights[f"{prefix}input_layernorm.weight"] = random(hidden)
         llm_weights[f"{prefix}post_attention_layernorm.weight"] = random(hidden)
@@ -60,12 +71,19 @@ def make_run(workdir: Path, layers: int, hidden: int) -> tuple[Path, Path]:
     for index, width in enumerate(ENCODER_WIDTHS):
         projectors[f"{index}.projector.projector.weight"] = random(hidden, width)
         projectors[f"{index}.projector.projector.bias"] = random(hidden)
-    fusion = {"Q": random(1, FUSION_WIDTH), "attention.q_proj_weight": random(FUSION_WIDTH, FUSION_WIDTH),
-              "attention.k_proj_weight": random(FUSION_WIDTH, hidden), "attention.v_proj_weight": random(FUSION_WIDTH, hidden),
-              "attention.in_proj_bias": random(3 * FUSION_WIDTH), "attention.out_proj.weight": random(FUSION_WIDTH, FUSION_WIDTH),
-              "attention.out_proj.bias": random(FUSION_WIDTH)}
-    torch.save({"model": {"projectors": projectors, "llm_backbone": llm_weights, "feature_fusion": fusion}},
-               run / "checkpoints" / "latest-checkpoint.pt")
+    fusion = {
+        "Q": random(1, FUSION_WIDTH),
+        "attention.q_proj_weight": random(FUSION_WIDTH, FUSION_WIDTH),
+        "attention.k_proj_weight": random(FUSION_WIDTH, hidden),
+        "attention.v_proj_weight": random(FUSION_WIDTH, hidden),
+        "attention.in_proj_bias": random(3 * FUSION_WIDTH),
+        "attention.out_proj.weight": random(FUSION_WIDTH, FUSION_WIDTH),
+        "attention.out_proj.bias": random(FUSION_WIDTH),
+    }
+    torch.save(
+        {"model": {"projectors": projectors, "llm_backbone": llm_weights, "feature_fusion": fusion}},
+        run / "checkpoints" / "latest-checkpoint.pt",
+    )
     return run, llm
 
 
@@ -118,11 +136,16 @@ def main() -> None:
     total = sum(path.stat().st_size for path in inputs) / GIGABYTE
     largest = max(path.stat().st_size for path in inputs) / GIGABYTE
     print(f"inputs: {total:.2f} GB in total, largest file {largest:.2f} GB")
-    settings = dict(encoders=str(FIXTURES / "encoders"), sizes=IMAGE_SIZES, run=str(run), llm=str(llm), rows=VOCAB_ROWS)
+    settings = dict(
+        encoders=str(FIXTURES / "encoders"), sizes=IMAGE_SIZES, run=str(run), llm=str(llm), rows=VOCAB_ROWS
+    )
     rows = []
     for label, script in (
         ("streaming converter, fp32 output", STREAMING.format(**settings, out=str(args.workdir / "fp32"), dtype=None)),
-        ("streaming converter, bf16 output", STREAMING.format(**settings, out=str(args.workdir / "bf16"), dtype="bfloat16")),
+        (
+            "streaming converter, bf16 output",
+            STREAMING.format(**settings, out=str(args.workdir / "bf16"), dtype="bfloat16"),
+        ),
         ("naive: load all + save_pretrained", NAIVE.format(**settings, out=str(args.workdir / "naive"))),
     ):
         peak, seconds = peak_rss_gigabytes(script)

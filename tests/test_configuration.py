@@ -13,7 +13,9 @@ def test_defaults_are_merv_full():
     assert config.vision_encoders == ["languagebind", "dinov2", "vivit", "siglip"]
     assert config.num_frames == {"languagebind": 16, "dinov2": 16, "vivit": 32, "siglip": 16}
     assert (config.alignment_pooling, config.alignment_projector, config.fusion_type) == (
-        "3davg", "linear", "cross_attention"
+        "3davg",
+        "linear",
+        "cross_attention",
     )
     assert config.alignment_tokens_per_frame == 64 and config.fusion_hidden_size == 3072
     assert config.num_video_tokens == 1024  # 16 frames x 8 x 8
@@ -21,7 +23,9 @@ def test_defaults_are_merv_full():
     assert config.video_token_id == 32001
     assert isinstance(config.languagebind_config, MervLanguageBindVideoConfig)
     assert config.languagebind_config.hidden_size == 1024 and config.languagebind_config.temporal_group_size == 8
-    assert isinstance(config.dinov2_config, Dinov2WithRegistersConfig) and config.dinov2_config.num_register_tokens == 4
+    assert (
+        isinstance(config.dinov2_config, Dinov2WithRegistersConfig) and config.dinov2_config.num_register_tokens == 4
+    )
     assert isinstance(config.vivit_config, VivitConfig)
     assert isinstance(config.siglip_config, SiglipVisionConfig) and not config.siglip_config.vision_use_head
     # the sizes the authors hard-code are derived from the sub-configs

@@ -14,7 +14,13 @@ from transformers import AutoModel
 from unittest import mock
 
 import transformers_merv  # noqa: F401
-from transformers_merv.conversion import ConversionError, EncoderSources, convert, load_checkpoint, parse_arch_specifier
+from transformers_merv.conversion import (
+    ConversionError,
+    EncoderSources,
+    convert,
+    load_checkpoint,
+    parse_arch_specifier,
+)
 from transformers_merv.conversion.sources import _timm_config
 
 from conftest import FIXTURE_IMAGE_SIZES, FIXTURES, MEDIA, TINY_FULL, convert_fixture, fixture_pixels
@@ -53,8 +59,17 @@ def test_cli_converts_and_the_output_loads_with_auto_model(cli, tmp_path):
     encoders = [arg for name in FIXTURE_IMAGE_SIZES for arg in (f"--{name}", str(FIXTURES / "encoders" / name))]
     sizes = [f"{name}={size}" for name, size in FIXTURE_IMAGE_SIZES.items()]
     status = cli.main(
-        ["--run-dir", str(TINY_FULL / "run"), "--llm", str(FIXTURES / "llm"), *encoders, "--image-size", *sizes,
-         "--output-dir", str(tmp_path / "out")]
+        [
+            "--run-dir",
+            str(TINY_FULL / "run"),
+            "--llm",
+            str(FIXTURES / "llm"),
+            *encoders,
+            "--image-size",
+            *sizes,
+            "--output-dir",
+            str(tmp_path / "out"),
+        ]
     )
     assert status == 0
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= {
@@ -64,7 +79,9 @@ def test_cli_converts_and_the_output_loads_with_auto_model(cli, tmp_path):
 
 
 def test_cli_reports_a_missing_encoder_directory(cli, tmp_path, capsys):
-    status = cli.main(["--run-dir", str(TINY_FULL / "run"), "--llm", str(FIXTURES / "llm"), "--output-dir", str(tmp_path)])
+    status = cli.main(
+        ["--run-dir", str(TINY_FULL / "run"), "--llm", str(FIXTURES / "llm"), "--output-dir", str(tmp_path)]
+    )
     assert status == 1
     assert "pass its weights with --languagebind" in capsys.readouterr().err
 
@@ -101,14 +118,20 @@ def test_missing_target_parameters_are_listed(tmp_path):
     def drop(weights):
         del weights["llm_backbone"]["llm.model.norm.weight"]
 
-    with pytest.raises(ConversionError, match=r"no source tensor for model weights \[.model.language_model.norm.weight.\]"):
+    with pytest.raises(
+        ConversionError, match=r"no source tensor for model weights \[.model.language_model.norm.weight.\]"
+    ):
         convert_fixture(_copy_run(tmp_path, edit_weights=drop), tmp_path / "out")
 
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("feature_fusion", "query_mlp", "feature_fusion 'query_mlp' is not supported; supported: .*cross_attention_avg_lq"),
+        (
+            "feature_fusion",
+            "query_mlp",
+            "feature_fusion 'query_mlp' is not supported; supported: .*cross_attention_avg_lq",
+        ),
         ("video_backbone_ids", ["hiera-base-video"], "video backbone 'hiera-base-video' is not supported"),
         ("arch_specifier", "3davg+mlp", "unsupported projector; it must end with one of"),
     ],
@@ -154,7 +177,11 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path):
 )
 def test_arch_specifier_parsing(spec, expected):
     fields = parse_arch_specifier(spec)
-    assert (fields["alignment_pooling"], fields["alignment_projector"], fields["alignment_temporal_stride"]) == expected
+    assert (
+        fields["alignment_pooling"],
+        fields["alignment_projector"],
+        fields["alignment_temporal_stride"],
+    ) == expected
 
 
 def _encoder_sources(directories: dict[str, Path] | None = None) -> EncoderSources:
@@ -175,13 +202,22 @@ def test_encoder_weights_as_torch_files_and_open_clip_checkpoints(tmp_path, conv
     siglip.mkdir()
     trunk = load_file(FIXTURES / "encoders" / "siglip" / "model.safetensors")
     open_clip = {f"visual.trunk.{key}": value for key, value in trunk.items()}
-    open_clip |= {"text.token_embedding.weight": torch.zeros(8, 4), "logit_scale": torch.ones(()), "logit_bias": torch.zeros(())}
+    open_clip |= {
+        "text.token_embedding.weight": torch.zeros(8, 4),
+        "logit_scale": torch.ones(()),
+        "logit_bias": torch.zeros(()),
+    }
     torch.save(open_clip, siglip / "open_clip_pytorch_model.bin")
     # the tiny tower's head count is not the registry's, so it keeps timm's config.json with `model_args`
     shutil.copy(FIXTURES / "encoders" / "siglip" / "config.json", siglip)
     output = tmp_path / "out"
-    convert(TINY_FULL / "run", FIXTURES / "llm", _encoder_sources({"dinov2": dinov2, "siglip": siglip}), output,
-            progress=False)
+    convert(
+        TINY_FULL / "run",
+        FIXTURES / "llm",
+        _encoder_sources({"dinov2": dinov2, "siglip": siglip}),
+        output,
+        progress=False,
+    )
     reference, converted = load_file(converted_full / "model.safetensors"), load_file(output / "model.safetensors")
     assert reference.keys() == converted.keys()
     assert all(torch.equal(reference[key], converted[key]) for key in reference)
@@ -194,8 +230,16 @@ def test_open_clip_config_names_the_timm_architecture(tmp_path):
 
 
 def test_dtype_sharding_verify_and_model_card(tmp_path):
-    report = convert(TINY_FULL / "run", FIXTURES / "llm", _encoder_sources(), tmp_path, dtype="bfloat16",
-                     max_shard_size="1MB", verify=True, progress=False)
+    report = convert(
+        TINY_FULL / "run",
+        FIXTURES / "llm",
+        _encoder_sources(),
+        tmp_path,
+        dtype="bfloat16",
+        max_shard_size="1MB",
+        verify=True,
+        progress=False,
+    )
     assert len(report.shards) > 1 and (tmp_path / "model.safetensors.index.json").is_file()
     assert report.verified_tensors == report.num_tensors == 295
     model = AutoModel.from_pretrained(tmp_path, dtype="auto")
@@ -213,14 +257,25 @@ def test_push_to_hub_uploads_the_output_folder(tmp_path):
         uploaded.update(repo_id=repo_id, files={path.name for path in Path(folder_path).iterdir()})
         return mock.Mock(commit_url=f"https://hub/{repo_id}/commit/1")
 
-    with mock.patch.object(HfApi, "create_repo", return_value=mock.Mock(repo_id="me/merv-full")) as create, \
-            mock.patch.object(HfApi, "upload_folder", upload_folder):
-        report = convert(TINY_FULL / "run", FIXTURES / "llm", _encoder_sources(), tmp_path, push_to_hub="me/merv-full",
-                         private=True, progress=False)
+    with (
+        mock.patch.object(HfApi, "create_repo", return_value=mock.Mock(repo_id="me/merv-full")) as create,
+        mock.patch.object(HfApi, "upload_folder", upload_folder),
+    ):
+        report = convert(
+            TINY_FULL / "run",
+            FIXTURES / "llm",
+            _encoder_sources(),
+            tmp_path,
+            push_to_hub="me/merv-full",
+            private=True,
+            progress=False,
+        )
     assert create.call_args.kwargs["private"] is True
     assert report.commit_url == "https://hub/me/merv-full/commit/1"
     assert uploaded["repo_id"] == "me/merv-full"
-    assert {"README.md", "config.json", "model.safetensors", "modeling_merv.py", "processor_config.json"} <= uploaded["files"]
+    assert {"README.md", "config.json", "model.safetensors", "modeling_merv.py", "processor_config.json"} <= uploaded[
+        "files"
+    ]
 
 
 def test_unknown_model_id_lists_the_authors_models(tmp_path):
@@ -241,7 +296,9 @@ def test_converted_processor_matches_the_model(converted_full):
     settings = processor.video_processor.encoder_settings
     assert settings["languagebind"]["size"] == {"shortest_edge": 32}  # short side + centre crop, as the authors
     assert settings["dinov2"]["size"] == {"height": 56, "width": 56}  # squashed to the square (resize-naive)
-    pixels = processor.video_processor(str(MEDIA / "flipping_a_pancake.mkv"), return_tensors="pt")["pixel_values_videos"]
+    pixels = processor.video_processor(str(MEDIA / "flipping_a_pancake.mkv"), return_tensors="pt")[
+        "pixel_values_videos"
+    ]
     assert {name: tuple(value.shape[1:]) for name, value in pixels.items()} == {
         name: (config.num_frames[name], 3, size, size) for name, size in FIXTURE_IMAGE_SIZES.items()
     }

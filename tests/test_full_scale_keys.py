@@ -26,8 +26,10 @@ pooling head."""
 
 
 def _meta(spec: dict) -> dict[str, torch.Tensor]:
-    return {key: torch.empty(entry["shape"], dtype=getattr(torch, entry["dtype"]), device="meta")
-            for key, entry in spec.items()}
+    return {
+        key: torch.empty(entry["shape"], dtype=getattr(torch, entry["dtype"]), device="meta")
+        for key, entry in spec.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +48,11 @@ def full_scale(tmp_path_factory):
         (root / name).mkdir()
         (root / name / "config.json").write_text(json.dumps(config))
     weights = {name: _meta(spec["state_dict"]) for name, spec in KEYS["encoders_original_checkpoints"].items()}
-    trainable = {group: _meta(spec) for group, spec in KEYS["checkpoint_model_dict"].items()
-                 if group in ("projectors", "llm_backbone", "feature_fusion")}
+    trainable = {
+        group: _meta(spec)
+        for group, spec in KEYS["checkpoint_model_dict"].items()
+        if group in ("projectors", "llm_backbone", "feature_fusion")
+    }
     tokenizer = SimpleNamespace(  # the real Llama-2 tokenizer after <PAD> (32000) and <video> (32001) are added
         pad_token_id=KEYS["tokenizer"]["pad_token_id"], convert_tokens_to_ids={"<video>": 32001}.__getitem__
     )
@@ -95,7 +100,10 @@ def test_every_checkpoint_key_is_used(full_scale):
     the number of target tensors it fills equals its key count plus the two extra biases of the split in_proj_bias."""
     config, _, trainable = full_scale
     only_checkpoint = {name: {} for name in config.vision_encoders}
-    produced = [key for key, _ in mapped_tensors(config, only_checkpoint, trainable, "latest-checkpoint.pt")
-                if not key.startswith("model.vision_towers.")]
+    produced = [
+        key
+        for key, _ in mapped_tensors(config, only_checkpoint, trainable, "latest-checkpoint.pt")
+        if not key.startswith("model.vision_towers.")
+    ]
     counts = KEYS["checkpoint_model_dict"]["counts"]
     assert len(produced) == counts["projectors"] + counts["llm_backbone"] + counts["feature_fusion"] + 2

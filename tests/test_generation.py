@@ -40,8 +40,10 @@ def tower_calls(model):
 
 def _batch(model, rows: list[list[int]], padding_side: str = "left"):
     """Prompts with placeholders after BOS, padded to one length, and their attention mask."""
-    prompts = [with_placeholders(torch.tensor([row]), model.config.num_video_tokens, model.config.video_token_id)[0]
-               for row in rows]
+    prompts = [
+        with_placeholders(torch.tensor([row]), model.config.num_video_tokens, model.config.video_token_id)[0]
+        for row in rows
+    ]
     length = max(len(prompt) for prompt in prompts)
     padded = []
     for prompt in prompts:
@@ -61,7 +63,11 @@ def test_encoders_run_once_per_generate_call(model, tower_calls, settings):
     pixels = random_pixels(model.config, batch_size=2)
     with torch.no_grad():
         output = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, pixel_values_videos=pixels, max_new_tokens=5, **settings
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values_videos=pixels,
+            max_new_tokens=5,
+            **settings,
         )
     assert output.shape == (2, input_ids.shape[1] + 5)
     assert tower_calls == dict.fromkeys(model.config.vision_encoders, 1)
@@ -73,15 +79,20 @@ def test_left_padded_batch_generates_what_each_row_generates_alone(model):
     input_ids, attention_mask = _batch(model, rows)
     with torch.no_grad():
         batched = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, pixel_values_videos=pixels, max_new_tokens=6,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values_videos=pixels,
+            max_new_tokens=6,
             do_sample=False,
-        )[:, input_ids.shape[1]:]
+        )[:, input_ids.shape[1] :]
         for index, row in enumerate(rows):
             alone_ids, _ = _batch(model, [row])
             alone = model.generate(
-                input_ids=alone_ids, pixel_values_videos={name: value[index : index + 1] for name, value in pixels.items()},
-                max_new_tokens=6, do_sample=False,
-            )[:, alone_ids.shape[1]:]
+                input_ids=alone_ids,
+                pixel_values_videos={name: value[index : index + 1] for name, value in pixels.items()},
+                max_new_tokens=6,
+                do_sample=False,
+            )[:, alone_ids.shape[1] :]
             assert torch.equal(batched[index : index + 1], alone)
 
 
@@ -89,8 +100,11 @@ def test_right_padded_batch_is_warned_about(model):
     input_ids, attention_mask = _batch(model, [[1, 5, 6, 7], [1, 8]], padding_side="right")
     with CaptureLogger(logging.get_logger("transformers.generation.utils")) as captured, torch.no_grad():
         model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, pixel_values_videos=random_pixels(model.config, 2),
-            max_new_tokens=2, do_sample=False,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values_videos=random_pixels(model.config, 2),
+            max_new_tokens=2,
+            do_sample=False,
         )
     assert "right-padding was detected" in captured.out
 
@@ -116,8 +130,12 @@ def test_generation_outputs_with_scores(model):
     input_ids, _ = _batch(model, [[1, 5, 6, 7]])
     with torch.no_grad():
         output = model.generate(
-            input_ids=input_ids, pixel_values_videos=random_pixels(model.config), max_new_tokens=3, do_sample=False,
-            return_dict_in_generate=True, output_scores=True,
+            input_ids=input_ids,
+            pixel_values_videos=random_pixels(model.config),
+            max_new_tokens=3,
+            do_sample=False,
+            return_dict_in_generate=True,
+            output_scores=True,
         )
     assert len(output.scores) == 3 and output.scores[0].shape == (1, model.config.text_config.vocab_size)
     assert torch.equal(output.sequences[:, -3:], torch.stack([score.argmax(-1) for score in output.scores], dim=1))
@@ -131,9 +149,12 @@ def test_streaming_prints_the_generated_text(converted_full):
     streamed = io.StringIO()
     with redirect_stdout(streamed), torch.no_grad():
         output = model.generate(
-            input_ids=input_ids, pixel_values_videos=fixture_pixels(), max_new_tokens=8, do_sample=False,
+            input_ids=input_ids,
+            pixel_values_videos=fixture_pixels(),
+            max_new_tokens=8,
+            do_sample=False,
             streamer=TextStreamer(tokenizer, skip_prompt=True),
         )
-    new_tokens = output[0, input_ids.shape[1]:]
+    new_tokens = output[0, input_ids.shape[1] :]
     assert streamed.getvalue().strip() == tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
     assert tokenizer.decode(new_tokens).strip()

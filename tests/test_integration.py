@@ -37,7 +37,9 @@ def saved(model, tmp_path_factory) -> Path:
 
 
 def _inputs(config, batch_size=1):
-    input_ids = with_placeholders(torch.tensor([[1, 5, 6, 7]] * batch_size), config.num_video_tokens, config.video_token_id)
+    input_ids = with_placeholders(
+        torch.tensor([[1, 5, 6, 7]] * batch_size), config.num_video_tokens, config.video_token_id
+    )
     return {"input_ids": input_ids, "pixel_values_videos": random_pixels(config, batch_size)}
 
 
@@ -61,7 +63,9 @@ def test_saved_directory_carries_remote_code(saved):
         "AutoModelForImageTextToText": "modeling_merv.MervForConditionalGeneration",
         "AutoModelForMultimodalLM": "modeling_merv.MervForConditionalGeneration",
     }
-    assert {"configuration_merv.py", "modeling_merv.py", "modeling_languagebind.py"} <= {p.name for p in saved.iterdir()}
+    assert {"configuration_merv.py", "modeling_merv.py", "modeling_languagebind.py"} <= {
+        p.name for p in saved.iterdir()
+    }
 
 
 def test_remote_code_loads_where_the_package_is_not_importable(saved, reference_logits, tmp_path):
@@ -104,13 +108,22 @@ def test_push_to_hub_uploads_weights_code_and_card(model, tmp_path):
             shutil.copy(operation.path_or_fileobj, target)
         return mock.Mock(commit_url=f"https://hub/{repo_id}")
 
-    with mock.patch.object(HfApi, "create_repo", return_value=mock.Mock(repo_id="user/merv-tiny")), \
-            mock.patch.object(HfApi, "create_commit", create_commit), \
-            mock.patch.object(ModelCard, "load", side_effect=EntryNotFoundError("no card")):
+    with (
+        mock.patch.object(HfApi, "create_repo", return_value=mock.Mock(repo_id="user/merv-tiny")),
+        mock.patch.object(HfApi, "create_commit", create_commit),
+        mock.patch.object(ModelCard, "load", side_effect=EntryNotFoundError("no card")),
+    ):
         model.push_to_hub("user/merv-tiny")
     files = {path.name for path in uploaded.iterdir()}
-    assert {"config.json", "model.safetensors", "generation_config.json", "README.md", "modeling_merv.py",
-            "configuration_merv.py", "modeling_languagebind.py"} <= files
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "README.md",
+        "modeling_merv.py",
+        "configuration_merv.py",
+        "modeling_languagebind.py",
+    } <= files
     assert "library_name: transformers" in (uploaded / "README.md").read_text()
     assert type(AutoModel.from_pretrained(uploaded)) is MervForConditionalGeneration
 
@@ -159,7 +172,8 @@ def test_device_map_plan_keeps_towers_and_layers_whole():
         model = MervForConditionalGeneration(MervConfig()).to(torch.bfloat16)
     budget = int(0.8 * 2**30)
     plan = infer_auto_device_map(
-        model, max_memory={**dict.fromkeys(range(6), budget), "cpu": 80 * 2**30},
+        model,
+        max_memory={**dict.fromkeys(range(6), budget), "cpu": 80 * 2**30},
         no_split_module_classes=model._no_split_modules,
     )
     tower_devices = {plan[f"model.vision_towers.{name}"] for name in model.config.vision_encoders}

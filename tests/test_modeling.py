@@ -66,7 +66,9 @@ def test_batch_equals_single_runs(model):
             torch.testing.assert_close(batched[row : row + 1], single, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("encoders", [["siglip"], ["languagebind"], ["vivit", "dinov2"], ["dinov2", "siglip", "vivit"]])
+@pytest.mark.parametrize(
+    "encoders", [["siglip"], ["languagebind"], ["vivit", "dinov2"], ["dinov2", "siglip", "vivit"]]
+)
 def test_encoder_subsets_run(encoders):
     config = tiny_config(vision_encoders=encoders)
     model = MervForConditionalGeneration(config).eval()
@@ -207,10 +209,17 @@ def test_encoders_stop_at_their_feature_layer(model):
     config = model.config
     pixels = random_pixels(config, seed=11)
     ran = []
-    last_layers = {name: model.model.vision_towers[name].get_submodule(path)[-1]
-                   for name, path in (("languagebind", "encoder.layers"), ("dinov2", "encoder.layer"),
-                                      ("siglip", "encoder.layers"))}
-    hooks = [layer.register_forward_hook(lambda *args, name=name: ran.append(name)) for name, layer in last_layers.items()]
+    last_layers = {
+        name: model.model.vision_towers[name].get_submodule(path)[-1]
+        for name, path in (
+            ("languagebind", "encoder.layers"),
+            ("dinov2", "encoder.layer"),
+            ("siglip", "encoder.layers"),
+        )
+    }
+    hooks = [
+        layer.register_forward_hook(lambda *args, name=name: ran.append(name)) for name, layer in last_layers.items()
+    ]
     with torch.no_grad():
         features = model.get_video_features(pixels, output_encoder_features=True).encoder_features
         for hook in hooks:
@@ -264,3 +273,17 @@ def test_unused_fusion_projections_are_buffers_not_parameters(model):
     names = {name for name, _ in model.named_parameters()}
     assert "model.fusion.value_proj.weight" not in names and "model.fusion.out_proj.bias" not in names
     assert {"model.fusion.value_proj.weight", "model.fusion.out_proj.bias"} <= set(model.state_dict())
+
+
+def test_standardized_projectors_give_zero_mean_unit_variance_tokens():
+    config = tiny_config(alignment_projector="gelu-mlp")
+    model = MervForConditionalGeneration(config).eval()
+    pixels = random_pixels(config, batch_size=8, seed=17)
+    model.model.standardize_projector_inputs(pixels, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for name in config.vision_encoders:
+            projector = model.model.projectors[name]
+            features = model.model._encode(name, pixels[name]).unflatten(1, (config.encoder_token_grid(name)[0], -1))
+            first = projector.mlp.layers[0](projector.resampler(features)).flatten(0, 1)  # (samples, width)
+            torch.testing.assert_close(first.mean(0), torch.zeros(first.shape[1]), atol=1e-4, rtol=0)
+            assert 0.5 < first.std(0).mean().item() < 1.5

@@ -44,8 +44,12 @@ def test_converted_model_reproduces_every_intermediate(fixture, tmp_path):
         features = model.get_video_features(pixels, output_encoder_features=True)
         for name in model.config.vision_encoders:
             if f"encoder_features.{name}" in expected:
-                _assert_close(f"encoder_features.{name}", features.encoder_features[name], expected[f"encoder_features.{name}"])
-            _assert_close(f"projector_outputs.{name}", features.projected_features[name], expected[f"projector_outputs.{name}"])
+                _assert_close(
+                    f"encoder_features.{name}", features.encoder_features[name], expected[f"encoder_features.{name}"]
+                )
+            _assert_close(
+                f"projector_outputs.{name}", features.projected_features[name], expected[f"projector_outputs.{name}"]
+            )
         if "fusion.attention_weights" in expected:
             _assert_close("fusion weights", features.fusion_weights, expected["fusion.attention_weights"])
         _assert_close("fused tokens", features.pooler_output, expected["fused_visual_tokens"])
@@ -65,10 +69,13 @@ def test_converted_model_reproduces_every_intermediate(fixture, tmp_path):
         assert abs(loss - expected_loss) <= LOSS_RTOL * abs(expected_loss), f"loss {loss} vs {expected_loss}"
 
         generated = model.generate(
-            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), pixel_values_videos=pixels,
-            max_new_tokens=expected["generate.0.new_tokens"].shape[1], do_sample=False,
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            pixel_values_videos=pixels,
+            max_new_tokens=expected["generate.0.new_tokens"].shape[1],
+            do_sample=False,
         )
-    assert generated[:, input_ids.shape[1]:].tolist() == expected["generate.0.new_tokens"].tolist()
+    assert generated[:, input_ids.shape[1] :].tolist() == expected["generate.0.new_tokens"].tolist()
 
 
 def test_llm_embeddings_match_the_authors_spliced_inputs(converted_full):

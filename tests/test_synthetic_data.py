@@ -239,7 +239,10 @@ def test_videos_are_h264_at_the_stated_size_and_close_to_the_rendering(dataset):
 def test_example_video_answers(tmp_path):
     questions = {question.question_type: question for question in render_example(tmp_path / "example.mp4")}
     assert {kind: question.answer for kind, question in questions.items()} == {
-        "color": "red", "shape": "circle", "direction": "right", "speed": "fast"
+        "color": "red",
+        "shape": "circle",
+        "direction": "right",
+        "speed": "fast",
     }
     assert questions["color"].text == "What color is the circle?"
     frames = decode(tmp_path / "example.mp4")
@@ -321,7 +324,8 @@ def test_cli_refuses_a_non_empty_directory(tmp_path):
     (tmp_path / "something").write_text("keep me")
     result = subprocess.run(
         [sys.executable, "-m", "transformers_merv.data.synthetic", "--output-dir", str(tmp_path)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1
     assert "not an empty directory" in result.stderr and "Traceback" not in result.stderr
@@ -341,7 +345,10 @@ def test_rejects_unknown_splits_and_negative_counts(tmp_path):
 
 def test_tokenizer_special_tokens(tokenizer):
     assert (tokenizer.unk_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (
-        UNK_TOKEN_ID, BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID
+        UNK_TOKEN_ID,
+        BOS_TOKEN_ID,
+        EOS_TOKEN_ID,
+        PAD_TOKEN_ID,
     )
     assert tokenizer.convert_tokens_to_ids(VIDEO_TOKEN) == VIDEO_TOKEN_ID
     assert VIDEO_TOKEN in tokenizer.all_special_tokens

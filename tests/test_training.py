@@ -39,15 +39,36 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ENCODER_IMAGE_SIZES = {"languagebind": 16, "dinov2": 28, "vivit": 16, "siglip": 32}
 FAST_ENCODERS = dict(
     languagebind_config=dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=16, patch_size=4,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=16,
+        patch_size=4,
         temporal_group_size=4,
     ),
-    dinov2_config=dict(hidden_size=40, num_hidden_layers=2, num_attention_heads=4, patch_size=14, image_size=28,
-                       mlp_ratio=4),
-    vivit_config=dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, image_size=16,
-                      tubelet_size=[2, 8, 8], num_frames=16),
-    siglip_config=dict(hidden_size=24, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, patch_size=16,
-                       image_size=32, vision_use_head=False, hidden_act="gelu"),
+    dinov2_config=dict(
+        hidden_size=40, num_hidden_layers=2, num_attention_heads=4, patch_size=14, image_size=28, mlp_ratio=4
+    ),
+    vivit_config=dict(
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        image_size=16,
+        tubelet_size=[2, 8, 8],
+        num_frames=16,
+    ),
+    siglip_config=dict(
+        hidden_size=24,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        patch_size=16,
+        image_size=32,
+        vision_use_head=False,
+        hidden_act="gelu",
+    ),
     num_frames={"languagebind": 8, "dinov2": 8, "vivit": 16, "siglip": 8},
 )
 """`tiny_config` with fewer frames and pixels (32 visual tokens): a training step of 4 examples takes ~30 ms on 2
@@ -56,8 +77,13 @@ INIT_STD = 0.1
 """A random LLM initialised at std 0.02 gives near-uniform logits whatever its inputs, so with the LLM frozen (align)
 30 steps only move the loss from 6.94 to 6.69; at std 0.1 the visual tokens can steer it."""
 LLM_LINEAR_LAYERS = (
-    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
 )
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
 DIRECTIONS = {"red": "right", "green": "left", "blue": "left", "yellow": "right"}
@@ -109,8 +135,10 @@ def video_chat(name: str) -> dict:
         "id": name,
         "video": f"{name}.mp4",
         "conversations": conversation(
-            "<video>\nWhat colour is the square?", f"It is {name}.",
-            "Where does it move?", f"To the {DIRECTIONS[name]}.",
+            "<video>\nWhat colour is the square?",
+            f"It is {name}.",
+            "Where does it move?",
+            f"To the {DIRECTIONS[name]}.",
         ),
     }
 
@@ -262,8 +290,11 @@ def test_lora_config_adapts_only_the_llm_linear_layers_and_saves_projectors_and_
     assert adapted == {f"model.language_model.layers.{i}.{linear}" for i in layers for linear in LLM_LINEAR_LAYERS}
 
     visual = [f"model.projectors.{name}" for name in model.config.vision_encoders] + ["model.fusion"]
-    wrapped = {name.removeprefix(prefix) for name, module in peft_model.named_modules()
-               if isinstance(module, ModulesToSaveWrapper)}
+    wrapped = {
+        name.removeprefix(prefix)
+        for name, module in peft_model.named_modules()
+        if isinstance(module, ModulesToSaveWrapper)
+    }
     assert wrapped == set(visual)
     trainable = {name.removeprefix(prefix) for name, p in peft_model.named_parameters() if p.requires_grad}
     saved_copies = {
@@ -279,8 +310,13 @@ def test_lora_config_defaults_and_overrides(model_dir):
     model = load_model(model_dir)
     config = lora_config(model)
     assert (config.r, config.lora_alpha, config.lora_dropout, config.task_type) == (128, 256, 0.05, "CAUSAL_LM")
-    assert config.modules_to_save == ["projectors.languagebind", "projectors.dinov2", "projectors.vivit",
-                                      "projectors.siglip", "fusion"]
+    assert config.modules_to_save == [
+        "projectors.languagebind",
+        "projectors.dinov2",
+        "projectors.vivit",
+        "projectors.siglip",
+        "fusion",
+    ]
     overridden = lora_config(model, r=4, lora_alpha=8, lora_dropout=0.0)
     assert (overridden.r, overridden.lora_alpha, overridden.lora_dropout) == (4, 8, 0.0)
 
@@ -306,8 +342,12 @@ def test_multi_turn_video_example_has_the_authors_ids_and_labels(media_root, pro
     answer = processor.tokenizer.decode(item["input_ids"][item["labels"] != IGNORE_INDEX])
     assert answer == "It is red.</s> To the right.</s>"
     shapes = {name: tuple(pixels.shape) for name, pixels in item["pixel_values_videos"].items()}
-    assert shapes == {"languagebind": (8, 3, 16, 16), "dinov2": (8, 3, 28, 28), "vivit": (16, 3, 16, 16),
-                      "siglip": (8, 3, 32, 32)}
+    assert shapes == {
+        "languagebind": (8, 3, 16, 16),
+        "dinov2": (8, 3, 28, 28),
+        "vivit": (16, 3, 16, 16),
+        "siglip": (8, 3, 32, 32),
+    }
 
 
 def test_text_only_example_has_no_video_and_labels_on_the_answer(media_root, processor):
@@ -359,7 +399,9 @@ def test_malformed_entries_and_missing_files_fail_up_front_naming_them(media_roo
     assert "entry 2 (id 'backwards'): turns must alternate" in message
     assert "entry 3 (id 'orphan'): has 1 <video>/<image> placeholder(s) but 0 video or image" in message
     assert [bad.example for bad in raised.value.bad_examples] == [
-        "entry 1 (id 'gone')", "entry 2 (id 'backwards')", "entry 3 (id 'orphan')"
+        "entry 1 (id 'gone')",
+        "entry 2 (id 'backwards')",
+        "entry 3 (id 'orphan')",
     ]
     dataset = VideoLlavaDataset(path, media_root, processor, on_bad_example="skip")
     assert len(dataset) == 1 and len(dataset.skipped) == 3
@@ -429,8 +471,9 @@ def test_collator_right_pads_and_stacks_the_videos_of_rows_that_have_one(media_r
         assert batch["labels"][row, size:].eq(IGNORE_INDEX).all()
         assert batch["attention_mask"][row].tolist() == [1] * size + [0] * (length - size)
     for name, pixels in batch["pixel_values_videos"].items():
-        assert torch.equal(pixels, torch.stack([items[1]["pixel_values_videos"][name],
-                                                items[3]["pixel_values_videos"][name]]))
+        assert torch.equal(
+            pixels, torch.stack([items[1]["pixel_values_videos"][name], items[3]["pixel_values_videos"][name]])
+        )
     text_only = MervDataCollator.from_processor(processor, video_in_every_batch=False)([items[0], items[2]])
     assert "pixel_values_videos" not in text_only and text_only["input_ids"].shape[0] == 2
 
@@ -445,9 +488,10 @@ def test_text_only_batch_gets_a_filler_video_that_changes_nothing_but_runs_every
     filled = MervDataCollator.from_processor(processor)(items)
     plain = MervDataCollator.from_processor(processor, video_in_every_batch=False)(items)
     assert filled["input_ids"].shape[0] == 3 and filled["labels"][2].eq(IGNORE_INDEX).all()
-    assert filled["input_ids"][2, : 1 + processor.num_video_tokens].tolist() == [processor.tokenizer.bos_token_id] + [
-        processor.video_token_id
-    ] * processor.num_video_tokens
+    assert (
+        filled["input_ids"][2, : 1 + processor.num_video_tokens].tolist()
+        == [processor.tokenizer.bos_token_id] + [processor.video_token_id] * processor.num_video_tokens
+    )
     assert all(pixels.shape[0] == 1 for pixels in filled["pixel_values_videos"].values())
     model = load_model(model_dir)
     set_trainable(model, "finetune")
@@ -482,9 +526,18 @@ def test_mixed_text_and_video_batch_gives_each_row_its_own_video(media_root, pro
 
 def training_arguments(output_dir: Path, **overrides) -> TrainingArguments:
     settings = dict(
-        output_dir=str(output_dir), per_device_train_batch_size=BATCH_SIZE, lr_scheduler_type="constant",
-        weight_decay=0.0, logging_steps=1, save_strategy="no", report_to="none", remove_unused_columns=False,
-        use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True,
+        output_dir=str(output_dir),
+        per_device_train_batch_size=BATCH_SIZE,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        seed=0,
+        disable_tqdm=True,
     )
     return TrainingArguments(**{**settings, **overrides})
 
@@ -525,8 +578,11 @@ class TrainingRun:
     towers_before: dict[str, torch.Tensor] = field(repr=False)
 
 
-STAGE_SETUPS = {"align": ("caption.json", "caption", 1e-2), "finetune": ("chat.json", "chat", 1e-3),
-                "lora": ("chat.json", "chat", 1e-2)}
+STAGE_SETUPS = {
+    "align": ("caption.json", "caption", 1e-2),
+    "finetune": ("chat.json", "chat", 1e-3),
+    "lora": ("chat.json", "chat", 1e-2),
+}
 """Per stage: data, format and a learning rate that makes 30 steps on 4 examples per step count."""
 LORA_TEST_SETTINGS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
 
@@ -547,8 +603,9 @@ def train_stage(model_dir, media_root, processor, tmp_path_factory):
             watch = EncoderWatch()
             trainer = LossTrainer(
                 model=model,
-                args=training_arguments(tmp_path_factory.mktemp(stage), max_steps=TRAINING_STEPS,
-                                        learning_rate=learning_rate),
+                args=training_arguments(
+                    tmp_path_factory.mktemp(stage), max_steps=TRAINING_STEPS, learning_rate=learning_rate
+                ),
                 train_dataset=chat_dataset(media_root, processor, data, data_format=data_format),
                 data_collator=MervDataCollator.from_processor(processor),
                 callbacks=[watch],
@@ -606,14 +663,23 @@ def test_resuming_from_a_checkpoint_reproduces_the_next_steps(model_dir, media_r
     """6 steps of 2 examples (an epoch is 4 steps) with the default linear schedule, saved at step 3; resuming from
     that checkpoint gives the same losses for steps 4-6: weights, optimizer, scheduler, RNG and data position."""
     dataset = chat_dataset(media_root, processor)
-    args = training_arguments(tmp_path, max_steps=6, per_device_train_batch_size=2, learning_rate=1e-3,
-                              lr_scheduler_type="linear", weight_decay=0.1, save_strategy="steps", save_steps=3)
+    args = training_arguments(
+        tmp_path,
+        max_steps=6,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        lr_scheduler_type="linear",
+        weight_decay=0.1,
+        save_strategy="steps",
+        save_steps=3,
+    )
 
     def trainer() -> LossTrainer:
         model = load_model(model_dir)
         set_trainable(model, "finetune")
-        return LossTrainer(model=model, args=args, train_dataset=dataset,
-                           data_collator=MervDataCollator.from_processor(processor))
+        return LossTrainer(
+            model=model, args=args, train_dataset=dataset, data_collator=MervDataCollator.from_processor(processor)
+        )
 
     uninterrupted = trainer()
     uninterrupted.train()
@@ -636,15 +702,28 @@ def train_script():
 
 def script_args(model_dir: Path, media_root: Path, output_dir: Path, *extra: str) -> list[str]:
     return [
-        "--model_name_or_path", str(model_dir), "--data_path", str(media_root / "chat.json"),
-        "--media_root", str(media_root), "--output_dir", str(output_dir), "--report_to", "none", *extra,
+        "--model_name_or_path",
+        str(model_dir),
+        "--data_path",
+        str(media_root / "chat.json"),
+        "--media_root",
+        str(media_root),
+        "--output_dir",
+        str(output_dir),
+        "--report_to",
+        "none",
+        *extra,
     ]
 
 
 @pytest.mark.parametrize(
     ("stage", "learning_rate", "weight_decay", "global_batch"),
-    [("align", 1e-3, 0.0, 256), ("full-align", 1e-4, 0.0, 256), ("finetune", 2e-5, 0.1, 128),
-     ("lora", 2e-4, 0.0, 128)],
+    [
+        ("align", 1e-3, 0.0, 256),
+        ("full-align", 1e-4, 0.0, 256),
+        ("finetune", 2e-5, 0.1, 128),
+        ("lora", 2e-4, 0.0, 128),
+    ],
 )
 def test_script_defaults_are_the_stage_recipe(
     train_script, tmp_path, stage, learning_rate, weight_decay, global_batch
@@ -653,7 +732,10 @@ def test_script_defaults_are_the_stage_recipe(
         script_args(Path("m"), tmp_path, tmp_path, "--stage", stage, "--per_device_train_batch_size", "4", "--use_cpu")
     )
     assert (args.learning_rate, args.weight_decay, args.max_grad_norm, args.warmup_steps) == (
-        learning_rate, weight_decay, 1.0, 0.03
+        learning_rate,
+        weight_decay,
+        1.0,
+        0.03,
     )
     assert args.lr_scheduler_type == "cosine" and args.bf16 and args.activation_checkpointing
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size == global_batch
@@ -661,8 +743,9 @@ def test_script_defaults_are_the_stage_recipe(
 
 
 def test_script_flags_win_over_the_recipe_and_conflicts_are_refused(train_script, tmp_path):
-    base = script_args(Path("m"), tmp_path, tmp_path, "--stage", "finetune", "--per_device_train_batch_size", "4",
-                       "--use_cpu")
+    base = script_args(
+        Path("m"), tmp_path, tmp_path, "--stage", "finetune", "--per_device_train_batch_size", "4", "--use_cpu"
+    )
     _, _, args = train_script.parse_args(base + ["--learning_rate", "1e-5", "--global_batch_size", "64"])
     assert (args.learning_rate, args.gradient_accumulation_steps) == (1e-5, 16)
     _, _, args = train_script.parse_args(base + ["--global_batch_size", "0", "--gradient_accumulation_steps", "3"])
@@ -682,13 +765,27 @@ def test_script_qlora_fails_clearly_without_a_gpu(train_script, tmp_path):
         train_script.main(script_args(Path("m"), tmp_path, tmp_path, "--stage", "lora", "--qlora", "--use_cpu"))
 
 
-CPU_RUN = ("--use_cpu", "--bf16", "False", "--max_steps", "2", "--per_device_train_batch_size", "2",
-           "--global_batch_size", "0", "--dataloader_num_workers", "0", "--disable_tqdm", "True")
+CPU_RUN = (
+    "--use_cpu",
+    "--bf16",
+    "False",
+    "--max_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "2",
+    "--global_batch_size",
+    "0",
+    "--dataloader_num_workers",
+    "0",
+    "--disable_tqdm",
+    "True",
+)
 
 
 def test_script_trains_lora_and_saves_a_loadable_adapter(train_script, model_dir, media_root, tmp_path):
-    trainer = train_script.main(script_args(model_dir, media_root, tmp_path, "--stage", "lora", "--lora_r", "4",
-                                            "--lora_alpha", "8", *CPU_RUN))
+    trainer = train_script.main(
+        script_args(model_dir, media_root, tmp_path, "--stage", "lora", "--lora_r", "4", "--lora_alpha", "8", *CPU_RUN)
+    )
     assert trainer.state.global_step == 2 and trainer.args.activation_checkpointing
     assert {"adapter_config.json", "adapter_model.safetensors", "processor_config.json"} <= set(
         path.name for path in tmp_path.iterdir()

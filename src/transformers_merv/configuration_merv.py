@@ -160,7 +160,9 @@ class MervConfig(PreTrainedConfig):
             AutoConfig, model_type="dinov2_with_registers", init_kwargs=DINOV2_LARGE_REG4_CONFIG
         ),
         "vivit_config": SubConfigSpec(AutoConfig, model_type="vivit", init_kwargs=VIVIT_B_16X2_CONFIG),
-        "siglip_config": SubConfigSpec(AutoConfig, model_type="siglip_vision_model", init_kwargs=SIGLIP_B16_224_CONFIG),
+        "siglip_config": SubConfigSpec(
+            AutoConfig, model_type="siglip_vision_model", init_kwargs=SIGLIP_B16_224_CONFIG
+        ),
     }
 
     text_config: dict | PreTrainedConfig | None = None
@@ -211,8 +213,11 @@ class MervConfig(PreTrainedConfig):
         _check_choice("alignment_projector", [self.alignment_projector], ALIGNMENT_PROJECTORS)
         _check_choice("fusion_type", [self.fusion_type], FUSION_TYPES)
         for name in self.vision_encoders:
-            _check_choice("vision_feature_select_strategy", [self.vision_feature_select_strategy[name]],
-                          FEATURE_SELECT_STRATEGIES)
+            _check_choice(
+                "vision_feature_select_strategy",
+                [self.vision_feature_select_strategy[name]],
+                FEATURE_SELECT_STRATEGIES,
+            )
         self._check_frames()
         self._check_grids()
         if self.siglip_config.vision_use_head:
@@ -264,8 +269,10 @@ class MervConfig(PreTrainedConfig):
                     f"`alignment_temporal_stride` = {self.alignment_temporal_stride} must divide the {frames} "
                     f"temporal positions of encoder {name!r}"
                 )
-            if self.alignment_pooling != "none" and self.vision_feature_select_strategy[name] == "full" and (
-                self.encoder_num_prefix_tokens(name)
+            if (
+                self.alignment_pooling != "none"
+                and self.vision_feature_select_strategy[name] == "full"
+                and (self.encoder_num_prefix_tokens(name))
             ):
                 raise ValueError(
                     f"`vision_feature_select_strategy[{name!r}]` = 'full' keeps prefix tokens, which do not fit the "

@@ -103,7 +103,9 @@ def convert(
         command=" ".join(shlex.quote(arg) for arg in sys.argv) or "convert(...)",
         verification=(
             f"`--verify` reloaded the output; all {report.verified_tensors} tensors equal their sources and a forward "
-            "pass ran." if verify else "not run (`--verify` was not given)."
+            "pass ran."
+            if verify
+            else "not run (`--verify` was not given)."
         ),
     )
     if push_to_hub:
@@ -136,7 +138,10 @@ def build_processor(config, tokenizer, template: str) -> MervProcessor:
         {name: config.encoder_config(name).image_size for name in config.vision_encoders},
     )
     return MervProcessor(
-        video_processor, tokenizer, chat_template=merv_chat_templates(template), num_video_tokens=config.num_video_tokens
+        video_processor,
+        tokenizer,
+        chat_template=merv_chat_templates(template),
+        num_video_tokens=config.num_video_tokens,
     )
 
 
@@ -147,8 +152,13 @@ def verify_output(output_dir: Path, tensors, dtype: torch.dtype | None) -> int:
     config = model.config
     input_ids = torch.tensor([[config.text_config.bos_token_id] + [config.video_token_id] * config.num_video_tokens])
     pixels = {
-        name: torch.zeros(1, config.num_frames[name], 3, config.encoder_config(name).image_size,
-                          config.encoder_config(name).image_size)
+        name: torch.zeros(
+            1,
+            config.num_frames[name],
+            3,
+            config.encoder_config(name).image_size,
+            config.encoder_config(name).image_size,
+        )
         for name in config.vision_encoders
     }
     with torch.no_grad():

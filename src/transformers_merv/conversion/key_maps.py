@@ -55,6 +55,7 @@ LANGUAGEBIND_KEYS = KeyMap(
     unused=[r"text_model\..+", r"text_projection\..+", r"visual_projection\..+", r"logit_scale", r".+\.position_ids"],
 )
 
+
 def _timm_block_rules(layers: str, attention: str, out_proj: str, norm: str) -> list[KeyRule]:
     """timm ViT blocks (`blocks.N.{norm1, attn.qkv, attn.proj, norm2, mlp}`) -> a transformers encoder whose layers
     live at `{layers}.N`, with attention module `attention`, output projection `out_proj` and norms `{norm}1/2`."""
@@ -106,10 +107,20 @@ def siglip_keys(grid: tuple[int, int]) -> KeyMap:
 VIVIT_KEYS = KeyMap(
     rules=[
         rename(r"vivit\.embeddings\.(.+)", r"embeddings.\1"),
-        rename(r"vivit\.encoder\.layer\.(\d+)\.attention\.attention\.query\.(weight|bias)", r"layers.\1.attention.q_proj.\2"),
-        rename(r"vivit\.encoder\.layer\.(\d+)\.attention\.attention\.key\.(weight|bias)", r"layers.\1.attention.k_proj.\2"),
-        rename(r"vivit\.encoder\.layer\.(\d+)\.attention\.attention\.value\.(weight|bias)", r"layers.\1.attention.v_proj.\2"),
-        rename(r"vivit\.encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", r"layers.\1.attention.o_proj.\2"),
+        rename(
+            r"vivit\.encoder\.layer\.(\d+)\.attention\.attention\.query\.(weight|bias)",
+            r"layers.\1.attention.q_proj.\2",
+        ),
+        rename(
+            r"vivit\.encoder\.layer\.(\d+)\.attention\.attention\.key\.(weight|bias)", r"layers.\1.attention.k_proj.\2"
+        ),
+        rename(
+            r"vivit\.encoder\.layer\.(\d+)\.attention\.attention\.value\.(weight|bias)",
+            r"layers.\1.attention.v_proj.\2",
+        ),
+        rename(
+            r"vivit\.encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", r"layers.\1.attention.o_proj.\2"
+        ),
         rename(r"vivit\.encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"layers.\1.mlp.fc1.\2"),
         rename(r"vivit\.encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", r"layers.\1.mlp.fc2.\2"),
         rename(r"vivit\.encoder\.layer\.(\d+)\.(layernorm_before|layernorm_after)\.(weight|bias)", r"layers.\1.\2.\3"),
@@ -256,8 +267,6 @@ def _dinov2_position_table(position_table: torch.Tensor, grid: tuple[int, int]) 
     return torch.cat([torch.zeros_like(patches[:, :1]), patches], dim=1)
 
 
-
-
 def _grid(image_size: int, patch_size: int) -> tuple[int, int]:
     return image_size // patch_size, image_size // patch_size
 
@@ -281,7 +290,9 @@ def mapped_tensors(
     """Every `(state-dict name, tensor)` of `MervForConditionalGeneration(config)`, produced one at a time from the
     encoders' weights and the authors' checkpoint groups (`projectors`, `llm_backbone`, `feature_fusion`)."""
     for name in config.vision_encoders:
-        yield from map_tensors(encoder_weights[name], encoder_keys(config, name), f"model.vision_towers.{name}.", f"--{name}")
+        yield from map_tensors(
+            encoder_weights[name], encoder_keys(config, name), f"model.vision_towers.{name}.", f"--{name}"
+        )
     projector_map = projector_keys(config.alignment_pooling, config.alignment_projector)
     for name, tensors in _split_projectors(trainable["projectors"], config.vision_encoders, checkpoint).items():
         yield from map_tensors(tensors, projector_map, f"model.projectors.{name}.", f"{checkpoint} projectors")

@@ -85,7 +85,7 @@ OPEN_CLIP_TRUNK_PREFIX = "visual.trunk."
 """open_clip checkpoints of timm towers (e.g. timm/ViT-B-16-SigLIP) nest the timm model under this prefix."""
 
 
-# --- files ------------------------------------------------------------------------------------------------------------
+# --- files -----------------------------------------------------------------------------------------------------------
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -183,7 +183,7 @@ def tensor_shape(weights: Mapping[str, torch.Tensor], key: str) -> tuple[int, ..
     return weights.shape(key) if hasattr(weights, "shape") else tuple(weights[key].shape)
 
 
-# --- the run ----------------------------------------------------------------------------------------------------------
+# --- the run ---------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -218,7 +218,8 @@ class RunDirectory:
         for required in ("projectors", "llm_backbone"):
             if required not in groups:
                 raise ConversionError(
-                    f"{self.checkpoint_path} lacks `{required}` (an align-stage checkpoint cannot be used for inference)"
+                    f"{self.checkpoint_path} lacks `{required}` "
+                    "(an align-stage checkpoint cannot be used for inference)"
                 )
         groups.setdefault("feature_fusion", {})
         return groups
@@ -273,7 +274,8 @@ def parse_arch_specifier(arch_specifier: str) -> dict:
     projector = next((suffix for suffix in PROJECTOR_SUFFIXES if arch_specifier.endswith(suffix)), None)
     if projector is None:
         raise ConversionError(
-            f"arch_specifier {arch_specifier!r}: unsupported projector; it must end with one of {list(PROJECTOR_SUFFIXES)}"
+            f"arch_specifier {arch_specifier!r}: unsupported projector; "
+            f"it must end with one of {list(PROJECTOR_SUFFIXES)}"
         )
     pooling = next((part for part in RESAMPLER_PARTS if part in parts), "none")
     frame_factor = re.search(r"frame(\d+)", arch_specifier)
@@ -281,7 +283,7 @@ def parse_arch_specifier(arch_specifier: str) -> dict:
     return {"alignment_pooling": pooling, "alignment_projector": projector, "alignment_temporal_stride": stride}
 
 
-# --- encoder configs --------------------------------------------------------------------------------------------------
+# --- encoder configs -------------------------------------------------------------------------------------------------
 
 
 def languagebind_config(directory: Path, image_size: int) -> MervLanguageBindVideoConfig:
@@ -292,8 +294,19 @@ def languagebind_config(directory: Path, image_size: int) -> MervLanguageBindVid
         raise ConversionError(
             f"LanguageBind in {directory} is built for {vision['image_size']} px but MERV runs it at {image_size} px"
         )
-    fields = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
-              "image_size", "patch_size", "hidden_act", "layer_norm_eps", "attention_dropout", "add_time_attn")
+    fields = (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_channels",
+        "image_size",
+        "patch_size",
+        "hidden_act",
+        "layer_norm_eps",
+        "attention_dropout",
+        "add_time_attn",
+    )
     return MervLanguageBindVideoConfig(
         **{name: vision[name] for name in fields if name in vision}, temporal_group_size=vision["num_frames"]
     )
@@ -339,7 +352,11 @@ def dinov2_config(directory: Path, weights: Mapping[str, torch.Tensor], image_si
 
 
 def siglip_config(directory: Path, weights: Mapping[str, torch.Tensor], image_size: int) -> dict:
-    return {"model_type": "siglip_vision_model", **_timm_vit_config(directory, weights, image_size), "vision_use_head": False}
+    return {
+        "model_type": "siglip_vision_model",
+        **_timm_vit_config(directory, weights, image_size),
+        "vision_use_head": False,
+    }
 
 
 def vivit_config(directory: Path, image_size: int, num_frames: int) -> dict:
@@ -349,12 +366,23 @@ def vivit_config(directory: Path, image_size: int, num_frames: int) -> dict:
             f"ViViT in {directory} is built for {source.get('num_frames')} frames at {source.get('image_size')} px; "
             f"MERV runs it on {num_frames} frames at {image_size} px (its position table cannot be resampled)"
         )
-    fields = ("image_size", "num_frames", "tubelet_size", "num_channels", "hidden_size", "num_hidden_layers",
-              "num_attention_heads", "intermediate_size", "hidden_act", "layer_norm_eps", "qkv_bias")
+    fields = (
+        "image_size",
+        "num_frames",
+        "tubelet_size",
+        "num_channels",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "hidden_act",
+        "layer_norm_eps",
+        "qkv_bias",
+    )
     return {"model_type": "vivit", **{name: source[name] for name in fields if name in source}}
 
 
-# --- tokenizer and MervConfig -----------------------------------------------------------------------------------------
+# --- tokenizer and MervConfig ----------------------------------------------------------------------------------------
 
 
 def build_tokenizer(llm_directory: Path, vocab_rows: int) -> PreTrainedTokenizerBase:
@@ -428,7 +456,9 @@ def build_config(
 def _check_visual_feature_length(model_config: dict, config: MervConfig) -> None:
     """The authors check every projector against `visual_feature_length` (per encoder) when there are several."""
     expected = model_config.get("visual_feature_length")
-    per_encoder = config.num_video_tokens // (len(config.vision_encoders) if config.fusion_type == "concat_tokens" else 1)
+    per_encoder = config.num_video_tokens // (
+        len(config.vision_encoders) if config.fusion_type == "concat_tokens" else 1
+    )
     if len(config.vision_encoders) > 1 and expected is not None and per_encoder != expected:
         raise ConversionError(
             f"run config says visual_feature_length={expected}, but the converted architecture yields "

@@ -109,12 +109,16 @@ def write_weights(
 ) -> list[Path]:
     """Stream `tensors` into shards under `output_dir`; only one shard is held in memory at a time."""
     writer = ShardWriter(output_dir, expected, dtype, parse_size(max_shard_size))
-    for name, tensor in tqdm(tensors, total=len(expected), desc="Converting tensors", unit="tensor", disable=not progress):
+    for name, tensor in tqdm(
+        tensors, total=len(expected), desc="Converting tensors", unit="tensor", disable=not progress
+    ):
         writer.add(name, tensor)
     return writer.finish()
 
 
-def verify_tensors(model: torch.nn.Module, tensors: Iterator[tuple[str, torch.Tensor]], dtype: torch.dtype | None) -> int:
+def verify_tensors(
+    model: torch.nn.Module, tensors: Iterator[tuple[str, torch.Tensor]], dtype: torch.dtype | None
+) -> int:
     """Check that every tensor of the reloaded `model` equals its source tensor (after the dtype cast); returns the
     number of tensors checked."""
     state_dict = model.state_dict()

@@ -493,8 +493,12 @@ def caption_records(names: Sequence[str], scenes: Sequence[Scene]) -> list[dict]
 def evaluation_records(items: Sequence[VideoQuestion]) -> tuple[list[dict], list[dict]]:
     """The authors' open-ended evaluation files: question records and answer records, joined by `question_id`."""
     questions = [
-        {"video_name": name, "question_id": _question_id(name, question), "question": question.text,
-         "question_type": question.question_type}
+        {
+            "video_name": name,
+            "question_id": _question_id(name, question),
+            "question": question.text,
+            "question_type": question.question_type,
+        }
         for name, question in items
     ]
     answers = [{"question_id": _question_id(name, question), "answer": question.answer} for name, question in items]
@@ -515,8 +519,14 @@ def mcq_records(items: Sequence[VideoQuestion], rng: np.random.Generator) -> tup
         options.insert(answer_ids[index], question.answer)
         question_id = _question_id(name, question)
         questions.append(
-            {"video_name": name, "question_id": question_id, "question": question.text,
-             "question_type": question.question_type, "options": options, "num_option": len(options)}
+            {
+                "video_name": name,
+                "question_id": question_id,
+                "question": question.text,
+                "question_type": question.question_type,
+                "options": options,
+                "num_option": len(options),
+            }
         )
         answers.append(
             {"video_name": name, "question_id": question_id, "answer_id": answer_ids[index], "answer": question.answer}

@@ -46,11 +46,13 @@ def conversation_texts(records: Iterable[dict]) -> Iterator[str]:
 
 def _backend(vocab_size: int, texts: Iterable[str]) -> Tokenizer:
     """Train BPE on `texts`, then add the byte tokens in front of the learnt pieces and turn byte fallback on."""
-    pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Metaspace(replacement=WORD_START, prepend_scheme="always", split=True),
-        pre_tokenizers.Punctuation(behavior="isolated"),
-        pre_tokenizers.Split("\n", behavior="isolated"),
-    ])
+    pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement=WORD_START, prepend_scheme="always", split=True),
+            pre_tokenizers.Punctuation(behavior="isolated"),
+            pre_tokenizers.Split("\n", behavior="isolated"),
+        ]
+    )
     draft = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
     draft.pre_tokenizer = pre_tokenizer
     draft.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size - NUM_BYTES, special_tokens=[]))
@@ -61,9 +63,9 @@ def _backend(vocab_size: int, texts: Iterable[str]) -> Tokenizer:
     merges = [tuple(merge) for merge in json.loads(draft.to_str())["model"]["merges"]]
     backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=UNK_TOKEN, byte_fallback=True))
     backend.pre_tokenizer = pre_tokenizer
-    backend.decoder = decoders.Sequence([
-        decoders.Replace(WORD_START, " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)
-    ])
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace(WORD_START, " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS])
     return backend
 
