@@ -1,0 +1,268 @@
+"""Build the small MERV shipped as the package's default model, from scratch, on 2 CPU cores.
+
+    python examples/build_default_model.py       # ~20 minutes; writes src/transformers_merv/default_model
+    python examples/build_default_model.py --encoders siglip --output-dir runs/siglip-only   # an ablation
+
+Steps, all seeded: generate the synthetic video-QA data (`transformers_merv.data.synthetic`), build a small
+tokenizer on its text, build a small MERV (all four encoder types, random frozen encoders, a 4-layer Llama) whose
+projectors are initialised to standardise the encoders' features on 256 training videos, then run the authors'
+two-stage recipe with `examples/train.py` (stage 1 `full-align` on captions, stage 2 `finetune` on the questions),
+and evaluate the result on the held-out test split per question type (`merv eval`'s code). The final model,
+processor, evaluation results and a model card go to `--output-dir`.
+"""
+
+import argparse
+import importlib.util
+import json
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from transformers_merv import MervConfig, MervForConditionalGeneration, MervProcessor, MervVideoProcessor
+from transformers_merv.data.synthetic import generate_dataset
+from transformers_merv.data.tokenizer import build_tokenizer, conversation_texts
+from transformers_merv.evaluation import OPEN_ENDED, evaluate, load_items
+from transformers_merv.processing_merv import merv_chat_templates
+
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+DEFAULT_OUTPUT = REPOSITORY / "src" / "transformers_merv" / "default_model"
+ENCODERS = ("languagebind", "dinov2", "vivit", "siglip")
+IMAGE_SIZE = 32
+VOCAB_MULTIPLE = 64
+ENCODER_WIDTH = 64
+ENCODER_LAYERS = 2
+ENCODER_HEADS = 4
+ENCODER_PATCH = {"languagebind": 8, "dinov2": 4, "vivit": 8, "siglip": 8}
+"""Patch size per encoder: DINOv2, the spatial specialist, sees finer patches; the video encoders see time."""
+TEXT_WIDTH = 128
+TEXT_LAYERS = 4
+TEXT_HEADS = 4
+TOKENS_PER_FRAME = 4
+FUSION_WIDTH = 64
+STANDARDIZATION_VIDEOS = 256
+"""Training videos whose encoder features set the projectors' initial scale (`standardize_projector_inputs`)."""
+TRAINING = {
+    "full-align": {"data": "align.json", "learning_rate": 1e-3},
+    "finetune": {"data": "train.json", "learning_rate": 5e-4},
+}
+"""Stage 1 trains projectors, fusion and LLM on captions (merv-full's stage 1), stage 2 on questions. The authors'
+learning rates are for a pretrained 7B LLM; this LLM starts from scratch, so it takes larger ones."""
+
+
+def small_config(tokenizer, encoders: list[str]) -> MervConfig:
+    """A MERV with all of the authors' structure at toy size: 32 px inputs, 2-layer encoders, 2x2 tokens per frame
+    (16 frames -> 64 visual tokens), a 4-layer Llama on the tokenizer's vocabulary."""
+    vocab = -(-len(tokenizer) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    vision = {
+        "hidden_size": ENCODER_WIDTH,
+        "num_hidden_layers": ENCODER_LAYERS,
+        "num_attention_heads": ENCODER_HEADS,
+        "image_size": IMAGE_SIZE,
+    }
+    return MervConfig(
+        text_config={
+            "model_type": "llama",
+            "vocab_size": vocab,
+            "hidden_size": TEXT_WIDTH,
+            "intermediate_size": 2 * TEXT_WIDTH,
+            "num_hidden_layers": TEXT_LAYERS,
+            "num_attention_heads": TEXT_HEADS,
+            "num_key_value_heads": TEXT_HEADS,
+            "max_position_embeddings": 512,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        languagebind_config={
+            **vision,
+            "intermediate_size": 2 * ENCODER_WIDTH,
+            "patch_size": ENCODER_PATCH["languagebind"],
+            "temporal_group_size": 8,
+        },
+        dinov2_config={**vision, "mlp_ratio": 2, "patch_size": ENCODER_PATCH["dinov2"]},
+        vivit_config={
+            **vision,
+            "intermediate_size": 2 * ENCODER_WIDTH,
+            "num_frames": 32,
+            "tubelet_size": [2, ENCODER_PATCH["vivit"], ENCODER_PATCH["vivit"]],
+        },
+        siglip_config={
+            **vision,
+            "intermediate_size": 2 * ENCODER_WIDTH,
+            "patch_size": ENCODER_PATCH["siglip"],
+            "hidden_act": "gelu",
+            "vision_use_head": False,
+        },
+        vision_encoders=encoders,
+        # two-layer random encoders: read their last layer
+        vision_feature_layer=dict.fromkeys(ENCODERS, -1),
+        alignment_tokens_per_frame=TOKENS_PER_FRAME,
+        fusion_hidden_size=FUSION_WIDTH,
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+    )
+
+
+def build_initial_model(data_dir: Path, encoders: list[str], seed: int, output_dir: Path) -> None:
+    """Tokenizer, processor and randomly initialised model (projectors standardised on training videos), saved to
+    `output_dir`."""
+    train = json.loads((data_dir / "train.json").read_text())
+    tokenizer = build_tokenizer(conversation_texts([*train, *json.loads((data_dir / "align.json").read_text())]))
+    config = small_config(tokenizer, encoders)
+    video_processor = MervVideoProcessor.from_encoder_sizes(
+        {name: config.num_frames[name] for name in encoders}, dict.fromkeys(encoders, IMAGE_SIZE)
+    )
+    torch.manual_seed(seed)
+    model = MervForConditionalGeneration(config)
+    videos = sorted({str(data_dir / record["video"]) for record in train})
+    sample = random.Random(seed).sample(videos, min(STANDARDIZATION_VIDEOS, len(videos)))
+    pixels = video_processor(sample, return_tensors="pt")["pixel_values_videos"]
+    model.model.standardize_projector_inputs(pixels, generator=torch.Generator().manual_seed(seed))
+    model.save_pretrained(output_dir)
+    processor = MervProcessor(
+        video_processor, tokenizer, chat_template=merv_chat_templates("pure"), num_video_tokens=config.num_video_tokens
+    )
+    processor.save_pretrained(output_dir)
+
+
+def train_stage(
+    train_main,
+    stage: str,
+    model_dir: Path,
+    data_dir: Path,
+    output_dir: Path,
+    epochs: float,
+    batch_size: int,
+    seed: int,
+) -> None:
+    """One stage with `examples/train.py` (CPU settings: fp32, no checkpointing, examples cached in memory)."""
+    recipe = TRAINING[stage]
+    train_main(
+        [
+            "--model_name_or_path",
+            str(model_dir),
+            "--stage",
+            stage,
+            "--data_path",
+            str(data_dir / recipe["data"]),
+            "--media_root",
+            str(data_dir),
+            "--output_dir",
+            str(output_dir),
+            "--num_train_epochs",
+            str(epochs),
+            "--learning_rate",
+            str(recipe["learning_rate"]),
+            "--per_device_train_batch_size",
+            str(batch_size),
+            "--global_batch_size",
+            "0",
+            "--bf16",
+            "false",
+            "--activation_checkpointing",
+            "false",
+            "--dataloader_num_workers",
+            "0",
+            "--cache_examples",
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--logging_steps",
+            "25",
+            "--seed",
+            str(seed),
+            "--use_cpu",
+        ]
+    )
+
+
+def evaluate_test_split(model_dir: Path, data_dir: Path) -> dict:
+    """Open-ended accuracy on the held-out test split, overall and per question type."""
+    from transformers import AutoProcessor
+
+    model = MervForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    items = load_items(data_dir / "test_q.json", data_dir / "test_a.json", OPEN_ENDED)
+    with torch.no_grad():
+        return evaluate(
+            model,
+            processor,
+            items,
+            data_dir / "videos",
+            OPEN_ENDED,
+            batch_size=32,
+            generation_kwargs={"max_new_tokens": 4},
+        )
+
+
+def load_train_script():
+    spec = importlib.util.spec_from_file_location("merv_train", REPOSITORY / "examples" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/default-model"))
+    parser.add_argument("--encoders", default=",".join(ENCODERS), help="comma-separated subset (ablations)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--align-epochs", type=float, default=2)
+    parser.add_argument("--finetune-epochs", type=float, default=6)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+    encoders = args.encoders.split(",")
+    start = time.perf_counter()
+    data_dir = args.work_dir / "data"
+    if not (data_dir / "train.json").is_file():
+        generate_dataset(data_dir, seed=args.seed, progress=True)
+    train_main = load_train_script()
+    build_initial_model(data_dir, encoders, args.seed, args.work_dir / "initial")
+    train_stage(
+        train_main,
+        "full-align",
+        args.work_dir / "initial",
+        data_dir,
+        args.work_dir / "stage1",
+        args.align_epochs,
+        args.batch_size,
+        args.seed,
+    )
+    train_stage(
+        train_main,
+        "finetune",
+        args.work_dir / "stage1",
+        data_dir,
+        args.work_dir / "stage2",
+        args.finetune_epochs,
+        args.batch_size,
+        args.seed,
+    )
+    results = evaluate_test_split(args.work_dir / "stage2", data_dir)
+    minutes = (time.perf_counter() - start) / 60
+    shutil.rmtree(args.output_dir, ignore_errors=True)
+    shutil.copytree(
+        args.work_dir / "stage2",
+        args.output_dir,
+        ignore=shutil.ignore_patterns("checkpoint-*", "*.bin", "trainer_state.json"),
+    )
+    summary = {
+        **results["summary"],
+        "encoders": encoders,
+        "seed": args.seed,
+        "minutes": round(minutes, 1),
+        "command": " ".join(["python", "examples/build_default_model.py", *(argv or sys.argv[1:])]),
+    }
+    (args.output_dir / "evaluation.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
