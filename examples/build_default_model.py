@@ -200,6 +200,55 @@ def evaluate_test_split(model_dir: Path, data_dir: Path) -> dict:
         )
 
 
+MODEL_CARD = """---
+library_name: transformers
+pipeline_tag: video-text-to-text
+license: mit
+tags:
+- merv
+- video-llm
+- synthetic-data
+---
+
+# MERV, toy size, trained on synthetic shape videos (transformers-merv's default model)
+
+**What this is.** A small model with MERV's architecture (ICML 2025, *Unifying Specialized Visual Encoders for Video
+Language Models*): LanguageBind, DINOv2, ViViT and SigLIP encoders on 16/16/32/16 frames at {image_size} px, 3D
+average pooling to 2x2 tokens per frame, a linear projector per encoder, learnable-query fusion, and a 4-layer Llama
+({parameters:.1f} M parameters in all). It was trained from scratch in {minutes} minutes on 2 CPU cores, **on
+synthetic videos of moving coloured shapes only** (`transformers_merv.data.synthetic`). Its encoders are randomly
+initialised and frozen (no pretrained weights can be downloaded where it is built), so it is **not** the authors'
+7B model and knows nothing beyond the closed vocabulary of these questions: colour, shape, position, direction,
+speed, order of appearance, counts. For real videos, convert the authors' `merv-full` checkpoint (see the
+repository's README, "Converting the authors' checkpoints").
+
+**Recipe.** `{command}`: seeded data generation, a {vocab}-token tokenizer, projectors initialised to standardise
+the encoders' features on training videos, stage 1 `full-align` on captions ({align_epochs} epochs), stage 2
+`finetune` on the questions ({finetune_epochs} epochs), batch {batch_size}, with `examples/train.py`.
+
+**Accuracy** on the held-out test split ({evaluated} open-ended questions, greedy, normalised exact match):
+overall **{accuracy:.1%}**.
+
+| question type | accuracy |
+| --- | --- |
+{rows}
+
+**Prompt.** The authors' "pure" format: `<video>In: {{question}}\\nOut:`; `merv ask VIDEO "QUESTION"` does it all.
+"""
+
+
+def write_model_card(output_dir: Path, summary: dict, args: argparse.Namespace) -> None:
+    model = MervForConditionalGeneration.from_pretrained(output_dir)
+    rows = "\n".join(f"| {kind} | {result['accuracy']:.1%} |" for kind, result in summary["per_question_type"].items())
+    card = MODEL_CARD.format(
+        image_size=IMAGE_SIZE, parameters=sum(p.numel() for p in model.parameters()) / 1e6, minutes=summary["minutes"],
+        command=summary["command"], vocab=model.config.text_config.vocab_size, align_epochs=args.align_epochs,
+        finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, evaluated=summary["evaluated"],
+        accuracy=summary["accuracy"], rows=rows,
+    )
+    (output_dir / "README.md").write_text(card)
+
+
 def load_train_script():
     spec = importlib.util.spec_from_file_location("merv_train", REPOSITORY / "examples" / "train.py")
     module = importlib.util.module_from_spec(spec)
@@ -260,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "examples/build_default_model.py", *(argv or sys.argv[1:])]),
     }
     (args.output_dir / "evaluation.json").write_text(json.dumps(summary, indent=2))
+    write_model_card(args.output_dir, summary, args)
     print(json.dumps(summary, indent=2))
     return 0
 
