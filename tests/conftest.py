@@ -1,10 +1,14 @@
 """Shared test helpers: paths to ../shared, tiny configs, converted fixtures."""
 
 import os
+import shutil
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
+from huggingface_hub import HfApi, ModelCard
+from huggingface_hub.errors import EntryNotFoundError
 from safetensors.torch import load_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -117,3 +121,23 @@ def convert_fixture(run_dir: Path, output_dir: Path) -> Path:
 def converted_full(tmp_path_factory) -> Path:
     """tiny-merv-full converted once per session."""
     return convert_fixture(TINY_FULL / "run", tmp_path_factory.mktemp("tiny-merv-full"))
+
+
+@pytest.fixture
+def fake_hub(tmp_path) -> Path:
+    """Replaces the Hub at the `huggingface_hub` boundary: `push_to_hub` commits land in the returned folder."""
+    uploaded = tmp_path / "uploaded"
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        for operation in operations:
+            target = uploaded / operation.path_in_repo
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(operation.path_or_fileobj, target)
+        return mock.Mock(commit_url=f"https://hub/{repo_id}")
+
+    with (
+        mock.patch.object(HfApi, "create_repo", side_effect=lambda repo_id, **kwargs: mock.Mock(repo_id=repo_id)),
+        mock.patch.object(HfApi, "create_commit", create_commit),
+        mock.patch.object(ModelCard, "load", side_effect=EntryNotFoundError("no card")),
+    ):
+        yield uploaded

@@ -6,13 +6,13 @@ from contextlib import redirect_stdout
 
 import pytest
 import torch
-from transformers import AutoModel, AutoTokenizer, TextStreamer
+from transformers import AutoModel, AutoProcessor, AutoTokenizer, TextStreamer, pipeline
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
 from transformers_merv import MervForConditionalGeneration
 
-from conftest import fixture_pixels, random_pixels, tiny_config, with_placeholders
+from conftest import MEDIA, fixture_pixels, random_pixels, tiny_config, with_placeholders
 
 PAD = 1000
 
@@ -158,3 +158,24 @@ def test_streaming_prints_the_generated_text(converted_full):
     new_tokens = output[0, input_ids.shape[1] :]
     assert streamed.getvalue().strip() == tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
     assert tokenizer.decode(new_tokens).strip()
+
+
+def test_image_text_to_text_pipeline_answers_a_video_chat(converted_full):
+    """transformers' `image-text-to-text` pipeline takes video chat messages and returns what `generate` does."""
+    conversation = [
+        {
+            "role": "user",
+            "content": [{"type": "video", "path": str(MEDIA / "video_0.mov")}, {"type": "text", "text": "What?"}],
+        }
+    ]
+    answerer = pipeline("image-text-to-text", model=str(converted_full))
+    assert isinstance(answerer.model, MervForConditionalGeneration)
+    answer = answerer(text=conversation, max_new_tokens=5, do_sample=False, return_full_text=False)[0]
+    processor = AutoProcessor.from_pretrained(converted_full)
+    inputs = processor.apply_chat_template(
+        conversation, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        output = answerer.model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    expected = processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert answer["generated_text"] == expected and expected.strip()

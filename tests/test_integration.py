@@ -3,7 +3,6 @@ activation checkpointing and embedding accessors."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +11,6 @@ from unittest import mock
 import pytest
 import torch
 from accelerate import init_empty_weights
-from huggingface_hub import HfApi, ModelCard
-from huggingface_hub.errors import EntryNotFoundError
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForMultimodalLM
 from transformers.integrations.accelerate import infer_auto_device_map
@@ -98,23 +95,9 @@ def test_save_pretrained_shards_at_5gb_by_default(model, tmp_path):
     assert len(set(index["weight_map"].values())) > 1
 
 
-def test_push_to_hub_uploads_weights_code_and_card(model, tmp_path):
-    uploaded = tmp_path / "uploaded"
-
-    def create_commit(self, repo_id, operations, **kwargs):
-        for operation in operations:
-            target = uploaded / operation.path_in_repo
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(operation.path_or_fileobj, target)
-        return mock.Mock(commit_url=f"https://hub/{repo_id}")
-
-    with (
-        mock.patch.object(HfApi, "create_repo", return_value=mock.Mock(repo_id="user/merv-tiny")),
-        mock.patch.object(HfApi, "create_commit", create_commit),
-        mock.patch.object(ModelCard, "load", side_effect=EntryNotFoundError("no card")),
-    ):
-        model.push_to_hub("user/merv-tiny")
-    files = {path.name for path in uploaded.iterdir()}
+def test_push_to_hub_uploads_weights_code_and_card(model, fake_hub):
+    model.push_to_hub("user/merv-tiny")
+    files = {path.name for path in fake_hub.iterdir()}
     assert {
         "config.json",
         "model.safetensors",
@@ -124,8 +107,8 @@ def test_push_to_hub_uploads_weights_code_and_card(model, tmp_path):
         "configuration_merv.py",
         "modeling_languagebind.py",
     } <= files
-    assert "library_name: transformers" in (uploaded / "README.md").read_text()
-    assert type(AutoModel.from_pretrained(uploaded)) is MervForConditionalGeneration
+    assert "library_name: transformers" in (fake_hub / "README.md").read_text()
+    assert type(AutoModel.from_pretrained(fake_hub)) is MervForConditionalGeneration
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

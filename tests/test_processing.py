@@ -268,6 +268,21 @@ def test_save_and_load_with_auto_processor(processor, tmp_path):
     assert torch.equal(before["pixel_values_videos"]["siglip"], after["pixel_values_videos"]["siglip"])
 
 
+def test_push_to_hub_uploads_the_processor_and_its_code(processor, fake_hub):
+    processor.push_to_hub("user/merv-processor")
+    assert {
+        "processor_config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "processing_merv.py",
+        "video_processing_merv.py",
+        "video_io.py",
+    } <= {path.name for path in fake_hub.iterdir()}
+    loaded = AutoProcessor.from_pretrained(fake_hub)
+    assert loaded.video_processor.to_dict() == processor.video_processor.to_dict()
+    assert loaded.chat_template == processor.chat_template
+
+
 def test_saved_processor_loads_as_remote_code_without_the_package(processor, tmp_path):
     processor.save_pretrained(tmp_path / "saved")
     assert {"processing_merv.py", "video_processing_merv.py", "video_io.py"} <= {
