@@ -12,13 +12,9 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -29,6 +25,8 @@ import torch
 from transformers_merv import MervVideoProcessor
 from transformers_merv.video_io import read_video
 
+from timing import measure
+
 
 PANCAKE = Path(__file__).resolve().parents[1].parent / "shared" / "media" / "flipping_a_pancake.mkv"
 ENCODERS = ("languagebind", "dinov2", "vivit", "siglip")
@@ -38,35 +36,6 @@ SYNTHETIC_SIZE = (90, 160)  # height, width
 SHORT_SECONDS = 10
 GOPS = {"250 frames (x264 default)": 250, "60 frames (2 s)": 60}
 KIB_PER_MIB = 1024
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Medians over the repeats: wall-clock seconds, and CPU seconds of all the process's threads (the work done,
-    which competing processes on a shared machine disturb less than the wall clock)."""
-
-    wall: float
-    cpu: float
-
-    def __str__(self) -> str:
-        return f"{self.wall * 1000:.0f} ms (CPU {self.cpu * 1000:.0f} ms)"
-
-    def ratio(self, other: "Timing") -> str:
-        return f"{self.wall / other.wall:.2f}x (CPU {self.cpu / other.cpu:.2f}x)"
-
-
-def measure(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, Timing]:
-    """Time the functions in turn, `repeats` rounds after a warm-up round, so that a load change on a shared
-    machine affects all of them alike."""
-    walls, cpus = {name: [] for name in functions}, {name: [] for name in functions}
-    for round_index in range(repeats + 1):
-        for name, function in functions.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            function()
-            if round_index:  # round 0 warms up imports, caches and first-call allocations
-                walls[name].append(time.perf_counter() - wall)
-                cpus[name].append(time.process_time() - cpu)
-    return {name: Timing(statistics.median(walls[name]), statistics.median(cpus[name])) for name in functions}
 
 
 def bench_decode_once(repeats: int) -> list[tuple[str, str]]:

@@ -7,6 +7,8 @@ question type; and measures the four-encoder model's fusion weights averaged per
     python benchmarks/miniature_claim.py [--work-dir runs/claim]     # 5 trainings, ~1.5 hours on 2 CPU cores
 
 Writes `<work-dir>/claim.json`, the markdown table (printed), and `benchmarks/fusion_weights_by_question_type.png`.
+A configuration whose `<work-dir>/<encoders>/model/evaluation.json` exists is not trained again (resuming after an
+interruption, or reusing the default model's build, which is the four-encoder run of the same command).
 """
 
 import argparse
@@ -92,18 +94,21 @@ def main(argv: list[str] | None = None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "data").exists():
             (run_dir / "data").symlink_to(data_dir.resolve())
-        build(
-            [
-                "--work-dir",
-                str(run_dir),
-                "--output-dir",
-                str(run_dir / "model"),
-                "--encoders",
-                encoders,
-                "--seed",
-                str(args.seed),
-            ]
-        )
+        if (run_dir / "model" / "evaluation.json").is_file():
+            print(f"{label}: already trained in {run_dir / 'model'}")
+        else:
+            build(
+                [
+                    "--work-dir",
+                    str(run_dir),
+                    "--output-dir",
+                    str(run_dir / "model"),
+                    "--encoders",
+                    encoders,
+                    "--seed",
+                    str(args.seed),
+                ]
+            )
         results[label] = json.loads((run_dir / "model" / "evaluation.json").read_text())
     weights = fusion_weights_by_type(
         args.work_dir / CONFIGURATIONS["all four (MERV)"].replace(",", "+") / "model", data_dir

@@ -249,6 +249,18 @@ def write_model_card(output_dir: Path, summary: dict, args: argparse.Namespace) 
     (output_dir / "README.md").write_text(card)
 
 
+def drop_remote_code_maps(folder: Path) -> None:
+    """The shipped folder loads through the installed package, so it carries no copies of the package's code (they
+    would go stale): remove the `auto_map` entries that point to them."""
+    for name in ("config.json", "processor_config.json", "tokenizer_config.json"):
+        settings = json.loads((folder / name).read_text())
+        settings.pop("auto_map", None)
+        for value in settings.values():
+            if isinstance(value, dict):
+                value.pop("auto_map", None)
+        (folder / name).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+
 def load_train_script():
     spec = importlib.util.spec_from_file_location("merv_train", REPOSITORY / "examples" / "train.py")
     module = importlib.util.module_from_spec(spec)
@@ -299,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copytree(
         args.work_dir / "stage2",
         args.output_dir,
-        ignore=shutil.ignore_patterns("checkpoint-*", "*.bin", "trainer_state.json"),
+        ignore=shutil.ignore_patterns("checkpoint-*", "*.bin", "trainer_state.json", "*.py"),
     )
+    drop_remote_code_maps(args.output_dir)
     summary = {
         **results["summary"],
         "encoders": encoders,

@@ -1,0 +1,401 @@
+"""Where inference time goes, stage by stage, and what each speed option buys (results: benchmarks/README.md).
+
+Models:
+- `small`: the shipped default model (`default_model_path()`), answering the README's question about
+  `examples/example.mp4`.
+- `merv-full-shaped`: random weights with merv-full's widths, input resolutions, frame counts (16/16/32/16) and
+  token counts (1024 visual tokens per video), with the depth cut for a 2-core CPU: every encoder runs 2 layers up
+  to its feature layer (merv-full runs 23/23/12/11) and the LLM has 2 of Llama-2-7B's 32 layers. Encoder and LLM
+  times grow linearly with depth; the README scales them.
+
+Sections (`--sections`, comma-separated):
+- `stages`: one request, stage by stage (decode + preprocess, each encoder, alignment, fusion, LLM prefill,
+  per-token decode), and the whole `generate` call; both models.
+- `throughput`: `generate` tokens/s at batch 1, 4 and 8 (different videos and prompt lengths, left padding), small.
+- `encoder-calls`: encoder runs per `generate` call (greedy and beam search) on the small model.
+- `options`: attention eager vs SDPA and sequential vs concurrent encoders (both models); fp32 vs bf16 and
+  `torch.compile` (small model).
+- `feature-layer`: stopping each encoder at its feature layer vs the authors' full run, at full depth (few frames).
+
+    python benchmarks/bench_inference.py [--repeats 3] [--sections stages,throughput]
+"""
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from unittest import mock
+
+import torch
+from transformers import AutoModel, AutoProcessor
+
+from transformers_merv import MervConfig, MervForConditionalGeneration, MervVideoProcessor, default_model_path
+from transformers_merv.data.synthetic import generate_dataset
+
+from timing import Timing, measure
+
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+EXAMPLE_VIDEO = REPOSITORY / "examples" / "example.mp4"
+EXAMPLE_QUESTION = "What color is the circle?"
+PANCAKE = REPOSITORY.parent / "shared" / "media" / "flipping_a_pancake.mkv"
+SECTIONS = ("stages", "throughput", "encoder-calls", "options", "feature-layer")
+NEW_TOKENS = 16
+THROUGHPUT_BATCHES = (1, 4, 8)
+BEAMS = 4
+REDUCED_ENCODER_LAYERS = 2
+REDUCED_LLM_LAYERS = 2
+PROMPT_TOKENS = 24
+"""Text tokens of the merv-full-shaped prompt (BOS + question), besides its 1024 video placeholders."""
+FULL_DEPTH_FRAMES = {"languagebind": 8, "dinov2": 2, "siglip": 2}
+"""Frames for the full-depth feature-layer comparison: LanguageBind needs one whole temporal group (8)."""
+
+
+# ---------------------------------------------------------------- models and inputs
+
+
+def small_request():
+    """The shipped model and the README's request, preprocessed by its processor."""
+    model = AutoModel.from_pretrained(default_model_path()).eval()
+    processor = AutoProcessor.from_pretrained(default_model_path())
+    conversation = [
+        {
+            "role": "user",
+            "content": [{"type": "video", "path": str(EXAMPLE_VIDEO)}, {"type": "text", "text": EXAMPLE_QUESTION}],
+        }
+    ]
+
+    def preprocess():
+        return processor.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
+
+    return model, preprocess
+
+
+def merv_full_shaped_config(**overrides) -> MervConfig:
+    """merv-full with every encoder cut to the layers up to its feature layer (`REDUCED_ENCODER_LAYERS` of them run)
+    and `REDUCED_LLM_LAYERS` LLM layers."""
+    defaults = MervConfig()
+    encoder_depths = {
+        name: REDUCED_ENCODER_LAYERS + (1 if defaults.vision_feature_layer[name] == -2 else 0)
+        for name in defaults.vision_encoders
+    }
+    return MervConfig(
+        text_config={**defaults.text_config.to_dict(), "num_hidden_layers": REDUCED_LLM_LAYERS},
+        **{
+            f"{name}_config": {**defaults.encoder_config(name).to_dict(), "num_hidden_layers": depth}
+            for name, depth in encoder_depths.items()
+        },
+        **overrides,
+    )
+
+
+def merv_full_shaped_request(config: MervConfig):
+    """A random-weight merv-full-shaped model and a request on the pancake clip (merv-full's preprocessing)."""
+    torch.manual_seed(0)
+    model = MervForConditionalGeneration(config).eval()
+    video_processor = MervVideoProcessor()
+    text = torch.randint(3, 32000, (1, PROMPT_TOKENS))
+    input_ids = torch.cat(
+        [text[:, :1], torch.full((1, config.num_video_tokens), config.video_token_id), text[:, 1:]], dim=1
+    )
+
+    def preprocess():
+        pixels = video_processor(str(PANCAKE), return_tensors="pt")["pixel_values_videos"]
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values_videos": pixels}
+
+    return model, preprocess
+
+
+# ---------------------------------------------------------------- stages
+
+
+def one_request_by_stage(model: MervForConditionalGeneration, preprocess: Callable[[], dict]) -> dict[str, float]:
+    """Seconds of each stage of one greedy request of `NEW_TOKENS` tokens, run stage by stage as `generate` does."""
+    inner, times = model.model, {}
+    start = time.perf_counter()
+    inputs = preprocess()
+    times["decode + preprocess"] = time.perf_counter() - start
+    projected, alignment = {}, 0.0
+    for name in model.config.vision_encoders:
+        start = time.perf_counter()
+        features = inner._encode(name, inputs["pixel_values_videos"][name])
+        times[f"encoder: {name}"] = time.perf_counter() - start
+        start = time.perf_counter()
+        projected[name] = inner._align(name, features)
+        alignment += time.perf_counter() - start
+    times["alignment: pool + project (all encoders)"] = alignment
+    start = time.perf_counter()
+    fused, _ = inner.fusion(list(projected.values()))
+    times["fusion"] = time.perf_counter() - start
+    input_ids = inputs["input_ids"]
+    start = time.perf_counter()
+    embeds = model.get_input_embeddings()(input_ids)
+    embeds[input_ids == model.config.video_token_id] = fused.reshape(-1, fused.shape[-1])
+    output = inner.language_model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], use_cache=True)
+    token = model.lm_head(output.last_hidden_state[:, -1:]).argmax(-1)
+    times["LLM prefill"] = time.perf_counter() - start
+    cache, mask = output.cache, inputs["attention_mask"]
+    start = time.perf_counter()
+    for _ in range(NEW_TOKENS):
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        output = inner.language_model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True)
+        token = model.lm_head(output.last_hidden_state).argmax(-1)
+    times["LLM decode, per token"] = (time.perf_counter() - start) / NEW_TOKENS
+    return times
+
+
+def bench_stages(label: str, model, preprocess, repeats: int) -> dict[str, float]:
+    rounds = []
+
+    def whole_generate():
+        inputs = preprocess()
+        model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+
+    with torch.no_grad():
+        one_request_by_stage(model, preprocess)  # warm-up
+        for _ in range(repeats):
+            rounds.append(one_request_by_stage(model, preprocess))
+        whole = measure({"generate": whole_generate}, repeats)["generate"]
+    medians = {stage: sorted(r[stage] for r in rounds)[len(rounds) // 2] for stage in rounds[0]}
+    medians[f"whole request: preprocess + generate({NEW_TOKENS} tokens)"] = whole.wall
+    report(f"stages, {label}", {stage: f"{seconds * 1000:.1f} ms" for stage, seconds in medians.items()})
+    return medians
+
+
+# ---------------------------------------------------------------- throughput and encoder calls
+
+
+def throughput_inputs(batch_size: int, data_dir: Path, processor) -> dict:
+    questions = json.loads((data_dir / "test_q.json").read_text())
+    chosen = sorted(questions, key=lambda q: len(q["question"]))[:: max(1, len(questions) // batch_size)][:batch_size]
+    videos = [str(next((data_dir / "videos").glob(f"{q['video_name']}.*"))) for q in chosen]
+    texts = [
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": q["question"]}]}],
+            add_generation_prompt=True,
+        )
+        for q in chosen
+    ]
+    return processor(text=texts, videos=videos, padding=True, return_tensors="pt")
+
+
+def bench_throughput(repeats: int) -> dict[int, float]:
+    model = AutoModel.from_pretrained(default_model_path()).eval()
+    processor = AutoProcessor.from_pretrained(default_model_path())
+    with tempfile.TemporaryDirectory() as directory:
+        generate_dataset(Path(directory), {"train": 0, "validation": 0, "test": max(THROUGHPUT_BATCHES)}, seed=1)
+        batches = {size: throughput_inputs(size, Path(directory), processor) for size in THROUGHPUT_BATCHES}
+    settings = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False}
+    with torch.no_grad():
+        timings = measure(
+            {size: (lambda inputs=inputs: model.generate(**inputs, **settings)) for size, inputs in batches.items()},
+            repeats,
+        )
+    tokens_per_second = {size: size * NEW_TOKENS / timing.wall for size, timing in timings.items()}
+    base = tokens_per_second[1]
+    report(
+        f"generate throughput, small model ({NEW_TOKENS} new tokens per row, left padding)",
+        {
+            f"batch {size}": f"{rate:.1f} tokens/s = {rate / base:.2f}x batch 1"
+            for size, rate in tokens_per_second.items()
+        },
+    )
+    return tokens_per_second
+
+
+def bench_encoder_calls() -> dict[str, int]:
+    model, preprocess = small_request()
+    inputs = preprocess()
+    counts = {}
+    for label, settings in {"greedy": {}, f"beam search ({BEAMS} beams)": {"num_beams": BEAMS}}.items():
+        with mock.patch.object(model.model, "_encode", wraps=model.model._encode) as encode, torch.no_grad():
+            model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, **settings)
+        counts[label] = encode.call_count
+    report(
+        f"encoder runs per generate call ({NEW_TOKENS} tokens, {len(model.config.vision_encoders)} encoders)", counts
+    )
+    return counts
+
+
+# ---------------------------------------------------------------- options
+
+
+def visual_and_prefill(model, inputs) -> Callable[[], object]:
+    """One forward pass over the request: encoders, alignment, fusion and LLM prefill."""
+
+    def forward():
+        with torch.no_grad():
+            model(**inputs, logits_to_keep=1)
+
+    return forward
+
+
+def compare(label: str, cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, Timing]:
+    timings = measure(cases, repeats)
+    first = next(iter(timings.values()))
+    report(label, {name: f"{timing} = {timing.ratio(first)} the first" for name, timing in timings.items()})
+    return timings
+
+
+def bench_attention(label: str, model, inputs, repeats: int) -> dict[str, Timing]:
+    def with_attention(implementation: str):
+        def forward():
+            model.set_attn_implementation(implementation)
+            visual_and_prefill(model, inputs)()
+
+        return forward
+
+    return compare(
+        f"attention, {label}: forward (encoders + prefill)",
+        {name: with_attention(name) for name in ("sdpa", "eager")},
+        repeats,
+    )
+
+
+def bench_concurrency(label: str, model, inputs, repeats: int) -> dict[str, Timing]:
+    def with_concurrency(concurrent: bool):
+        def features():
+            model.config.concurrent_encoders = concurrent
+            with torch.no_grad():
+                model.get_video_features(inputs["pixel_values_videos"])
+
+        return features
+
+    timings = compare(
+        f"encoders sequential vs concurrent (threads), {label}: get_video_features",
+        {"sequential": with_concurrency(False), "concurrent": with_concurrency(True)},
+        repeats,
+    )
+    model.config.concurrent_encoders = False
+    return timings
+
+
+def bench_precision(model, inputs, repeats: int) -> dict[str, Timing]:
+    bf16 = AutoModel.from_pretrained(default_model_path(), dtype=torch.bfloat16).eval()
+    return compare(
+        "precision, small model: forward (encoders + prefill)",
+        {"float32": visual_and_prefill(model, inputs), "bfloat16": visual_and_prefill(bf16, inputs)},
+        repeats,
+    )
+
+
+def bench_compile(model, inputs, repeats: int) -> dict[str, object]:
+    compiled = AutoModel.from_pretrained(default_model_path()).eval()
+    compiled.forward = torch.compile(compiled.forward, dynamic=False)
+    start = time.perf_counter()
+    try:
+        visual_and_prefill(compiled, inputs)()
+    except Exception as err:  # report why compile does not work here instead of failing the whole benchmark
+        report("torch.compile, small model", {"result": f"failed: {type(err).__name__}: {str(err)[:200]}"})
+        return {"error": repr(err)}
+    compile_seconds = time.perf_counter() - start
+    timings = compare(
+        f"torch.compile, small model: forward (first call with compilation: {compile_seconds:.1f} s)",
+        {"eager (not compiled)": visual_and_prefill(model, inputs), "compiled": visual_and_prefill(compiled, inputs)},
+        repeats,
+    )
+    return {"compile_seconds": compile_seconds, **timings}
+
+
+# ---------------------------------------------------------------- stopping at the feature layer
+
+
+def bench_feature_layer(repeats: int) -> dict[str, Timing]:
+    """merv-full's encoders at full depth (random weights, few frames): the authors run every layer and keep hidden
+    state `vision_feature_layer`; ours stops there."""
+    defaults = MervConfig()
+    encoders = [name for name in defaults.vision_encoders if defaults.vision_feature_layer[name] != -1]
+    config = MervConfig(
+        text_config={
+            **defaults.text_config.to_dict(),
+            "num_hidden_layers": 1,
+            "hidden_size": 64,
+            "intermediate_size": 64,
+            "num_attention_heads": 1,
+            "num_key_value_heads": 1,
+        },
+        vision_encoders=encoders,
+        num_frames={name: FULL_DEPTH_FRAMES[name] for name in encoders},
+        fusion_type="concat_tokens",
+    )
+    torch.manual_seed(0)
+    model = MervForConditionalGeneration(config).eval()
+    inner, cases = model.model, {}
+    for name in encoders:
+        tower = inner.vision_towers[name]
+        shape = (1, *inner._expected_pixel_shape(name))
+        pixels = torch.randn(shape) if name == "languagebind" else torch.randn(shape).flatten(0, 1)
+        layer = config.vision_feature_layer[name]
+
+        def authors(tower=tower, pixels=pixels, layer=layer):
+            with torch.no_grad():
+                return tower(pixels, output_hidden_states=True).hidden_states[layer]
+
+        def ours(name=name, tower=tower, pixels=pixels):
+            with torch.no_grad():
+                return inner._tower_hidden_state(name, tower, pixels)
+
+        torch.testing.assert_close(ours(), authors(), rtol=0, atol=0)
+        cases[f"{name}: all layers (authors)"] = authors
+        cases[f"{name}: up to the feature layer (ours)"] = ours
+    timings = measure(cases, repeats)
+    rows = {}
+    for name in encoders:
+        before, after = timings[f"{name}: all layers (authors)"], timings[f"{name}: up to the feature layer (ours)"]
+        rows[f"{name} ({FULL_DEPTH_FRAMES[name]} frames)"] = f"{before} -> {after}: {before.ratio(after)} faster"
+    report("stop at the feature layer, full-depth encoders", rows)
+    return timings
+
+
+# ---------------------------------------------------------------- main
+
+
+def report(title: str, rows: dict) -> None:
+    print(f"\n## {title}")
+    for name, value in rows.items():
+        print(f"- {name}: {value}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    args = parser.parse_args()
+    sections = args.sections.split(",")
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown --sections {sorted(unknown)}; choose from {SECTIONS}")
+    print(
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"Python {platform.python_version()}"
+    )
+    if "stages" in sections or "options" in sections:
+        small, small_preprocess = small_request()
+        full, full_preprocess = merv_full_shaped_request(merv_full_shaped_config())
+        requests = {"small model": (small, small_preprocess), "merv-full-shaped": (full, full_preprocess)}
+    if "stages" in sections:
+        for label, (model, preprocess) in requests.items():
+            bench_stages(label, model, preprocess, args.repeats)
+    if "throughput" in sections:
+        bench_throughput(args.repeats)
+    if "encoder-calls" in sections:
+        bench_encoder_calls()
+    if "options" in sections:
+        for label, (model, preprocess) in requests.items():
+            inputs = preprocess()
+            bench_attention(label, model, inputs, args.repeats)
+            bench_concurrency(label, model, inputs, args.repeats)
+        small_inputs = small_preprocess()
+        bench_precision(small, small_inputs, args.repeats)
+        bench_compile(small, small_inputs, args.repeats)
+    if "feature-layer" in sections:
+        bench_feature_layer(args.repeats)
+
+
+if __name__ == "__main__":
+    main()
