@@ -17,7 +17,7 @@ Sections (`--sections`, comma-separated):
   `torch.compile` (small model).
 - `feature-layer`: stopping each encoder at its feature layer vs the authors' full run, at full depth (few frames).
 
-    python benchmarks/bench_inference.py [--repeats 3] [--sections stages,throughput]
+    python benchmarks/bench_inference.py [--repeats 3] [--sections stages,throughput] [--small-only]
 """
 
 import argparse
@@ -33,6 +33,12 @@ import torch
 from transformers import AutoModel, AutoProcessor
 
 from transformers_merv import MervConfig, MervForConditionalGeneration, MervVideoProcessor, default_model_path
+from transformers_merv.configuration_merv import (
+    DINOV2_LARGE_REG4_CONFIG,
+    LLAMA2_7B_TEXT_CONFIG,
+    SIGLIP_B16_224_CONFIG,
+    VIVIT_B_16X2_CONFIG,
+)
 from transformers_merv.data.synthetic import generate_dataset
 
 from timing import Timing, measure
@@ -76,21 +82,30 @@ def small_request():
     return model, preprocess
 
 
-def merv_full_shaped_config(**overrides) -> MervConfig:
-    """merv-full with every encoder cut to the layers up to its feature layer (`REDUCED_ENCODER_LAYERS` of them run)
-    and `REDUCED_LLM_LAYERS` LLM layers."""
-    defaults = MervConfig()
-    encoder_depths = {
-        name: REDUCED_ENCODER_LAYERS + (1 if defaults.vision_feature_layer[name] == -2 else 0)
-        for name in defaults.vision_encoders
-    }
+def merv_full_sub_config(name: str, **overrides) -> dict:
+    """merv-full's config of encoder `name` (or of the LLM, `text`) with `overrides`."""
+    settings = {
+        "text": {"model_type": "llama", **LLAMA2_7B_TEXT_CONFIG},
+        "languagebind": {},  # `MervLanguageBindVideoConfig`'s defaults are merv-full's
+        "dinov2": DINOV2_LARGE_REG4_CONFIG,
+        "vivit": VIVIT_B_16X2_CONFIG,
+        "siglip": SIGLIP_B16_224_CONFIG,
+    }[name]
+    return {**settings, **overrides}
+
+
+def merv_full_shaped_config() -> MervConfig:
+    """merv-full with `REDUCED_ENCODER_LAYERS` encoder layers run up to each feature layer and `REDUCED_LLM_LAYERS`
+    LLM layers."""
+    feature_layers = MervConfig().vision_feature_layer
     return MervConfig(
-        text_config={**defaults.text_config.to_dict(), "num_hidden_layers": REDUCED_LLM_LAYERS},
+        text_config=merv_full_sub_config("text", num_hidden_layers=REDUCED_LLM_LAYERS),
         **{
-            f"{name}_config": {**defaults.encoder_config(name).to_dict(), "num_hidden_layers": depth}
-            for name, depth in encoder_depths.items()
+            f"{name}_config": merv_full_sub_config(
+                name, num_hidden_layers=REDUCED_ENCODER_LAYERS - 1 - layer if layer < 0 else REDUCED_ENCODER_LAYERS
+            )
+            for name, layer in feature_layers.items()
         },
-        **overrides,
     )
 
 
@@ -308,17 +323,11 @@ def bench_compile(model, inputs, repeats: int) -> dict[str, object]:
 def bench_feature_layer(repeats: int) -> dict[str, Timing]:
     """merv-full's encoders at full depth (random weights, few frames): the authors run every layer and keep hidden
     state `vision_feature_layer`; ours stops there."""
-    defaults = MervConfig()
-    encoders = [name for name in defaults.vision_encoders if defaults.vision_feature_layer[name] != -1]
+    feature_layers = MervConfig().vision_feature_layer
+    encoders = [name for name, layer in feature_layers.items() if layer != -1]
     config = MervConfig(
-        text_config={
-            **defaults.text_config.to_dict(),
-            "num_hidden_layers": 1,
-            "hidden_size": 64,
-            "intermediate_size": 64,
-            "num_attention_heads": 1,
-            "num_key_value_heads": 1,
-        },
+        text_config=merv_full_sub_config("text", num_hidden_layers=1),
+        **{f"{name}_config": merv_full_sub_config(name) for name in encoders},
         vision_encoders=encoders,
         num_frames={name: FULL_DEPTH_FRAMES[name] for name in encoders},
         fusion_type="concat_tokens",
@@ -328,17 +337,18 @@ def bench_feature_layer(repeats: int) -> dict[str, Timing]:
     inner, cases = model.model, {}
     for name in encoders:
         tower = inner.vision_towers[name]
-        shape = (1, *inner._expected_pixel_shape(name))
-        pixels = torch.randn(shape) if name == "languagebind" else torch.randn(shape).flatten(0, 1)
+        video = torch.randn(1, *inner._expected_pixel_shape(name))
+        frames = video.flatten(0, 1)  # our piecewise run takes frames folded into the batch
+        tower_input = video if name == "languagebind" else frames  # LanguageBind's forward takes whole videos
         layer = config.vision_feature_layer[name]
 
-        def authors(tower=tower, pixels=pixels, layer=layer):
+        def authors(tower=tower, tower_input=tower_input, layer=layer):
             with torch.no_grad():
-                return tower(pixels, output_hidden_states=True).hidden_states[layer]
+                return tower(tower_input, output_hidden_states=True).hidden_states[layer]
 
-        def ours(name=name, tower=tower, pixels=pixels):
+        def ours(name=name, tower=tower, frames=frames):
             with torch.no_grad():
-                return inner._tower_hidden_state(name, tower, pixels)
+                return inner._tower_hidden_state(name, tower, frames)
 
         torch.testing.assert_close(ours(), authors(), rtol=0, atol=0)
         cases[f"{name}: all layers (authors)"] = authors
@@ -365,6 +375,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--small-only", action="store_true", help="skip the merv-full-shaped model (quick runs)")
     args = parser.parse_args()
     sections = args.sections.split(",")
     unknown = set(sections) - set(SECTIONS)
@@ -376,8 +387,9 @@ def main() -> None:
     )
     if "stages" in sections or "options" in sections:
         small, small_preprocess = small_request()
-        full, full_preprocess = merv_full_shaped_request(merv_full_shaped_config())
-        requests = {"small model": (small, small_preprocess), "merv-full-shaped": (full, full_preprocess)}
+        requests = {"small model": (small, small_preprocess)}
+        if not args.small_only:
+            requests["merv-full-shaped"] = merv_full_shaped_request(merv_full_shaped_config())
     if "stages" in sections:
         for label, (model, preprocess) in requests.items():
             bench_stages(label, model, preprocess, args.repeats)
