@@ -22,7 +22,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, logging
+from transformers.utils import TransformersKwargs, logging, torch_compilable_check
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
@@ -666,14 +666,17 @@ class MervModel(MervPreTrainedModel):
             mask = (inputs_embeds == placeholder).all(-1)
         else:
             mask = input_ids == self.config.video_token_id
-        num_placeholders = int(mask.sum())
+        num_placeholders = mask.sum()
         num_features = 0 if video_features is None else video_features.shape[0] * video_features.shape[1]
-        if num_placeholders != num_features:
-            raise ValueError(
-                f"The prompt holds {num_placeholders} video placeholder tokens (id {self.config.video_token_id}) but "
-                f"the videos give {num_features} visual tokens ({self.config.num_video_tokens} per video); each "
+        # a check that `torch.compile` traces without a graph break (no host sync to read the count)
+        torch_compilable_check(
+            num_placeholders == num_features,
+            lambda: (
+                f"The prompt holds {int(num_placeholders)} video placeholder tokens (id {self.config.video_token_id}) "
+                f"but the videos give {num_features} visual tokens ({self.config.num_video_tokens} per video); each "
                 "`<video>` must be expanded to `config.num_video_tokens` placeholders (MervProcessor does this)"
-            )
+            ),
+        )
         return mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
 
     @can_return_tuple
