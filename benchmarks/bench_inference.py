@@ -16,6 +16,9 @@ Sections (`--sections`, comma-separated):
 - `options`: attention eager vs SDPA and sequential vs concurrent encoders (both models); fp32 vs bf16 and
   `torch.compile` (small model).
 - `feature-layer`: stopping each encoder at its feature layer vs the authors' full run, at full depth (few frames).
+- `gpu` (needs CUDA): merv-full with random weights in bf16: time to first token, decode tokens/s and peak memory
+  at batch 1 and 8 against the compute floor (FLOPs counted with `FlopCounterMode`) and the weight-bandwidth floor
+  of decoding; encoders sequential vs concurrent (CUDA streams).
 
     python benchmarks/bench_inference.py [--repeats 3] [--sections stages,throughput] [--small-only]
 """
@@ -48,7 +51,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 EXAMPLE_VIDEO = REPOSITORY / "examples" / "example.mp4"
 EXAMPLE_QUESTION = "What color is the circle?"
 PANCAKE = REPOSITORY.parent / "shared" / "media" / "flipping_a_pancake.mkv"
-SECTIONS = ("stages", "throughput", "encoder-calls", "options", "feature-layer")
+SECTIONS = ("stages", "throughput", "encoder-calls", "options", "feature-layer", "gpu")
 NEW_TOKENS = 16
 THROUGHPUT_BATCHES = (1, 4, 8)
 BEAMS = 4
@@ -250,6 +253,17 @@ def visual_and_prefill(model, inputs) -> Callable[[], object]:
     return forward
 
 
+def synchronized(function: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """`function`, returning only once the device has finished its work (so that wall-clock timing is right)."""
+
+    def run():
+        function()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return run
+
+
 def compare(label: str, cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, Timing]:
     timings = measure(cases, repeats)
     first = next(iter(timings.values()))
@@ -273,16 +287,18 @@ def bench_attention(label: str, model, inputs, repeats: int) -> dict[str, Timing
 
 
 def bench_concurrency(label: str, model, inputs, repeats: int) -> dict[str, Timing]:
+    device = inputs["input_ids"].device
+
     def with_concurrency(concurrent: bool):
         def features():
             model.config.concurrent_encoders = concurrent
             with torch.no_grad():
                 model.get_video_features(inputs["pixel_values_videos"])
 
-        return features
+        return synchronized(features, device)
 
     timings = compare(
-        f"encoders sequential vs concurrent (threads), {label}: get_video_features",
+        f"encoders sequential vs concurrent (threads and CUDA streams), {label}: get_video_features",
         {"sequential": with_concurrency(False), "concurrent": with_concurrency(True)},
         repeats,
     )
@@ -362,6 +378,100 @@ def bench_feature_layer(repeats: int) -> dict[str, Timing]:
     return timings
 
 
+# ---------------------------------------------------------------- GPU: merv-full against the hardware floors
+
+
+GPU_PEAKS = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12)}
+"""Dense bf16 FLOP/s and memory bytes/s of the SXM parts (NVIDIA datasheets), matched in the device name."""
+GPU_BATCHES = (1, 8)
+GPU_NEW_TOKENS = 64
+
+
+def random_request(config: MervConfig, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """Random pixels and a prompt of `PROMPT_TOKENS` text tokens around each video's placeholders."""
+    generator = torch.Generator().manual_seed(batch_size)
+    pixels = {}
+    for name in config.vision_encoders:
+        sub_config = config.encoder_config(name)
+        side = sub_config.image_size
+        shape = (batch_size, config.num_frames[name], sub_config.num_channels, side, side)
+        pixels[name] = torch.randn(shape, generator=generator).to(device, dtype)
+    text = torch.randint(3, config.text_config.vocab_size - 1, (batch_size, PROMPT_TOKENS), generator=generator)
+    placeholders = torch.full((batch_size, config.num_video_tokens), config.video_token_id)
+    input_ids = torch.cat([text[:, :1], placeholders, text[:, 1:]], dim=1).to(device)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values_videos": pixels}
+
+
+def hardware_peaks(device: torch.device, peak_tflops: float | None, peak_bandwidth: float | None):
+    """(FLOP/s, bytes/s) from the flags, else from `GPU_PEAKS` by device name."""
+    if peak_tflops and peak_bandwidth:
+        return peak_tflops * 1e12, peak_bandwidth * 1e9
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    for part, peaks in GPU_PEAKS.items():
+        if part in name:
+            return peaks
+    raise SystemExit(f"unknown peaks for {name!r}: pass --peak-tflops and --peak-bandwidth-gbs")
+
+
+def decode_bytes_per_token(model: MervForConditionalGeneration) -> int:
+    """Weight bytes one decode step must read: every LLM layer and the LM head (one embedding row is negligible)."""
+    language_model = model.model.language_model
+    weights = [p for n, p in language_model.named_parameters() if not n.startswith("embed_tokens")]
+    weights += list(model.lm_head.parameters())
+    return sum(p.numel() * p.element_size() for p in weights)
+
+
+def bench_gpu(label: str, config: MervConfig, device: torch.device, dtype: torch.dtype, repeats: int, peaks) -> dict:
+    """Time to first token, decode tokens/s and peak memory at each of `GPU_BATCHES`, against the compute floor of
+    the prefill and the weight-bandwidth floor of decoding; encoders sequential vs concurrent."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    peak_flops, peak_bandwidth = peaks
+    with torch.device(device):
+        model = MervForConditionalGeneration._from_config(config, dtype=dtype).eval()
+    rows, results = {}, {}
+    for batch_size in GPU_BATCHES:
+        inputs = random_request(config, batch_size, device, dtype)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(**inputs, logits_to_keep=1)
+        settings = {"do_sample": False, "max_new_tokens": 1}
+        longer = {**settings, "max_new_tokens": GPU_NEW_TOKENS + 1, "min_new_tokens": GPU_NEW_TOKENS + 1}
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with torch.no_grad():
+            timings = measure(
+                {
+                    "first token": synchronized(lambda: model.generate(**inputs, **settings), device),
+                    "longer": synchronized(lambda: model.generate(**inputs, **longer), device),
+                },
+                repeats,
+            )
+        first_token = timings["first token"].wall
+        per_step = (timings["longer"].wall - first_token) / GPU_NEW_TOKENS
+        compute_floor = counter.get_total_flops() / peak_flops
+        bandwidth_floor = decode_bytes_per_token(model) / peak_bandwidth
+        peak_memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+        results[batch_size] = {
+            "first_token_s": first_token,
+            "decode_tokens_per_s": batch_size / per_step,
+            "prefill_tflop": counter.get_total_flops() / 1e12,
+            "compute_floor_fraction": compute_floor / first_token,
+            "bandwidth_floor_fraction": bandwidth_floor / per_step,
+            "peak_memory_gib": peak_memory,
+        }
+        rows[f"batch {batch_size}"] = (
+            f"first token {first_token * 1000:.0f} ms ({counter.get_total_flops() / 1e12:.1f} TFLOP: "
+            f"{compute_floor / first_token:.0%} of the compute floor), decode {batch_size / per_step:.0f} tokens/s "
+            f"({per_step * 1000:.1f} ms a step: {bandwidth_floor / per_step:.0%} of the bandwidth floor), "
+            f"peak memory {peak_memory:.1f} GiB"
+        )
+    report(f"{label}, random weights, {dtype}, {device}", rows)
+    results["encoders"] = bench_concurrency(
+        f"{label} on {device}", model, random_request(config, 1, device, dtype), repeats
+    )
+    return results
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -376,6 +486,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--small-only", action="store_true", help="skip the merv-full-shaped model (quick runs)")
+    parser.add_argument("--peak-tflops", type=float, help="gpu: the device's dense bf16 TFLOP/s (default: by name)")
+    parser.add_argument("--peak-bandwidth-gbs", type=float, help="gpu: the device's memory GB/s (default: by name)")
     args = parser.parse_args()
     sections = args.sections.split(",")
     unknown = set(sections) - set(SECTIONS)
@@ -407,6 +519,13 @@ def main() -> None:
         bench_compile(small, small_inputs, args.repeats)
     if "feature-layer" in sections:
         bench_feature_layer(args.repeats)
+    if "gpu" in sections:
+        if not torch.cuda.is_available():
+            print("\n## merv-full on a GPU: pending (no CUDA device on this machine)")
+            return
+        device = torch.device("cuda")
+        peaks = hardware_peaks(device, args.peak_tflops, args.peak_bandwidth_gbs)
+        bench_gpu("merv-full", MervConfig(), device, torch.bfloat16, args.repeats, peaks)
 
 
 if __name__ == "__main__":
