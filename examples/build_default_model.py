@@ -14,6 +14,7 @@ processor, evaluation results and a model card go to `--output-dir`.
 import argparse
 import importlib.util
 import json
+import os
 import random
 import shutil
 import sys
@@ -215,7 +216,7 @@ tags:
 **What this is.** A small model with MERV's architecture (ICML 2025, *Unifying Specialized Visual Encoders for Video
 Language Models*): LanguageBind, DINOv2, ViViT and SigLIP encoders on 16/16/32/16 frames at {image_size} px, 3D
 average pooling to 2x2 tokens per frame, a linear projector per encoder, learnable-query fusion, and a 4-layer Llama
-({parameters:.1f} M parameters in all). It was trained from scratch in {minutes} minutes on 2 CPU cores, **on
+({parameters:.1f} M parameters in all). It was trained from scratch in {minutes} minutes on {cores} CPU cores, **on
 synthetic videos of moving coloured shapes only** (`transformers_merv.data.synthetic`). Its encoders are randomly
 initialised and frozen (no pretrained weights can be downloaded where it is built), so it is **not** the authors'
 7B model and knows nothing beyond the closed vocabulary of these questions: colour, shape, position, direction,
@@ -241,10 +242,18 @@ def write_model_card(output_dir: Path, summary: dict, args: argparse.Namespace) 
     model = MervForConditionalGeneration.from_pretrained(output_dir)
     rows = "\n".join(f"| {kind} | {result['accuracy']:.1%} |" for kind, result in summary["per_question_type"].items())
     card = MODEL_CARD.format(
-        image_size=IMAGE_SIZE, parameters=sum(p.numel() for p in model.parameters()) / 1e6, minutes=summary["minutes"],
-        command=summary["command"], vocab=model.config.text_config.vocab_size, align_epochs=args.align_epochs,
-        finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, evaluated=summary["evaluated"],
-        accuracy=summary["accuracy"], rows=rows,
+        image_size=IMAGE_SIZE,
+        parameters=sum(p.numel() for p in model.parameters()) / 1e6,
+        minutes=summary["minutes"],
+        command=summary["command"],
+        vocab=model.config.text_config.vocab_size,
+        align_epochs=args.align_epochs,
+        finetune_epochs=args.finetune_epochs,
+        batch_size=args.batch_size,
+        evaluated=summary["evaluated"],
+        accuracy=summary["accuracy"],
+        rows=rows,
+        cores=os.cpu_count(),
     )
     (output_dir / "README.md").write_text(card)
 
