@@ -288,3 +288,12 @@ def test_convert_reports_a_missing_encoder_directory(tmp_path, capsys):
     ]
     assert main(argv) == 1
     assert "pass its weights with --languagebind" in _error_line(capsys.readouterr().err)
+
+
+def test_half_precision_on_the_cpu_comes_with_a_note(video, capsys):
+    assert main(["ask", str(video), QUESTION, "--device", "cpu", "--dtype", "bfloat16", "--max-new-tokens", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip()
+    assert "note: torch.bfloat16 on the CPU is slow" in captured.err and "--dtype float32" in captured.err
+    assert main(["ask", str(video), QUESTION, "--device", "cpu", "--max-new-tokens", "2"]) == 0
+    assert "note:" not in capsys.readouterr().err

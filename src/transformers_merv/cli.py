@@ -38,6 +38,7 @@ PROG = "merv"
 EXIT_ERROR = 1
 AUTO = "auto"
 DTYPE_CHOICES = (AUTO, *DTYPES)
+HALF_DTYPES = (torch.bfloat16, torch.float16)
 BAR_WIDTH = 40
 """Characters of the longest text bar in `merv explain`."""
 
@@ -113,6 +114,12 @@ def load_model(model_id: str, device: torch.device, dtype: str):
         model = AutoModel.from_pretrained(model_id, dtype=AUTO if dtype == AUTO else DTYPES[dtype])
     except (OSError, ValueError) as err:
         raise CliError(f"cannot load model {model_id!r}: {_first_line(err)}") from err
+    if device.type == "cpu" and model.dtype in HALF_DTYPES:
+        print(
+            f"note: {model.dtype} on the CPU is slow without native half-precision matmuls (AVX512-BF16/AMX); "
+            "--dtype float32 is usually much faster there (benchmarks/README.md)",
+            file=sys.stderr,
+        )
     return model.to(device).eval()
 
 
