@@ -12,7 +12,15 @@ import pytest
 from PIL import Image
 
 import transformers_merv
-from transformers_merv.cli import CHART_WIDTH, main
+from transformers_merv.cli import (
+    CHART_BACKGROUND,
+    CHART_MARGIN,
+    CHART_ROW_HEIGHT,
+    CHART_TITLE_HEIGHT,
+    CHART_WIDTH,
+    draw_fusion_chart,
+    main,
+)
 from transformers_merv.data.synthetic import generate_dataset
 
 from conftest import FIXTURE_IMAGE_SIZES, FIXTURES, MEDIA, TINY_FULL
@@ -297,3 +305,15 @@ def test_half_precision_on_the_cpu_comes_with_a_note(video, capsys):
     assert "note: torch.bfloat16 on the CPU is slow" in captured.err and "--dtype float32" in captured.err
     assert main(["ask", str(video), QUESTION, "--device", "cpu", "--max-new-tokens", "2"]) == 0
     assert "note:" not in capsys.readouterr().err
+
+
+def test_fusion_chart_colours_bars_by_encoder(tmp_path):
+    weights = {"count: dinov2": 0.6, "order: dinov2": 0.7, "order: siglip": 0.8}
+    draw_fusion_chart(weights, "per question type", tmp_path / "chart.png")
+    with Image.open(tmp_path / "chart.png") as image:
+        inside_bar = CHART_WIDTH // 2 - CHART_MARGIN
+        colours = [
+            image.getpixel((inside_bar, CHART_TITLE_HEIGHT + row * CHART_ROW_HEIGHT + CHART_ROW_HEIGHT // 2))
+            for row in range(len(weights))
+        ]
+    assert colours[0] == colours[1] != colours[2] and CHART_BACKGROUND not in colours

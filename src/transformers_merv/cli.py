@@ -296,23 +296,24 @@ def _percent(rate: float | None) -> str:
 
 
 def draw_fusion_chart(weights: Mapping[str, float], question: str, path: str | Path) -> None:
-    """A horizontal bar chart of the fusion weights (PNG, Pillow only)."""
+    """A horizontal bar chart of the fusion weights (PNG, Pillow only). Bars are labelled by the keys of `weights`
+    and coloured by encoder: the key itself, or what follows its last ": " (as in "count: dinov2")."""
     height = CHART_TITLE_HEIGHT + CHART_ROW_HEIGHT * len(weights) + CHART_MARGIN
     image = Image.new("RGB", (CHART_WIDTH, height), CHART_BACKGROUND)
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=CHART_FONT_SIZE)
     title = question if len(question) <= CHART_TITLE_CHARS else question[: CHART_TITLE_CHARS - 1] + "…"
     draw.text((CHART_MARGIN, CHART_MARGIN), f"Fusion weights: {title}", fill=CHART_TEXT, font=font)
-    left = CHART_MARGIN + CHART_LABEL_WIDTH
+    left = CHART_MARGIN + max(CHART_LABEL_WIDTH, round(max(font.getlength(name) for name in weights)) + CHART_MARGIN)
     span = CHART_WIDTH - left - CHART_VALUE_WIDTH - CHART_MARGIN
+    encoders = list(dict.fromkeys(name.rsplit(": ", 1)[-1] for name in weights))
     for row, (name, weight) in enumerate(weights.items()):
         top = CHART_TITLE_HEIGHT + row * CHART_ROW_HEIGHT
         middle = top + CHART_ROW_HEIGHT // 2
         draw.text((CHART_MARGIN, middle), name, fill=CHART_TEXT, font=font, anchor="lm")
         bar_end = left + max(1, round(span * weight))
-        draw.rectangle(
-            (left, top + 8, bar_end, top + CHART_ROW_HEIGHT - 8), fill=CHART_COLORS[row % len(CHART_COLORS)]
-        )
+        color = CHART_COLORS[encoders.index(name.rsplit(": ", 1)[-1]) % len(CHART_COLORS)]
+        draw.rectangle((left, top + 8, bar_end, top + CHART_ROW_HEIGHT - 8), fill=color)
         draw.text((bar_end + 8, middle), f"{weight:.3f}", fill=CHART_TEXT, font=font, anchor="lm")
     draw.line((left, CHART_TITLE_HEIGHT, left, height - CHART_MARGIN), fill=CHART_AXIS, width=1)
     try:
