@@ -4,6 +4,9 @@
 2. Sampling 32 frames from a 10-minute low-resolution video (generated here with PyAV into a temporary directory,
    MP4 and the same packets remuxed to Matroska) vs from the 10-second pancake clip, and vs the same video cut to
    10 s; peak memory of each read.
+3. Colour conversion of decoded frames to RGB: one converter per frame (`frame.to_ndarray(format="rgb24")`, what
+   `video_io` did before) vs one shared `VideoReformatter` (what it does now), on the shipped example video and the
+   pancake clip.
 
     python benchmarks/bench_preprocess.py [--repeats 5] [--long-minutes 10]
 """
@@ -16,9 +19,11 @@ import subprocess
 import sys
 import tempfile
 from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 import torch
 
@@ -29,6 +34,7 @@ from timing import measure
 
 
 PANCAKE = Path(__file__).resolve().parents[1].parent / "shared" / "media" / "flipping_a_pancake.mkv"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "example.mp4"
 ENCODERS = ("languagebind", "dinov2", "vivit", "siglip")
 SAMPLED_FRAMES = 32
 SYNTHETIC_FPS = 30
@@ -50,6 +56,36 @@ def bench_decode_once(repeats: int) -> list[tuple[str, str]]:
         ("pancake, one `MervVideoProcessor(vision_encoders=(name,))` per encoder: 4 decodes", str(each)),
         ("**speed-up of decoding once**", f"**{each.ratio(once)}**"),
     ]
+
+
+def decode_to_rgb(video: Path, reformatter: VideoReformatter | None) -> list[np.ndarray]:
+    """The first `SAMPLED_FRAMES` frames as RGB arrays, converted per frame or by one shared `reformatter`."""
+    with av.open(str(video)) as container:
+        frames = islice(container.decode(video=0), SAMPLED_FRAMES)
+        if reformatter is None:
+            return [frame.to_ndarray(format="rgb24") for frame in frames]
+        return [reformatter.reformat(frame, format="rgb24").to_ndarray() for frame in frames]
+
+
+def bench_colour_conversion(repeats: int) -> list[tuple[str, str]]:
+    rows = []
+    for video in (EXAMPLE, PANCAKE):
+        shared = VideoReformatter()
+        timings = measure(
+            {
+                "per frame": partial(decode_to_rgb, video, None),
+                "shared": partial(decode_to_rgb, video, shared),
+            },
+            repeats,
+        )
+        before, after = timings["per frame"], timings["shared"]
+        rows.append(
+            (
+                f"decode {video.name}, first {SAMPLED_FRAMES} frames to RGB: a converter per frame -> one shared",
+                f"{before} -> {after}: **{before.ratio(after)}**",
+            )
+        )
+    return rows
 
 
 def make_video(path: Path, seconds: int, gop: int) -> Path:
@@ -147,7 +183,8 @@ def main() -> None:
     }
     print(f"machine: {json.dumps(machine)}; median of {args.repeats} interleaved rounds after a warm-up round\n")
     print("| measurement | result |\n|---|---|")
-    for name, value in bench_decode_once(args.repeats) + bench_long_video(args.repeats, args.long_minutes):
+    rows = bench_decode_once(args.repeats) + bench_colour_conversion(args.repeats)
+    for name, value in rows + bench_long_video(args.repeats, args.long_minutes):
         print(f"| {name} | {value} |")
     print(f"\nload average after: {os.getloadavg()}")
 

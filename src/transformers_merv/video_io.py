@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 import torch
 from PIL import Image, ImageSequence
@@ -211,6 +212,9 @@ class PyAVVideoReader(VideoReader):
     def __init__(self, source: str | BinaryIO, name: str):
         self.name = name
         self._source = source
+        # one colour converter for all frames: `frame.to_ndarray(format=...)` builds a new one per frame, which costs
+        # more than decoding small frames
+        self._reformatter = VideoReformatter()
         self._open_container()
         try:
             self._index_packets()
@@ -274,7 +278,7 @@ class PyAVVideoReader(VideoReader):
         shape = None
         try:
             for frame in self._decode_in_order(indices.tolist()):
-                image = _to_upright_rgb(frame)
+                image = _to_upright_rgb(frame, self._reformatter)
                 if shape is None:
                     shape = image.shape
                     self.metadata.height, self.metadata.width = shape[:2]
@@ -357,9 +361,9 @@ class PyAVVideoReader(VideoReader):
         self._container.close()
 
 
-def _to_upright_rgb(frame: av.VideoFrame) -> np.ndarray:
+def _to_upright_rgb(frame: av.VideoFrame, reformatter: VideoReformatter) -> np.ndarray:
     """RGB24 pixels rotated by the stream's display matrix (portrait phone videos come out upright)."""
-    image = frame.to_ndarray(format="rgb24")
+    image = reformatter.reformat(frame, format="rgb24").to_ndarray()
     quarter_turns = round(frame.rotation / DEGREES_PER_QUARTER_TURN) % QUARTER_TURNS
     return np.ascontiguousarray(np.rot90(image, k=quarter_turns)) if quarter_turns else image
 
