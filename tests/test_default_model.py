@@ -41,7 +41,10 @@ def test_readme_command_answers_the_example_video():
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "transformers_merv.cli", "ask", str(EXAMPLE_VIDEO), README_QUESTION],
-        capture_output=True, text=True, env=environment, timeout=300,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().lower() == README_ANSWER
@@ -53,7 +56,15 @@ def test_accuracy_on_a_fixed_held_out_set(shipped, tmp_path_factory):
     generate_dataset(data, {"train": 0, "validation": 0, "test": HELD_OUT_VIDEOS}, seed=0)
     items = load_items(data / "test_q.json", data / "test_a.json", OPEN_ENDED)
     with torch.no_grad():
-        summary = evaluate(model, processor, items, data / "videos", OPEN_ENDED, batch_size=32, progress=False,
-                           generation_kwargs={"max_new_tokens": 4})["summary"]
+        summary = evaluate(
+            model,
+            processor,
+            items,
+            data / "videos",
+            OPEN_ENDED,
+            batch_size=32,
+            progress=False,
+            generation_kwargs={"max_new_tokens": 4},
+        )["summary"]
     assert summary["evaluated"] == len(items) > 100
     assert summary["accuracy"] >= STATED_ACCURACY, summary
