@@ -58,7 +58,9 @@ BEAMS = 4
 REDUCED_ENCODER_LAYERS = 2
 REDUCED_LLM_LAYERS = 2
 PROMPT_TOKENS = 24
-"""Text tokens of the merv-full-shaped prompt (BOS + question), besides its 1024 video placeholders."""
+"""Text tokens of the random-weight models' prompts (BOS + question), besides the video placeholders."""
+FIRST_TEXT_ID = 3
+"""Llama's ids below this are special (unk, BOS, EOS)."""
 FULL_DEPTH_FRAMES = {"languagebind": 8, "dinov2": 2, "siglip": 2}
 """Frames for the full-depth feature-layer comparison: LanguageBind needs one whole temporal group (8)."""
 
@@ -112,15 +114,23 @@ def merv_full_shaped_config() -> MervConfig:
     )
 
 
+def random_prompt(config: MervConfig, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """BOS, one video's placeholders (where MERV puts them), then `PROMPT_TOKENS - 1` random text ids that are
+    neither special nor the placeholder."""
+    shape = (batch_size, PROMPT_TOKENS)
+    text = torch.randint(FIRST_TEXT_ID, config.text_config.vocab_size, shape, generator=generator)
+    text[text == config.video_token_id] = FIRST_TEXT_ID
+    text[:, 0] = config.text_config.bos_token_id
+    placeholders = torch.full((batch_size, config.num_video_tokens), config.video_token_id)
+    return torch.cat([text[:, :1], placeholders, text[:, 1:]], dim=1)
+
+
 def merv_full_shaped_request(config: MervConfig):
     """A random-weight merv-full-shaped model and a request on the pancake clip (merv-full's preprocessing)."""
     torch.manual_seed(0)
     model = MervForConditionalGeneration(config).eval()
     video_processor = MervVideoProcessor()
-    text = torch.randint(3, 32000, (1, PROMPT_TOKENS))
-    input_ids = torch.cat(
-        [text[:, :1], torch.full((1, config.num_video_tokens), config.video_token_id), text[:, 1:]], dim=1
-    )
+    input_ids = random_prompt(config, 1, torch.Generator().manual_seed(0))
 
     def preprocess():
         pixels = video_processor(str(PANCAKE), return_tensors="pt")["pixel_values_videos"]
@@ -396,9 +406,7 @@ def random_request(config: MervConfig, batch_size: int, device: torch.device, dt
         side = sub_config.image_size
         shape = (batch_size, config.num_frames[name], sub_config.num_channels, side, side)
         pixels[name] = torch.randn(shape, generator=generator).to(device, dtype)
-    text = torch.randint(3, config.text_config.vocab_size - 1, (batch_size, PROMPT_TOKENS), generator=generator)
-    placeholders = torch.full((batch_size, config.num_video_tokens), config.video_token_id)
-    input_ids = torch.cat([text[:, :1], placeholders, text[:, 1:]], dim=1).to(device)
+    input_ids = random_prompt(config, batch_size, generator).to(device)
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values_videos": pixels}
 
 
