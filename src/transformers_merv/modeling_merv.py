@@ -668,7 +668,7 @@ class MervModel(MervPreTrainedModel):
             mask = input_ids == self.config.video_token_id
         num_placeholders = mask.sum()
         num_features = 0 if video_features is None else video_features.shape[0] * video_features.shape[1]
-        # a check that `torch.compile` traces without a graph break (no host sync to read the count)
+        # transformers' check that torch.compile / torch.export can trace (a hint to the compiler there)
         torch_compilable_check(
             num_placeholders == num_features,
             lambda: (
