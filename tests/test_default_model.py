@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModel, AutoProcessor
 
 from transformers_merv import MervForConditionalGeneration, default_model_path
+from transformers_merv.cli import main
 from transformers_merv.data.synthetic import generate_dataset
 from transformers_merv.evaluation import OPEN_ENDED, evaluate, load_items
 
@@ -69,3 +70,12 @@ def test_accuracy_on_a_fixed_held_out_set(shipped, tmp_path_factory):
         )["summary"]
     assert summary["evaluated"] == len(items) > 100
     assert summary["accuracy"] >= STATED_ACCURACY, summary
+
+
+@pytest.mark.parametrize(
+    "question, answer",
+    [("Which way does the red circle move?", "right"), ("How fast does the red circle move?", "fast")],
+)
+def test_readme_questions_about_the_example_video(question, answer, capsys):
+    assert main(["ask", str(EXAMPLE_VIDEO), question, "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip().lower() == answer
