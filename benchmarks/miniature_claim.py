@@ -4,7 +4,7 @@ Trains, with the same synthetic data, recipe and step budget (`examples/build_de
 differs), the four-encoder MERV and each single-encoder model; evaluates each on the held-out test split per
 question type; and measures the four-encoder model's fusion weights averaged per question type.
 
-    python benchmarks/miniature_claim.py [--work-dir runs/claim]     # 5 trainings, ~1.5 hours on 2 CPU cores
+    python benchmarks/miniature_claim.py [--work-dir runs/claim]     # 5 trainings, ~70 minutes on 2 CPU cores
 
 Writes `<work-dir>/claim.json`, the markdown table (printed), and `benchmarks/fusion_weights_by_question_type.png`.
 A configuration whose `<work-dir>/<encoders>/model/evaluation.json` exists is not trained again (resuming after an
