@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoProcessor
 
 from transformers_merv import MervConfig, MervForConditionalGeneration, MervProcessor, MervVideoProcessor
 from transformers_merv.data.synthetic import generate_dataset
@@ -184,8 +185,6 @@ def train_stage(
 
 def evaluate_test_split(model_dir: Path, data_dir: Path) -> dict:
     """Open-ended accuracy on the held-out test split, overall and per question type."""
-    from transformers import AutoProcessor
-
     model = MervForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
     items = load_items(data_dir / "test_q.json", data_dir / "test_a.json", OPEN_ENDED)

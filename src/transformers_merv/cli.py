@@ -30,6 +30,7 @@ from .evaluation import (
     evaluate,
     load_items,
     load_judge,
+    question_inputs,
     write_results,
 )
 
@@ -131,10 +132,8 @@ def prepare_inputs(processor, video: Path, question: str, window: Mapping[str, f
     """Prompt ids (the model's chat template) and pixels for one video and question."""
     if not video.is_file():
         raise CliError(f"no video file at {video}")
-    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-    text = processor.apply_chat_template(conversation, tokenize=False)
     try:
-        return processor(text=[text], videos=[str(video)], return_tensors="pt", **window)
+        return question_inputs(processor, question, video, window)
     except ValueError as err:  # VideoDecodingError and sampling windows outside the video
         message = _first_line(err)
         raise CliError(message if str(video) in message else f"{video}: {message}") from err
@@ -306,13 +305,13 @@ def draw_fusion_chart(weights: Mapping[str, float], question: str, path: str | P
     draw.text((CHART_MARGIN, CHART_MARGIN), f"Fusion weights: {title}", fill=CHART_TEXT, font=font)
     left = CHART_MARGIN + max(CHART_LABEL_WIDTH, round(max(font.getlength(name) for name in weights)) + CHART_MARGIN)
     span = CHART_WIDTH - left - CHART_VALUE_WIDTH - CHART_MARGIN
-    encoders = list(dict.fromkeys(name.rsplit(": ", 1)[-1] for name in weights))
+    encoders = list(dict.fromkeys(map(_chart_encoder, weights)))
     for row, (name, weight) in enumerate(weights.items()):
         top = CHART_TITLE_HEIGHT + row * CHART_ROW_HEIGHT
         middle = top + CHART_ROW_HEIGHT // 2
         draw.text((CHART_MARGIN, middle), name, fill=CHART_TEXT, font=font, anchor="lm")
         bar_end = left + max(1, round(span * weight))
-        color = CHART_COLORS[encoders.index(name.rsplit(": ", 1)[-1]) % len(CHART_COLORS)]
+        color = CHART_COLORS[encoders.index(_chart_encoder(name)) % len(CHART_COLORS)]
         draw.rectangle((left, top + 8, bar_end, top + CHART_ROW_HEIGHT - 8), fill=color)
         draw.text((bar_end + 8, middle), f"{weight:.3f}", fill=CHART_TEXT, font=font, anchor="lm")
     draw.line((left, CHART_TITLE_HEIGHT, left, height - CHART_MARGIN), fill=CHART_AXIS, width=1)
@@ -320,6 +319,11 @@ def draw_fusion_chart(weights: Mapping[str, float], question: str, path: str | P
         image.save(path, format="PNG")
     except OSError as err:
         raise CliError(f"cannot write {path}: {err}") from err
+
+
+def _chart_encoder(label: str) -> str:
+    """The encoder a chart bar belongs to: its label, or what follows the label's last ": "."""
+    return label.rsplit(": ", 1)[-1]
 
 
 # --- argument parsing ------------------------------------------------------------------------------------------------

@@ -385,12 +385,17 @@ def _batches(items: Sequence[EvalItem], size: int) -> Iterator[Sequence[EvalItem
         yield items[start : start + size]
 
 
+def question_inputs(processor, question: str, video: str | Path, sampling: Mapping[str, float | int]):
+    """Prompt ids (the model's chat template) and pixels for one video and question; `sampling` is the clip window
+    (`clip_start_sec`, `clip_end_sec`, `end_frame`). Raises `ValueError` for an unreadable video."""
+    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(conversation, tokenize=False)
+    return processor(text=[text], videos=[str(video)], return_tensors="pt", **sampling)
+
+
 def _prepare(processor, item: EvalItem, video_dir: str | Path):
     """Prompt ids and pixels of one item (raises `OSError` / `ValueError` for a missing or unreadable video)."""
-    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": item.prompt}]}]
-    text = processor.apply_chat_template(conversation, tokenize=False)
-    video = find_video(video_dir, item.video_name)
-    return processor(text=[text], videos=[str(video)], return_tensors="pt", **item.sampling)
+    return question_inputs(processor, item.prompt, find_video(video_dir, item.video_name), item.sampling)
 
 
 def _answer(
