@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from huggingface_hub import HfApi
 from transformers import AutoModel
 from unittest import mock
@@ -21,7 +21,7 @@ from transformers_merv.conversion import (
     load_checkpoint,
     parse_arch_specifier,
 )
-from transformers_merv.conversion.sources import _timm_config
+from transformers_merv.conversion.sources import _timm_config, load_weights
 
 from conftest import FIXTURE_IMAGE_SIZES, FIXTURES, MEDIA, TINY_FULL, convert_fixture, fixture_pixels
 
@@ -318,3 +318,67 @@ def test_tokenizer_prefixes_text_after_the_video_placeholder_even_if_saved_non_l
     alone = processor.tokenizer("In: What?", add_special_tokens=False)["input_ids"]
     after_video = processor.tokenizer("<video>In: What?", add_special_tokens=False)["input_ids"]
     assert after_video == [processor.video_token_id, *alone]
+
+
+# --- which files of an encoder folder are read ------------------------------------------------------------------------
+
+
+def _dinov2_weights_only(tmp_path: Path) -> Path:
+    """The fixture's DINOv2 folder without the expected resampled table (`pos_embed_as_used_56px.safetensors`)."""
+    dinov2 = tmp_path / "dinov2"
+    dinov2.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(FIXTURES / "encoders" / "dinov2" / name, dinov2)
+    return dinov2
+
+
+def test_only_the_formats_weight_files_are_read(tmp_path):
+    """A stray safetensors file next to `model.safetensors` (here one holding `pos_embed` too) is not read."""
+    dinov2 = _dinov2_weights_only(tmp_path)
+    stored = load_file(dinov2 / "model.safetensors")
+    save_file({"pos_embed": torch.zeros(1, 16, 40), "extra": torch.ones(2)}, dinov2 / "notes.safetensors")
+    weights = load_weights(dinov2, "--dinov2")
+    assert set(weights) == set(stored)
+    assert torch.equal(weights["pos_embed"], stored["pos_embed"])
+    assert tuple(weights["pos_embed"].shape) == (1, 81, 40)  # the stored 9x9 table, not the 56 px one
+
+
+def test_sharded_safetensors_are_read_through_their_index(tmp_path):
+    dinov2 = _dinov2_weights_only(tmp_path)
+    stored = load_file(dinov2 / "model.safetensors")
+    (dinov2 / "model.safetensors").unlink()
+    keys = sorted(stored)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for shard, shard_keys in shards.items():
+        save_file({key: stored[key] for key in shard_keys}, dinov2 / shard)
+    weight_map = {key: shard for shard, shard_keys in shards.items() for key in shard_keys}
+    (dinov2 / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    weights = load_weights(dinov2, "--dinov2")
+    assert set(weights) == set(stored)
+    assert all(torch.equal(weights[key], stored[key]) for key in keys)
+
+
+def test_a_tensor_stored_in_two_weight_files_is_an_error_naming_both(tmp_path):
+    dinov2 = _dinov2_weights_only(tmp_path)
+    save_file({"pos_embed": torch.zeros(1, 16, 40)}, dinov2 / "model-00002-of-00002.safetensors")
+    weight_map = {"pos_embed": "model-00002-of-00002.safetensors"}
+    (dinov2 / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(ConversionError) as error:
+        load_weights(dinov2, "--dinov2")
+    message = str(error.value)
+    assert "'pos_embed'" in message
+    assert str(dinov2 / "model.safetensors") in message and str(dinov2 / "model-00002-of-00002.safetensors") in message
+
+
+def test_an_index_listing_a_missing_shard_is_an_error(tmp_path):
+    dinov2 = _dinov2_weights_only(tmp_path)
+    (dinov2 / "model.safetensors").unlink()
+    (dinov2 / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"pos_embed": "gone.safetensors"}}))
+    with pytest.raises(FileNotFoundError, match=r"--dinov2: .*lists shards that are missing: .*gone\.safetensors"):
+        load_weights(dinov2, "--dinov2")
+
+
+def test_a_folder_without_a_format_weight_file_is_an_error(tmp_path):
+    save_file({"pos_embed": torch.zeros(1, 16, 40)}, tmp_path / "weights.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"--dinov2: no weights in .*model\.safetensors"):
+        load_weights(tmp_path, "--dinov2")

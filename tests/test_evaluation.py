@@ -142,6 +142,15 @@ def test_normalisation(prediction, answer):
     assert (normalize_answer(prediction) == normalize_answer(answer)) is expected
 
 
+@pytest.mark.parametrize(
+    ("text", "normalised"),
+    [("Left-hand", "left hand"), ("red/blue", "red blue"), ("it's", "it s"), ("3.5 m", "3.5 m"), ("end.", "end")],
+)
+def test_punctuation_separates_words(text, normalised):
+    """Punctuation becomes a space (so `left-hand` matches `left hand`, never `lefthand`); a decimal point stays."""
+    assert normalize_answer(text) == normalised
+
+
 def test_judge_results_and_the_authors_gpt_protocol():
     assert judge_verdict(True) and not judge_verdict(False)
     assert judge_verdict({"pred": "yes", "score": 4}) and not judge_verdict({"pred": "no", "score": 5})

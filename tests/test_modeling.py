@@ -287,3 +287,110 @@ def test_standardized_projectors_give_zero_mean_unit_variance_tokens():
             first = projector.mlp.layers[0](projector.resampler(features)).flatten(0, 1)  # (samples, width)
             torch.testing.assert_close(first.mean(0), torch.zeros(first.shape[1]), atol=1e-4, rtol=0)
             assert 0.5 < first.std(0).mean().item() < 1.5
+
+
+# --- values, not only shapes -----------------------------------------------------------------------------------------
+
+
+def _projected_and_fused(model, pixels):
+    with torch.no_grad():
+        features = model.get_video_features(pixels, output_encoder_features=True)
+    projected = [features.projected_features[name] for name in model.config.vision_encoders]
+    return projected, features
+
+
+def test_query_fusion_weights_and_tokens_equal_the_authors_attention():
+    """Weights = the attention weights of the authors' single-head `nn.MultiheadAttention` (learned query against
+    each encoder's token-mean); fused tokens = the weighted sum of the projected tokens, in encoder order."""
+    torch.manual_seed(1)
+    model = MervForConditionalGeneration(tiny_config()).eval()
+    fusion = model.model.fusion
+    for parameter in (fusion.query, fusion.query_proj.weight, fusion.query_proj.bias, fusion.key_proj.weight):
+        torch.nn.init.normal_(parameter, std=3.0)  # large scores, so that the weights are far from uniform
+    pixels = random_pixels(model.config, batch_size=2, seed=21)
+    projected, features = _projected_and_fused(model, pixels)
+    width, text_dim = model.config.fusion_hidden_size, model.config.text_config.hidden_size
+    attention = torch.nn.MultiheadAttention(width, 1, kdim=text_dim, vdim=text_dim, batch_first=True)
+    with torch.no_grad():
+        attention.q_proj_weight.copy_(fusion.query_proj.weight)
+        attention.k_proj_weight.copy_(fusion.key_proj.weight)
+        attention.in_proj_bias.copy_(torch.cat([fusion.query_proj.bias, fusion.key_proj.bias, torch.zeros(width)]))
+        means = torch.stack([tokens.mean(1) for tokens in projected], dim=1)  # (videos, encoders, dim)
+        _, expected_weights = attention(fusion.query.expand(2, 1, -1), means, means)
+    expected_weights = expected_weights[:, 0]
+    assert (expected_weights.max(-1).values - expected_weights.min(-1).values).min() > 0.1
+    torch.testing.assert_close(features.fusion_weights, expected_weights, atol=1e-6, rtol=1e-5)
+    expected_fused = sum(w[:, None, None] * tokens for w, tokens in zip(expected_weights.unbind(-1), projected))
+    torch.testing.assert_close(features.pooler_output, expected_fused, atol=1e-6, rtol=1e-5)
+
+
+def test_scalar_fusion_is_the_softmax_weighted_sum_in_encoder_order():
+    config = tiny_config(fusion_type="scalar")
+    model = MervForConditionalGeneration(config).eval()
+    scalars = torch.tensor([1.0, -0.5, 0.25, 2.0])  # one per encoder of config.vision_encoders, in that order
+    with torch.no_grad():
+        model.model.fusion.scalar.copy_(scalars)
+    projected, features = _projected_and_fused(model, random_pixels(config, batch_size=2, seed=22))
+    weights = torch.exp(scalars) / torch.exp(scalars).sum()
+    assert torch.equal(features.fusion_weights, features.fusion_weights[:1].expand(2, -1))
+    torch.testing.assert_close(features.fusion_weights[0], weights, atol=1e-7, rtol=1e-6)
+    expected = sum(weight * tokens for weight, tokens in zip(weights, projected))
+    torch.testing.assert_close(features.pooler_output, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("fusion_type", "combine"),
+    [
+        ("concat_tokens", lambda projected: torch.cat(projected, dim=1)),
+        ("first", lambda projected: projected[0]),
+    ],
+)
+def test_unweighted_fusions_combine_the_projected_tokens(fusion_type, combine):
+    config = tiny_config(fusion_type=fusion_type)
+    model = MervForConditionalGeneration(config).eval()
+    projected, features = _projected_and_fused(model, random_pixels(config, seed=23))
+    assert features.fusion_weights is None
+    assert torch.equal(features.pooler_output, combine(projected))
+
+
+@pytest.mark.parametrize("with_norm", [False, True])
+def test_channel_fusion_projects_the_concatenated_channels(with_norm):
+    config = tiny_config(fusion_type="concat_channel_ln" if with_norm else "concat_channel")
+    model = MervForConditionalGeneration(config).eval()
+    fusion = model.model.fusion
+    projected, features = _projected_and_fused(model, random_pixels(config, seed=24))
+    concatenated = torch.cat(projected, dim=-1)
+    if with_norm:
+        mean, var = concatenated.mean(-1, keepdim=True), concatenated.var(-1, unbiased=False, keepdim=True)
+        concatenated = (concatenated - mean) / torch.sqrt(var + fusion.norm.eps) * fusion.norm.weight + fusion.norm.bias
+    expected = concatenated @ fusion.projector.weight.T + fusion.projector.bias
+    torch.testing.assert_close(features.pooler_output, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_visual_tokens_replace_exactly_the_placeholders_in_order(model):
+    """Batch of two prompts whose placeholders start at different positions: the LLM receives video b's visual
+    tokens, in order, at prompt b's placeholders, and the text embeddings everywhere else."""
+    config = model.config
+    num_tokens, video_id = config.num_video_tokens, config.video_token_id
+    placeholders = [video_id] * num_tokens
+    input_ids = torch.tensor([[1, 5, *placeholders, 6, 7], [1, 8, 9, *placeholders, 10]])
+    pixels = random_pixels(config, batch_size=2, seed=25)
+    captured = {}
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: captured.update(kwargs), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            model(input_ids=input_ids, pixel_values_videos=pixels)
+            visual = model.get_video_features(pixels).pooler_output
+            text = model.get_input_embeddings()(input_ids)
+    finally:
+        hook.remove()
+    embeds = captured["inputs_embeds"]
+    for row, start in enumerate((2, 3)):
+        span = slice(start, start + num_tokens)
+        assert torch.equal(embeds[row, span], visual[row])
+        is_text = torch.ones(input_ids.shape[1], dtype=torch.bool)
+        is_text[span] = False
+        assert torch.equal(embeds[row, is_text], text[row, is_text])
+    assert not torch.equal(visual[0], visual[1])

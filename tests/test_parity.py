@@ -1,13 +1,24 @@
 """Numerical parity with the authors' implementation on every shared fixture (converted with our converter)."""
 
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModel
 
 import transformers_merv  # noqa: F401  (registers MERV with the Auto classes)
+from transformers_merv.conversion import EncoderSources, convert
 
-from conftest import FIXTURES, TINY_FULL, VARIANTS, convert_fixture, fixture_pixels, with_placeholders
+from conftest import (
+    FIXTURE_IMAGE_SIZES,
+    FIXTURES,
+    TINY_FULL,
+    VARIANTS,
+    convert_fixture,
+    fixture_pixels,
+    with_placeholders,
+)
 
 
 ATOL = 1e-4
@@ -95,12 +106,23 @@ def test_llm_embeddings_match_the_authors_spliced_inputs(converted_full):
     assert torch.equal(captured["attention_mask"].bool(), expected["llm_attention_mask"])
 
 
-def test_dinov2_position_embeddings_are_resampled_as_timm_does(converted_full):
-    """The stored 126 px (9x9) table becomes the 56 px (4x4) table the authors' model used; CLS gets no position."""
-    model = AutoModel.from_pretrained(converted_full)
-    table = model.model.vision_towers["dinov2"].embeddings.position_embeddings.detach()
-    expected = load_file(FIXTURES / "encoders" / "dinov2" / "pos_embed_as_used_56px.safetensors")["pos_embed"]
-    assert torch.equal(table[:, 1:], expected)
+def test_dinov2_position_embeddings_are_resampled_as_timm_does(tmp_path):
+    """The stored 126 px (9x9) table becomes the 56 px (4x4) table the authors' model used; CLS gets no position.
+    The DINOv2 folder converted here holds only `config.json` and `model.safetensors`, so the expected table
+    (`pos_embed_as_used_56px.safetensors`) cannot reach the converted model except through the resampling."""
+    source = FIXTURES / "encoders" / "dinov2"
+    dinov2 = tmp_path / "dinov2"
+    dinov2.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(source / name, dinov2)
+    directories = {name: FIXTURES / "encoders" / name for name in FIXTURE_IMAGE_SIZES} | {"dinov2": dinov2}
+    output = tmp_path / "out"
+    convert(TINY_FULL / "run", FIXTURES / "llm", EncoderSources(directories, FIXTURE_IMAGE_SIZES), output, progress=False)
+    table = load_file(output / "model.safetensors")["model.vision_towers.dinov2.embeddings.position_embeddings"]
+    stored = load_file(dinov2 / "model.safetensors")["pos_embed"]
+    expected = load_file(source / "pos_embed_as_used_56px.safetensors")["pos_embed"]
+    assert stored.shape == (1, 81, 40) and table.shape == (1, 17, 40)
+    assert torch.equal(table[:, 1:], expected)  # bit-exact: same interpolation, same float32 arithmetic
     assert torch.count_nonzero(table[:, 0]) == 0
 
 

@@ -121,6 +121,40 @@ def test_rate_sampling_equals_transformers_over_the_whole_video():
         sample_frame_indices_at_rate(10, None, 1.0)
 
 
+@pytest.mark.parametrize(
+    ("window", "first", "stop"),
+    [
+        ({"clip_start_sec": 1.0, "clip_end_sec": 4.0}, 30, 120),
+        ({"clip_start_sec": 2.5, "clip_end_sec": 7.9}, 75, 237),
+        ({"clip_start_sec": 9.0}, 270, 310),
+        ({"clip_start_sec": 8.0, "clip_end_sec": 60.0}, 240, 310),  # an end past the video stops at its last frame
+        ({"end_frame": 100}, 0, 101),  # `end_frame` is included
+    ],
+)
+def test_rate_sampling_inside_a_clip_window_is_transformers_sampling_of_the_window(window, first, stop):
+    """The window's frames `first..stop - 1` sampled as transformers samples a whole video of that length; the last
+    sampled frame stays inside the window."""
+    window_metadata = VideoMetadata(total_num_frames=stop - first, fps=30.0)
+    expected = first + default_sample_indices_fn(window_metadata, fps=2.0)
+    indices = sample_frame_indices_at_rate(310, 30.0, 2.0, **window)
+    assert indices.tolist() == expected.tolist()
+    assert first <= indices[0] and indices[-1] < stop
+
+
+def test_rate_sampling_last_frame_of_a_window():
+    # 3 s at 30 fps from frame 30: 6 frames at 2 fps, every 15th, the last one 15 frames before the window's end
+    assert sample_frame_indices_at_rate(310, 30.0, 2.0, clip_start_sec=1.0, clip_end_sec=4.0).tolist() == [
+        30,
+        45,
+        60,
+        75,
+        90,
+        105,
+    ]
+    # 90 frames at 1/7 fps: int(90 / 30 / 7) = 0 frames, so one frame, the window's first
+    assert sample_frame_indices_at_rate(310, 30.0, 1 / 7, clip_start_sec=1.0, clip_end_sec=4.0).tolist() == [30]
+
+
 def test_decoded_frames_have_no_frame_rate_for_clip_times():
     assert sample_frame_indices(5, None, 3).tolist() == [0, 2, 4]
     with pytest.raises(ValueError, match="frame rate"):

@@ -9,7 +9,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from transformers.video_utils import VideoMetadata
+
 from transformers_merv import MERV_FULL_ENCODER_SETTINGS, MervVideoProcessor, VideoDecodingError
+from transformers_merv.video_io import open_video
+from transformers_merv.video_processing_merv import EncoderTransform
 
 from conftest import FIXTURES, MEDIA
 
@@ -164,6 +168,73 @@ def test_fps_sampling_keeps_encoder_shapes(processor):
     assert set(indices) <= set(grid) and indices == sorted(indices)
     for encoder in ENCODERS:
         assert outputs["pixel_values_videos"][encoder].shape[1] == MERV_FULL_ENCODER_SETTINGS[encoder]["num_frames"]
+
+
+@pytest.mark.parametrize(
+    ("fps", "sixteen", "thirty_two"),
+    [
+        (
+            1.0,  # 10 frames at arange(10) * 310 // 10: fewer than the encoders take, so frames repeat
+            [0, 0, 31, 31, 62, 93, 93, 124, 124, 155, 186, 186, 217, 217, 248, 279],
+            [0, 0, 0, 0, 31, 31, 31, 62, 62, 62, 62, 93, 93, 93, 124, 124, 124, 124, 155, 155, 155, 186, 186, 186]
+            + [186, 217, 217, 217, 248, 248, 248, 279],
+        ),
+        (
+            4.0,  # int(310 / 30 * 4) = 41 frames at arange(41) * 310 // 41, thinned to each encoder's count
+            [0, 15, 37, 60, 75, 98, 120, 136, 158, 181, 196, 219, 241, 257, 279, 302],
+            [0, 7, 15, 22, 37, 45, 52, 68, 75, 83, 90, 105, 113, 120, 136, 143, 151, 158, 173, 181, 189, 204, 211]
+            + [219, 226, 241, 249, 257, 272, 279, 287, 302],
+        ),
+    ],
+)
+def test_fps_sampling_gives_each_encoder_evenly_spaced_sampled_frames(processor, fps, sixteen, thirty_two):
+    """Each encoder takes `np.linspace(0, n - 1, num_frames, dtype=int)` of the n frames sampled at `fps`."""
+    plan = processor.frame_plan(VideoMetadata(total_num_frames=310, fps=30.0), fps=fps)
+    source_frames = {encoder: plan.indices[rows].tolist() for encoder, rows in plan.rows.items()}
+    assert source_frames == {"languagebind": sixteen, "dinov2": sixteen, "vivit": thirty_two, "siglip": sixteen}
+    assert plan.indices.tolist() == sorted(set(sixteen) | set(thirty_two))  # each source frame decoded once
+
+
+def test_fps_sampled_frames_reach_each_encoder(processor):
+    """The pixels of each encoder are those of the planned source frames, in order."""
+    outputs = processor(PANCAKE, fps=4.0, return_metadata=True)
+    plan = processor.frame_plan(outputs["video_metadata"][0], fps=4.0)
+    with open_video(PANCAKE) as reader:
+        frames = reader.get_frames(plan.indices)
+    for encoder in ("dinov2", "vivit"):
+        rows = plan.rows[encoder]
+        single = MervVideoProcessor(vision_encoders=(encoder,), encoder_settings={encoder: {"num_frames": len(rows)}})
+        expected = single(frames[rows])["pixel_values_videos"][encoder]  # decoded frames: every one of them, in order
+        assert torch.equal(outputs["pixel_values_videos"][encoder], expected)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "box"),
+    [
+        (399, 224, (88, 0, 224, 224)),  # half-offset 87.5 rounds up, as Python's `round` (torchvision) does
+        (224, 397, (0, 86, 224, 224)),  # 86.5 rounds to the even 86
+        (224, 225, (0, 0, 224, 224)),  # 0.5 rounds to 0
+        (300, 224, (38, 0, 224, 224)),
+    ],
+)
+def test_centre_crop_offsets_round_like_torchvision(height, width, box):
+    transform = EncoderTransform.from_settings(
+        "languagebind", {**MERV_FULL_ENCODER_SETTINGS["languagebind"], "size": {"shortest_edge": 224}}
+    )
+    assert transform.crop_box(height, width) == box
+
+
+@pytest.mark.parametrize("encoder", ["languagebind", "dinov2"])
+def test_centre_crop_takes_the_middle_pixels(encoder):
+    """A frame already at the target size is only cropped: columns 4..7 of an 11-wide frame (offset round(3.5) = 4),
+    through the torch (LanguageBind) and the PIL (DINOv2) paths."""
+    columns = np.arange(11, dtype=np.uint8) * 20
+    frame = np.broadcast_to(columns[None, :, None], (1, 4, 11, 3)).copy()
+    settings = {"num_frames": 1, "size": {"shortest_edge": 4}, "image_mean": [0, 0, 0], "image_std": [1, 1, 1]}
+    processor = MervVideoProcessor(vision_encoders=(encoder,), encoder_settings={encoder: settings})
+    pixels = processor(frame)["pixel_values_videos"][encoder][0, 0]
+    expected = torch.from_numpy(columns[4:8].astype(np.float32) / np.float32(255)).expand(3, 4, 4)
+    assert torch.equal(pixels, expected)
 
 
 def test_encoder_subset_and_partial_settings():

@@ -80,7 +80,12 @@ TIMM_ARCHITECTURES = {
 }
 """Hyper-parameters of timm models that cannot be read off tensor shapes (overridden by `model_args`)."""
 
+SAFETENSORS_WEIGHT_FILE = "model.safetensors"
+SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
+"""transformers' and timm's single-file weights, and transformers' index of a sharded checkpoint."""
+OPEN_CLIP_SAFETENSORS_FILE = "open_clip_model.safetensors"
 TORCH_WEIGHT_FILES = ("pytorch_model.bin", "model.pth", "model.pt", "open_clip_pytorch_model.bin")
+"""The encoder formats' torch weight files, in order of preference (read only when no safetensors file exists)."""
 OPEN_CLIP_TRUNK_PREFIX = "visual.trunk."
 """open_clip checkpoints of timm towers (e.g. timm/ViT-B-16-SigLIP) nest the timm model under this prefix."""
 
@@ -121,7 +126,13 @@ class LazySafetensors(Mapping):
         self._file_of = {}
         for file in files:
             with safe_open(file, "pt") as handle:
-                self._file_of.update(dict.fromkeys(handle.keys(), file))
+                for key in handle.keys():
+                    if key in self._file_of:
+                        raise ConversionError(
+                            f"tensor {key!r} is stored in both {self._file_of[key]} and {file}: it is ambiguous "
+                            "which one the encoder uses"
+                        )
+                    self._file_of[key] = file
 
     def __getitem__(self, key: str) -> torch.Tensor:
         with safe_open(self._file_of[key], "pt") as handle:
@@ -159,24 +170,43 @@ class WithoutPrefix(Mapping):
 
 
 def load_weights(directory: Path, flag: str) -> Mapping[str, torch.Tensor]:
-    """An encoder's weights from `directory`: `*.safetensors` (read lazily) or a torch state dict (loaded with
-    `weights_only=True`); an open_clip checkpoint's timm tower is exposed under timm's own key names."""
+    """An encoder's weights from `directory`, reading only the files its format defines: `model.safetensors` and/or
+    the shards listed in `model.safetensors.index.json` (read lazily), else open_clip's safetensors file, else a torch
+    state dict (loaded with `weights_only=True`). Other files in the folder are ignored; a tensor stored in two of
+    the files read is an error. An open_clip checkpoint's timm tower is exposed under timm's own key names."""
     if not directory.is_dir():
         raise FileNotFoundError(f"{flag}: {directory} is not a directory")
-    safetensors_files = sorted(directory.glob("*.safetensors"))
+    safetensors_files = _safetensors_weight_files(directory, flag)
     if safetensors_files:
         weights = LazySafetensors(safetensors_files)
     else:
         path = next((directory / name for name in TORCH_WEIGHT_FILES if (directory / name).is_file()), None)
         if path is None:
-            raise FileNotFoundError(
-                f"{flag}: no weights in {directory} (expected *.safetensors or one of {TORCH_WEIGHT_FILES})"
-            )
+            expected = (SAFETENSORS_WEIGHT_FILE, SAFETENSORS_INDEX_FILE, OPEN_CLIP_SAFETENSORS_FILE, *TORCH_WEIGHT_FILES)
+            raise FileNotFoundError(f"{flag}: no weights in {directory} (expected one of {expected})")
         state_dict = load_checkpoint(path)
         weights = state_dict.get("state_dict", state_dict)
     if any(key.startswith(OPEN_CLIP_TRUNK_PREFIX) for key in weights):
         return WithoutPrefix(weights, OPEN_CLIP_TRUNK_PREFIX)
     return weights
+
+
+def _safetensors_weight_files(directory: Path, flag: str) -> list[Path]:
+    """`model.safetensors` and the shards of `model.safetensors.index.json` that exist, or else open_clip's file."""
+    files = [directory / SAFETENSORS_WEIGHT_FILE] if (directory / SAFETENSORS_WEIGHT_FILE).is_file() else []
+    index = directory / SAFETENSORS_INDEX_FILE
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ConversionError(f"{flag}: {index} has no `weight_map` (expected a safetensors shard index)")
+        shards = [directory / name for name in sorted(set(weight_map.values()))]
+        missing = [str(shard) for shard in shards if not shard.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{flag}: {index} lists shards that are missing: {missing}")
+        files = list(dict.fromkeys([*files, *shards]))
+    if not files and (directory / OPEN_CLIP_SAFETENSORS_FILE).is_file():
+        files = [directory / OPEN_CLIP_SAFETENSORS_FILE]
+    return files
 
 
 def tensor_shape(weights: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:

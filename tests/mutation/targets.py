@@ -1,0 +1,143 @@
+"""What the mutation run covers: per source module, the functions whose mutants are run (globs over mutmut's mutant
+names) and the fast test files a mutant of that module may run (mutmut narrows these further to the tests that
+executed the mutated function). Printing the module runs nothing: `python tests/mutation/targets.py` lists the
+globs `run.sh` passes to `mutmut run`."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Target:
+    functions: tuple[str, ...]
+    tests: tuple[str, ...]
+
+
+MODELING_TESTS = ("tests/test_modeling.py", "tests/test_parity.py")
+
+TARGETS = {
+    "transformers_merv.modeling_merv": Target(
+        functions=(
+            # token-grid reshapes, resamplers, projectors, fusions
+            "x__grid_side",
+            "x__frames_as_images",
+            "x__video_as_volume",
+            "x__volume_as_tokens",
+            "x__images_as_tokens",
+            "xǁMervNoPoolingǁ*",
+            "xǁMervAveragePool3dǁ*",
+            "xǁMervAveragePool2dǁ*",
+            "xǁMervConv3dPoolǁ*",
+            "xǁMervAttentivePoolerǁ*",
+            "xǁMervLayerNorm2dǁ*",
+            "xǁMervRegNetBlockǁ*",
+            "xǁMervConvAbstractorǁ*",
+            "xǁMervProjectorMLPǁ*",
+            "xǁMervVisualProjectorǁ*",
+            "xǁMervQueryFusionǁ*",
+            "xǁMervScalarFusionǁ*",
+            "xǁMervChannelFusionǁ*",
+            "xǁMervTokenConcatFusionǁ*",
+            "xǁMervFirstEncoderFusionǁ*",
+            "x_build_fusion",
+            # encoding, alignment and the placeholder scatter
+            "xǁMervModelǁ_encode",
+            "xǁMervModelǁ_tower_hidden_state",
+            "xǁMervModelǁ_align",
+            "xǁMervModelǁ_encoder_branch",
+            "xǁMervModelǁget_placeholder_mask",
+        ),
+        tests=MODELING_TESTS,
+    ),
+    "transformers_merv.modeling_languagebind": Target(functions=("*",), tests=MODELING_TESTS),
+    "transformers_merv.video_io": Target(
+        functions=(
+            "x_sample_frame_indices",
+            "x_sample_frame_indices_at_rate",
+            "x__clean_clip_window",
+            "x__check_indices_in_range",
+        ),
+        tests=("tests/test_video_io.py", "tests/test_video_processing.py"),
+    ),
+    "transformers_merv.video_processing_merv": Target(
+        functions=(
+            "xǁEncoderTransformǁresized_size",
+            "xǁEncoderTransformǁcrop_box",
+            "xǁMervVideoProcessorǁpreprocess",
+            "xǁMervVideoProcessorǁ_process_one",
+            "xǁMervVideoProcessorǁframe_plan",
+            "x__pil_transform",
+            "x__to_float",
+            "x__normalize",
+            "x__torch_transform",
+            "x__merge_settings",
+            "x__value_for",
+        ),
+        tests=("tests/test_video_processing.py",),
+    ),
+    "transformers_merv.processing_merv": Target(
+        functions=(
+            "x_merv_chat_templates",
+            "xǁMervProcessorǁ__call__",
+            "xǁMervProcessorǁreplace_video_token",
+            "xǁMervProcessorǁapply_chat_template",
+        ),
+        tests=("tests/test_processing.py",),
+    ),
+    "transformers_merv.training.data": Target(
+        functions=(
+            "x__turns_of",
+            "xǁVideoLlavaDatasetǁ_encode_chat",
+            "xǁVideoLlavaDatasetǁ_encode_caption",
+            "xǁMervDataCollatorǁ__call__",
+        ),
+        tests=("tests/test_training.py",),
+    ),
+    "transformers_merv.training.lora": Target(
+        functions=(
+            "x_llm_linear_layer_names",
+            "x_llm_lora_target_modules",
+            "x_visual_adapter_module_names",
+            "x_lora_config",
+        ),
+        tests=("tests/test_training.py",),
+    ),
+    "transformers_merv.conversion.key_maps": Target(
+        functions=("*",), tests=("tests/test_conversion.py", "tests/test_parity.py")
+    ),
+    "transformers_merv.evaluation": Target(
+        functions=(
+            "x_normalize_answer",
+            "x_judge_verdict",
+            "x_parse_judge_reply",
+            "x_letter_token_ids",
+            "x_pick_letter",
+            "x_naive_mcq_correct",
+            "x__open_ended_entry",
+            "x__mcq_entry",
+            "x_summarize",
+            "x__rates",
+        ),
+        tests=("tests/test_evaluation.py",),
+    ),
+}
+
+
+def module_of(mutant_name: str) -> str | None:
+    """The source module of a mutant name (`transformers_merv.video_io.x_sample_frame_indices__mutmut_3`)."""
+    return next((module for module in TARGETS if mutant_name.startswith(f"{module}.x")), None)
+
+
+def mutant_globs(modules: list[str] | None = None) -> list[str]:
+    """`mutmut run` arguments selecting the mutants of `modules` (all targets by default)."""
+    return [
+        f"{module}.{function}__mutmut_*" if function != "*" else f"{module}.*"
+        for module, target in TARGETS.items()
+        if not modules or module in modules
+        for function in target.functions
+    ]
+
+
+if __name__ == "__main__":
+    import sys
+
+    print("\n".join(mutant_globs(sys.argv[1:])))
