@@ -17,7 +17,11 @@ from transformers_merv import MervConfig  # noqa: E402
 from transformers_merv.conversion import EncoderSources, convert  # noqa: E402
 
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = next(
+    (folder / "shared" for folder in Path(__file__).resolve().parents if (folder / "shared" / "fixtures").is_dir()),
+    Path(__file__).resolve().parents[1].parent / "shared",
+)
+"""`shared/` beside the repository (also found from the mutation run's copy of the tests, one folder deeper)."""
 FIXTURES = SHARED / "fixtures" / "reference"
 MEDIA = SHARED / "media"
 TINY_FULL = FIXTURES / "tiny-merv-full"

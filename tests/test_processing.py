@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +12,9 @@ from transformers import AutoProcessor, AutoTokenizer
 from transformers_merv import MervProcessor, MervVideoProcessor, processing_merv
 from transformers_merv.processing_merv import MERV_CHAT_TEMPLATES, MERV_SYSTEM_PROMPT, VICUNA_SYSTEM_PROMPT
 
+from conftest import SHARED
 
-SHARED = Path(__file__).parents[1] / ".." / "shared"
+
 MEDIA = SHARED / "media"
 PANCAKE = MEDIA / "flipping_a_pancake.mkv"
 VIDEO_0 = MEDIA / "video_0.mov"
