@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel
+from transformers import AutoModel, LlamaForCausalLM
 
 import transformers_merv  # noqa: F401  (registers MERV with the Auto classes)
 from transformers_merv.conversion import EncoderSources, convert
@@ -42,6 +42,21 @@ def _assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor) -> No
     assert difference <= ATOL, f"{name}: max abs diff {difference:.3g} > {ATOL}"
 
 
+def _labelled_logits_without_merv(
+    model, expected: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """Logits of the labelled example computed without MERV's code (variant fixtures do not store them): a plain
+    `LlamaForCausalLM` holding the converted LLM weights, fed the authors' splice [embed(BOS), the fixture's fused
+    visual tokens, embed(rest of the example)]."""
+    llm = LlamaForCausalLM(model.config.text_config).eval()
+    llm.model.load_state_dict(model.model.language_model.state_dict())
+    llm.lm_head.load_state_dict(model.lm_head.state_dict())
+    ids = inputs["labelled.input_ids"]
+    embed = llm.get_input_embeddings()
+    embeds = torch.cat([embed(ids[:, :1]), expected["fused_visual_tokens"], embed(ids[:, 1:])], dim=1)
+    return llm(inputs_embeds=embeds, attention_mask=expected["labelled.llm_attention_mask"].long()).logits
+
+
 @pytest.mark.parametrize("fixture", ["tiny-merv-full", *[v for v in VARIANTS_WITH_OUTPUTS if v != "fusion-scalar"]])
 def test_converted_model_reproduces_every_intermediate(fixture, tmp_path):
     model = AutoModel.from_pretrained(convert_fixture(_run_dir(fixture), tmp_path)).eval()
@@ -61,8 +76,10 @@ def test_converted_model_reproduces_every_intermediate(fixture, tmp_path):
             _assert_close(
                 f"projector_outputs.{name}", features.projected_features[name], expected[f"projector_outputs.{name}"]
             )
-        if "fusion.attention_weights" in expected:
+        if model.config.fusion_type == "cross_attention":  # every such fixture stores the weights
             _assert_close("fusion weights", features.fusion_weights, expected["fusion.attention_weights"])
+        else:
+            assert features.fusion_weights is None
         _assert_close("fused tokens", features.pooler_output, expected["fused_visual_tokens"])
 
         input_ids = with_placeholders(inputs["input_ids"], num_tokens, video_id)
@@ -76,6 +93,7 @@ def test_converted_model_reproduces_every_intermediate(fixture, tmp_path):
         assert torch.equal(labels, expected["labelled.llm_labels"])
         if "labelled.logits" in expected:
             _assert_close("labelled logits", labelled.logits, expected["labelled.logits"])
+        _assert_close("labelled logits", labelled.logits, _labelled_logits_without_merv(model, expected, inputs))
         loss, expected_loss = labelled.loss.item(), expected["labelled.loss"].item()
         assert abs(loss - expected_loss) <= LOSS_RTOL * abs(expected_loss), f"loss {loss} vs {expected_loss}"
 
@@ -87,6 +105,20 @@ def test_converted_model_reproduces_every_intermediate(fixture, tmp_path):
             do_sample=False,
         )
     assert generated[:, input_ids.shape[1] :].tolist() == expected["generate.0.new_tokens"].tolist()
+
+
+def test_scalar_fusion_fixture_weighs_encoders_by_the_softmax_of_its_scalars(tmp_path):
+    """The authors' code cannot run `scalar` fusion, so its fixture has no outputs: the converted model's weights are
+    the softmax of the checkpoint's scalars in the run's encoder order, its fused tokens their weighted sum."""
+    run = _run_dir("fusion-scalar")
+    model = AutoModel.from_pretrained(convert_fixture(run, tmp_path)).eval()
+    checkpoint = torch.load(run / "checkpoints" / "latest-checkpoint.pt", weights_only=True)
+    weights = torch.softmax(checkpoint["model"]["feature_fusion"]["scalar"], dim=0)
+    with torch.no_grad():
+        features = model.get_video_features(fixture_pixels(), output_encoder_features=True)
+    _assert_close("fusion weights", features.fusion_weights, weights[None])
+    projected = [features.projected_features[name] for name in model.config.vision_encoders]
+    _assert_close("fused tokens", features.pooler_output, sum(w * tokens for w, tokens in zip(weights, projected)))
 
 
 def test_llm_embeddings_match_the_authors_spliced_inputs(converted_full):
