@@ -362,7 +362,8 @@ def test_channel_fusion_projects_the_concatenated_channels(with_norm):
     concatenated = torch.cat(projected, dim=-1)
     if with_norm:
         mean, var = concatenated.mean(-1, keepdim=True), concatenated.var(-1, unbiased=False, keepdim=True)
-        concatenated = (concatenated - mean) / torch.sqrt(var + fusion.norm.eps) * fusion.norm.weight + fusion.norm.bias
+        normalized = (concatenated - mean) / torch.sqrt(var + fusion.norm.eps)
+        concatenated = normalized * fusion.norm.weight + fusion.norm.bias
     expected = concatenated @ fusion.projector.weight.T + fusion.projector.bias
     torch.testing.assert_close(features.pooler_output, expected, atol=1e-5, rtol=1e-5)
 

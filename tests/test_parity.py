@@ -149,7 +149,9 @@ def test_dinov2_position_embeddings_are_resampled_as_timm_does(tmp_path):
         shutil.copy(source / name, dinov2)
     directories = {name: FIXTURES / "encoders" / name for name in FIXTURE_IMAGE_SIZES} | {"dinov2": dinov2}
     output = tmp_path / "out"
-    convert(TINY_FULL / "run", FIXTURES / "llm", EncoderSources(directories, FIXTURE_IMAGE_SIZES), output, progress=False)
+    convert(
+        TINY_FULL / "run", FIXTURES / "llm", EncoderSources(directories, FIXTURE_IMAGE_SIZES), output, progress=False
+    )
     table = load_file(output / "model.safetensors")["model.vision_towers.dinov2.embeddings.position_embeddings"]
     stored = load_file(dinov2 / "model.safetensors")["pos_embed"]
     expected = load_file(source / "pos_embed_as_used_56px.safetensors")["pos_embed"]

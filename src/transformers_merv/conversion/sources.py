@@ -182,7 +182,12 @@ def load_weights(directory: Path, flag: str) -> Mapping[str, torch.Tensor]:
     else:
         path = next((directory / name for name in TORCH_WEIGHT_FILES if (directory / name).is_file()), None)
         if path is None:
-            expected = (SAFETENSORS_WEIGHT_FILE, SAFETENSORS_INDEX_FILE, OPEN_CLIP_SAFETENSORS_FILE, *TORCH_WEIGHT_FILES)
+            expected = (
+                SAFETENSORS_WEIGHT_FILE,
+                SAFETENSORS_INDEX_FILE,
+                OPEN_CLIP_SAFETENSORS_FILE,
+                *TORCH_WEIGHT_FILES,
+            )
             raise FileNotFoundError(f"{flag}: no weights in {directory} (expected one of {expected})")
         state_dict = load_checkpoint(path)
         weights = state_dict.get("state_dict", state_dict)
