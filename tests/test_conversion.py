@@ -378,6 +378,14 @@ def test_an_index_listing_a_missing_shard_is_an_error(tmp_path):
         load_weights(dinov2, "--dinov2")
 
 
+def test_open_clip_safetensors_expose_the_timm_tower(tmp_path):
+    trunk = load_file(FIXTURES / "encoders" / "siglip" / "model.safetensors")
+    save_file({f"visual.trunk.{key}": value for key, value in trunk.items()}, tmp_path / "open_clip_model.safetensors")
+    weights = load_weights(tmp_path, "--siglip")
+    assert set(weights) == set(trunk)
+    assert torch.equal(weights["pos_embed"], trunk["pos_embed"])
+
+
 def test_a_folder_without_a_format_weight_file_is_an_error(tmp_path):
     save_file({"pos_embed": torch.zeros(1, 16, 40)}, tmp_path / "weights.safetensors")
     with pytest.raises(FileNotFoundError, match=r"--dinov2: no weights in .*model\.safetensors"):

@@ -74,15 +74,6 @@ TARGETS = {
         ),
         tests=("tests/test_video_processing.py",),
     ),
-    "transformers_merv.processing_merv": Target(
-        functions=(
-            "x_merv_chat_templates",
-            "xǁMervProcessorǁ__call__",
-            "xǁMervProcessorǁreplace_video_token",
-            "xǁMervProcessorǁapply_chat_template",
-        ),
-        tests=("tests/test_processing.py",),
-    ),
     "transformers_merv.training.data": Target(
         functions=(
             "x__turns_of",
