@@ -23,10 +23,11 @@ from .configuration_merv import ENCODER_CONFIG_KEYS
 from .conversion import DTYPES, MERV_IMAGE_SIZE, ConversionError, EncoderSources, convert
 from .evaluation import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_MAX_NEW_TOKENS,
     MODES,
+    NAIVE_CHECK_MAX_NEW_TOKENS,
     OPEN_ENDED,
     EvaluationInputError,
+    default_max_new_tokens,
     evaluate,
     load_items,
     load_judge,
@@ -40,6 +41,7 @@ EXIT_ERROR = 1
 AUTO = "auto"
 DTYPE_CHOICES = (AUTO, *DTYPES)
 HALF_DTYPES = (torch.bfloat16, torch.float16)
+MAX_NEW_TOKENS_DEFAULT_HELP = "the model's generation config, else 512 as the authors evaluate"
 BAR_WIDTH = 40
 """Characters of the longest text bar in `merv explain`."""
 
@@ -154,11 +156,11 @@ def answer_question(model, processor, inputs, generation: Mapping[str, Any]) -> 
     return processor.batch_decode(output, prompt_ids=inputs["input_ids"], skip_special_tokens=True)[0], features
 
 
-def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The generation flags the user gave (`max_new_tokens` always)."""
+def generation_kwargs(args: argparse.Namespace, model) -> dict[str, Any]:
+    """The generation flags the user gave (`max_new_tokens` always: the flag, else the model's default)."""
     names = ("do_sample", "temperature", "top_p", "top_k", "num_beams")
     kwargs = {name: getattr(args, name) for name in names if getattr(args, name) not in (None, False)}
-    return {"max_new_tokens": args.max_new_tokens, **kwargs}
+    return {"max_new_tokens": args.max_new_tokens or default_max_new_tokens(model), **kwargs}
 
 
 def sampling_window(args: argparse.Namespace) -> dict[str, float | int]:
@@ -175,7 +177,7 @@ def _answer_from_args(args: argparse.Namespace) -> tuple[Any, str, Any]:
     processor = load_processor(model_id)
     inputs = prepare_inputs(processor, args.video, args.question, sampling_window(args))
     model = load_model(model_id, resolve_device(args.device), args.dtype)
-    return model, *answer_question(model, processor, inputs, generation_kwargs(args))
+    return model, *answer_question(model, processor, inputs, generation_kwargs(args, model))
 
 
 def run_ask(args: argparse.Namespace) -> int:
@@ -396,10 +398,7 @@ def _add_question_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser)
     generation = parser.add_argument_group("generation")
     generation.add_argument(
-        "--max-new-tokens",
-        type=_positive_int,
-        default=DEFAULT_MAX_NEW_TOKENS,
-        help="longest answer (default %(default)s)",
+        "--max-new-tokens", type=_positive_int, help=f"longest answer (default: {MAX_NEW_TOKENS_DEFAULT_HELP})"
     )
     generation.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     generation.add_argument("--temperature", type=float)
@@ -445,8 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--max-new-tokens",
         type=_positive_int,
-        default=DEFAULT_MAX_NEW_TOKENS,
-        help="longest answer (default %(default)s, as the authors evaluate; decoding is greedy)",
+        help=f"longest answer (default: {MAX_NEW_TOKENS_DEFAULT_HELP}; {NAIVE_CHECK_MAX_NEW_TOKENS} for --mode mcq, "
+        "whose generation only feeds the naive first-letter check); decoding is greedy",
     )
     evaluation.add_argument(
         "--judge",
