@@ -355,7 +355,8 @@ def parse_image_sizes(values: Sequence[str]) -> dict[str, int]:
             raise ConversionError(
                 f"--image-size expects NAME=PIXELS with NAME in {list(ENCODER_CONFIG_KEYS)}, got {value!r}"
             )
-        sizes[name] = int(size)
+        if sizes.setdefault(name, int(size)) != int(size):
+            raise ConversionError(f"--image-size gives {name} two sizes: {sizes[name]} and {size}")
     return sizes
 
 
@@ -367,10 +368,11 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name}", type=Path, help=f"{name} weights directory (needed if the run uses it)")
     parser.add_argument(
         "--image-size",
-        nargs="*",
+        nargs="+",
+        action="extend",
         default=[],
         metavar="NAME=PIXELS",
-        help=f"input resolution per encoder (default {MERV_IMAGE_SIZE}, the authors' value)",
+        help=f"input resolution per encoder (default {MERV_IMAGE_SIZE}, the authors' value); repeated flags add up",
     )
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument(

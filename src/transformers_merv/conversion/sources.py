@@ -292,7 +292,8 @@ def languagebind_config(directory: Path, image_size: int) -> MervLanguageBindVid
         raise ConversionError(f"{directory / 'config.json'} has no `vision_config` (expected a LanguageBindVideo dir)")
     if vision["image_size"] != image_size:
         raise ConversionError(
-            f"LanguageBind in {directory} is built for {vision['image_size']} px but MERV runs it at {image_size} px"
+            f"LanguageBind in {directory} is built for {vision['image_size']} px but MERV runs it at {image_size} px; "
+            f"pass --image-size languagebind={vision['image_size']} to run it at its own size"
         )
     fields = (
         "hidden_size",
@@ -364,7 +365,8 @@ def vivit_config(directory: Path, image_size: int, num_frames: int) -> dict:
     if source.get("image_size") != image_size or source.get("num_frames") != num_frames:
         raise ConversionError(
             f"ViViT in {directory} is built for {source.get('num_frames')} frames at {source.get('image_size')} px; "
-            f"MERV runs it on {num_frames} frames at {image_size} px (its position table cannot be resampled)"
+            f"MERV runs it on {num_frames} frames at {image_size} px (its position table cannot be resampled); "
+            f"pass --image-size vivit={source.get('image_size')} to run it at its own size"
         )
     fields = (
         "image_size",
