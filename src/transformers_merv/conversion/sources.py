@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from ..configuration_merv import MervConfig, MervLanguageBindVideoConfig
@@ -120,8 +120,11 @@ class LazySafetensors(Mapping):
     def __init__(self, files: list[Path]):
         self._file_of = {}
         for file in files:
-            with safe_open(file, "pt") as handle:
-                self._file_of.update(dict.fromkeys(handle.keys(), file))
+            try:
+                with safe_open(file, "pt") as handle:
+                    self._file_of.update(dict.fromkeys(handle.keys(), file))
+            except SafetensorError as err:
+                raise ConversionError(f"{file} is not a readable safetensors file: {err}") from err
 
     def __getitem__(self, key: str) -> torch.Tensor:
         with safe_open(self._file_of[key], "pt") as handle:
