@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoProcessor
+from transformers import AutoProcessor, GenerationConfig
 
 from transformers_merv import MervConfig, MervForConditionalGeneration, MervProcessor, MervVideoProcessor
 from transformers_merv.data.synthetic import generate_dataset
@@ -109,9 +109,17 @@ def small_config(tokenizer, encoders: list[str]) -> MervConfig:
     )
 
 
+def longest_answer_tokens(tokenizer, examples: list[dict]) -> int:
+    """New tokens the longest trained answer takes, its `</s>` included (the "pure" template renders an answer as
+    `" {answer}</s>"`)."""
+    answers = [turn["value"] for example in examples for turn in example["conversations"] if turn["from"] == "gpt"]
+    return max(len(tokenizer(f" {answer}", add_special_tokens=False)["input_ids"]) for answer in answers) + 1
+
+
 def build_initial_model(data_dir: Path, encoders: list[str], seed: int, output_dir: Path) -> None:
     """Tokenizer, processor and randomly initialised model (projectors standardised on training videos), saved to
-    `output_dir`."""
+    `output_dir`. Its generation config stops after the longest trained answer and its `</s>`: on videos unlike its
+    training data the model may not predict `</s>`, and would otherwise repeat its vocabulary until 512 tokens."""
     train = json.loads((data_dir / "train.json").read_text())
     tokenizer = build_tokenizer(conversation_texts([*train, *json.loads((data_dir / "align.json").read_text())]))
     config = small_config(tokenizer, encoders)
@@ -124,6 +132,12 @@ def build_initial_model(data_dir: Path, encoders: list[str], seed: int, output_d
     sample = random.Random(seed).sample(videos, min(STANDARDIZATION_VIDEOS, len(videos)))
     pixels = video_processor(sample, return_tensors="pt")["pixel_values_videos"]
     model.model.standardize_projector_inputs(pixels, generator=torch.Generator().manual_seed(seed))
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=longest_answer_tokens(tokenizer, train),
+    )
     model.save_pretrained(output_dir)
     processor = MervProcessor(
         video_processor, tokenizer, chat_template=merv_chat_templates("pure"), num_video_tokens=config.num_video_tokens

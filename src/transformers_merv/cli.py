@@ -11,6 +11,7 @@ Errors are one line on stderr (`error: ...`) with exit status 1; bad flags exit 
 """
 
 import argparse
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,23 +24,29 @@ from .configuration_merv import ENCODER_CONFIG_KEYS
 from .conversion import DTYPES, MERV_IMAGE_SIZE, ConversionError, EncoderSources, convert
 from .evaluation import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_MAX_NEW_TOKENS,
     MODES,
+    NAIVE_CHECK_MAX_NEW_TOKENS,
     OPEN_ENDED,
     EvaluationInputError,
+    default_max_new_tokens,
     evaluate,
     load_items,
     load_judge,
     question_inputs,
     write_results,
 )
+from .hub import HubUnreachableError, hub_download_kwargs
+from .model_files import diagnose_model_folder
 
 
 PROG = "merv"
 EXIT_ERROR = 1
+DEBUG_ENVIRONMENT_VARIABLE = "MERV_DEBUG"
+"""Set to 1 for the full traceback of a failure instead of the one `error:` line (as `--debug` does)."""
 AUTO = "auto"
 DTYPE_CHOICES = (AUTO, *DTYPES)
 HALF_DTYPES = (torch.bfloat16, torch.float16)
+MAX_NEW_TOKENS_DEFAULT_HELP = "the model's generation config, else 512 as the authors evaluate"
 BAR_WIDTH = 40
 """Characters of the longest text bar in `merv explain`."""
 
@@ -85,36 +92,41 @@ def resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
-def check_model_id(model_id: str) -> None:
-    """Fail early, without network, on a name that is neither an existing folder nor a valid Hub model id."""
+def check_model_id(model_id: str) -> dict[str, bool]:
+    """Fail early on a name that is neither an existing folder nor a valid Hub model id, or a Hub id while the Hub
+    is unreachable and the model is not cached. Returns the `from_pretrained` kwargs for where the model is."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
     if Path(model_id).exists():
-        return
+        return {}
     try:
         validate_repo_id(model_id)
     except HFValidationError:
         raise CliError(f"no model folder at {model_id} (and it is not a Hub model id)") from None
+    try:
+        return hub_download_kwargs(model_id)
+    except HubUnreachableError as err:
+        raise CliError(f"cannot load model {model_id!r}: {err}") from err
 
 
 def load_processor(model_id: str):
     from transformers import AutoProcessor
 
-    check_model_id(model_id)
     try:
-        return AutoProcessor.from_pretrained(model_id)
-    except (OSError, ValueError) as err:
-        raise CliError(f"cannot load model {model_id!r}: {_first_line(err)}") from err
+        return AutoProcessor.from_pretrained(model_id, **check_model_id(model_id))
+    except Exception as err:  # noqa: BLE001 - any loading failure becomes one line naming the file
+        raise _load_error(model_id, err) from err
 
 
 def load_model(model_id: str, device: torch.device, dtype: str):
     from transformers import AutoModel
 
     try:
-        model = AutoModel.from_pretrained(model_id, dtype=AUTO if dtype == AUTO else DTYPES[dtype])
-    except (OSError, ValueError) as err:
-        raise CliError(f"cannot load model {model_id!r}: {_first_line(err)}") from err
+        dtype = AUTO if dtype == AUTO else DTYPES[dtype]
+        model = AutoModel.from_pretrained(model_id, dtype=dtype, **check_model_id(model_id))
+    except Exception as err:  # noqa: BLE001 - any loading failure becomes one line naming the file
+        raise _load_error(model_id, err) from err
     if device.type == "cpu" and model.dtype in HALF_DTYPES:
         print(
             f"note: {model.dtype} on the CPU is slow without native half-precision matmuls (AVX512-BF16/AMX); "
@@ -122,6 +134,14 @@ def load_model(model_id: str, device: torch.device, dtype: str):
             file=sys.stderr,
         )
     return model.to(device).eval()
+
+
+def _load_error(model_id: str, err: Exception) -> CliError:
+    """A loading failure as one line: the weight file at fault and what is wrong with it when the folder shows it,
+    else the loader's first line."""
+    if isinstance(err, CliError):
+        return err
+    return CliError(f"cannot load model {model_id!r}: {diagnose_model_folder(model_id) or _first_line(err)}")
 
 
 def _first_line(err: BaseException) -> str:
@@ -154,11 +174,11 @@ def answer_question(model, processor, inputs, generation: Mapping[str, Any]) -> 
     return processor.batch_decode(output, prompt_ids=inputs["input_ids"], skip_special_tokens=True)[0], features
 
 
-def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The generation flags the user gave (`max_new_tokens` always)."""
+def generation_kwargs(args: argparse.Namespace, model) -> dict[str, Any]:
+    """The generation flags the user gave (`max_new_tokens` always: the flag, else the model's default)."""
     names = ("do_sample", "temperature", "top_p", "top_k", "num_beams")
     kwargs = {name: getattr(args, name) for name in names if getattr(args, name) not in (None, False)}
-    return {"max_new_tokens": args.max_new_tokens, **kwargs}
+    return {"max_new_tokens": args.max_new_tokens or default_max_new_tokens(model), **kwargs}
 
 
 def sampling_window(args: argparse.Namespace) -> dict[str, float | int]:
@@ -175,7 +195,7 @@ def _answer_from_args(args: argparse.Namespace) -> tuple[Any, str, Any]:
     processor = load_processor(model_id)
     inputs = prepare_inputs(processor, args.video, args.question, sampling_window(args))
     model = load_model(model_id, resolve_device(args.device), args.dtype)
-    return model, *answer_question(model, processor, inputs, generation_kwargs(args))
+    return model, *answer_question(model, processor, inputs, generation_kwargs(args, model))
 
 
 def run_ask(args: argparse.Namespace) -> int:
@@ -353,7 +373,8 @@ def parse_image_sizes(values: Sequence[str]) -> dict[str, int]:
             raise ConversionError(
                 f"--image-size expects NAME=PIXELS with NAME in {list(ENCODER_CONFIG_KEYS)}, got {value!r}"
             )
-        sizes[name] = int(size)
+        if sizes.setdefault(name, int(size)) != int(size):
+            raise ConversionError(f"--image-size gives {name} two sizes: {sizes[name]} and {size}")
     return sizes
 
 
@@ -365,10 +386,11 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name}", type=Path, help=f"{name} weights directory (needed if the run uses it)")
     parser.add_argument(
         "--image-size",
-        nargs="*",
+        nargs="+",
+        action="extend",
         default=[],
         metavar="NAME=PIXELS",
-        help=f"input resolution per encoder (default {MERV_IMAGE_SIZE}, the authors' value)",
+        help=f"input resolution per encoder (default {MERV_IMAGE_SIZE}, the authors' value); repeated flags add up",
     )
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument(
@@ -378,9 +400,21 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify", action="store_true", help="reload the output, compare every tensor, run a forward")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the output to this Hub model repository")
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    _add_debug_argument(parser)
+
+
+def _add_debug_argument(parser: argparse.ArgumentParser, default: object = argparse.SUPPRESS) -> None:
+    """`--debug`, before or after the command (a command's parser leaves the top-level value alone unless given)."""
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help=f"show the full traceback of a failure (also: {DEBUG_ENVIRONMENT_VARIABLE}=1)",
+    )
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_debug_argument(parser)
     parser.add_argument(
         "--model", metavar="PATH_OR_HUB_ID", help="model folder or Hub id (default: the shipped model)"
     )
@@ -396,10 +430,7 @@ def _add_question_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser)
     generation = parser.add_argument_group("generation")
     generation.add_argument(
-        "--max-new-tokens",
-        type=_positive_int,
-        default=DEFAULT_MAX_NEW_TOKENS,
-        help="longest answer (default %(default)s)",
+        "--max-new-tokens", type=_positive_int, help=f"longest answer (default: {MAX_NEW_TOKENS_DEFAULT_HELP})"
     )
     generation.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     generation.add_argument("--temperature", type=float)
@@ -416,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    _add_debug_argument(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ask = commands.add_parser(
@@ -445,8 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--max-new-tokens",
         type=_positive_int,
-        default=DEFAULT_MAX_NEW_TOKENS,
-        help="longest answer (default %(default)s, as the authors evaluate; decoding is greedy)",
+        help=f"longest answer (default: {MAX_NEW_TOKENS_DEFAULT_HELP}; {NAIVE_CHECK_MAX_NEW_TOKENS} for --mode mcq, "
+        "whose generation only feeds the naive first-letter check); decoding is greedy",
     )
     evaluation.add_argument(
         "--judge",
@@ -478,9 +510,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (CliError, EvaluationInputError, OSError) as err:
-        print(f"error: {_first_line(err)}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - every failure is one line unless debugging
+        if args.debug or os.environ.get(DEBUG_ENVIRONMENT_VARIABLE, "0") not in ("", "0"):
+            raise
+        print(f"error: {_error_message(err)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _error_message(err: Exception) -> str:
+    """The one-line report of a failure: our own errors as they are, anything else with its type and a pointer to
+    the traceback."""
+    if isinstance(err, (CliError, EvaluationInputError, ConversionError, OSError, ValueError)):
+        return _first_line(err)
+    return f"{type(err).__name__}: {_first_line(err)} (--debug or {DEBUG_ENVIRONMENT_VARIABLE}=1 shows the traceback)"
 
 
 if __name__ == "__main__":

@@ -57,7 +57,10 @@ VIDEO_EXTENSIONS = (
 """Preferred when several files share a video's name; any other extension is still tried after these."""
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_NEW_TOKENS = 512
-"""The authors' evaluation setting (greedy decoding, `max_new_tokens=512`)."""
+"""The authors' evaluation setting (greedy decoding, `max_new_tokens=512`), for models whose generation config sets no
+`max_new_tokens`."""
+NAIVE_CHECK_MAX_NEW_TOKENS = 8
+"""Multiple choice generates only for the authors' naive check, which reads the first character of the answer."""
 
 ARTICLES = frozenset({"a", "an", "the"})
 NUMBER_WORDS = {
@@ -328,12 +331,17 @@ def evaluate(
 ) -> dict[str, Any]:
     """Answer every item (batched, left-padded, greedy unless `generation_kwargs` say otherwise) and score it.
 
+    Without `max_new_tokens` in `generation_kwargs`, open-ended answers are as long as `default_max_new_tokens(model)`
+    allows and multiple choice generates `NAIVE_CHECK_MAX_NEW_TOKENS` (its answer is the option likelihood).
+
     Returns `{"summary": ..., "results": [one entry per item, in order]}` (see `summarize`).
     """
     _check_mode(mode)
     if judge is not None and mode != OPEN_ENDED:
         raise EvaluationInputError("a judge scores open-ended answers only")
-    generation = {"do_sample": False, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS, **(generation_kwargs or {})}
+    generation = {"do_sample": False, **(generation_kwargs or {})}
+    if generation.get("max_new_tokens") is None:
+        generation["max_new_tokens"] = NAIVE_CHECK_MAX_NEW_TOKENS if mode == MCQ else default_max_new_tokens(model)
     letters = max((item.letters for item in items), key=len, default="")
     vocab_size = model.config.text_config.vocab_size
     letter_ids = letter_token_ids(processor.tokenizer, letters, vocab_size) if mode == MCQ else {}
@@ -371,6 +379,12 @@ def _evaluate_batch(
             _mcq_entry(item, text, logits, letter_ids) if letter_ids else _open_ended_entry(item, text, judge)
         )
     return entries
+
+
+def default_max_new_tokens(model) -> int:
+    """The longest answer `model` writes unless told otherwise: its generation config's `max_new_tokens` (the
+    shipped default model stops after its one-word answers), else the authors' 512."""
+    return model.generation_config.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
 
 
 def _check_mode(mode: str) -> None:
@@ -531,6 +545,7 @@ __all__ = [
     "EvaluationInputError",
     "Judge",
     "chat_judge",
+    "default_max_new_tokens",
     "evaluate",
     "find_video",
     "gpt_judge_messages",

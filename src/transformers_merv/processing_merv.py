@@ -13,6 +13,8 @@ from .video_processing_merv import MervBatchFeature, MervVideoProcessor
 logger = logging.get_logger(__name__)
 
 DEFAULT_NUM_VIDEO_TOKENS = 1024
+ANSWER_CUE_SENTINEL = "QUESTION"
+"""Stands in for a question when `MervProcessor.answer_cue` renders the chat template to find what follows it."""
 DEFAULT_TEXT_KWARGS = {"padding": True, "padding_side": "left"}
 """Pad batches, on the left as generation needs; either can be overridden per call."""
 
@@ -287,6 +289,31 @@ class MervProcessor(ProcessorMixin):
             raise ValueError("`sequences` do not start with `prompt_ids`; pass the `input_ids` given to `generate`")
         answers = self.tokenizer.batch_decode(sequences[..., prompt_length:], **kwargs)
         return [answer.strip() for answer in answers]
+
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs):
+        """Decode prompts or prompts + answers without the space the prompt format puts before an answer
+        (`" {answer}</s>"`): transformers' image-text-to-text pipeline cuts the decoded prompt off the decoded
+        sequence, so its answers then equal `batch_decode(..., prompt_ids=...)`'s."""
+        sequences = torch.as_tensor(generated_outputs)
+        texts = self.tokenizer.batch_decode(
+            sequences.reshape(-1, sequences.shape[-1]), skip_special_tokens=skip_special_tokens, **kwargs
+        )
+        cue = self.answer_cue()
+        return [_strip_after_last(text, cue) for text in texts]
+
+    def answer_cue(self) -> str:
+        """The text the default chat template puts after a user's question, right before the answer (`"\\nOut:"`
+        for the authors' "pure" format)."""
+        rendered = self.apply_chat_template(
+            [{"role": "user", "content": [{"type": "text", "text": ANSWER_CUE_SENTINEL}]}], tokenize=False
+        )
+        return rendered.rpartition(ANSWER_CUE_SENTINEL)[2]
+
+
+def _strip_after_last(text: str, cue: str) -> str:
+    """`text` without the whitespace that follows the last `cue` in it."""
+    head, found, tail = text.rpartition(cue)
+    return head + found + tail.lstrip() if found else text
 
 
 __all__ = ["MervProcessor", "MERV_CHAT_TEMPLATES", "merv_chat_templates"]

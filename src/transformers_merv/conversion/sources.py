@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from ..configuration_merv import MervConfig, MervLanguageBindVideoConfig
@@ -125,14 +125,18 @@ class LazySafetensors(Mapping):
     def __init__(self, files: list[Path]):
         self._file_of = {}
         for file in files:
-            with safe_open(file, "pt") as handle:
-                for key in handle.keys():
-                    if key in self._file_of:
-                        raise ConversionError(
-                            f"tensor {key!r} is stored in both {self._file_of[key]} and {file}: it is ambiguous "
-                            "which one the encoder uses"
-                        )
-                    self._file_of[key] = file
+            try:
+                with safe_open(file, "pt") as handle:
+                    keys = list(handle.keys())
+            except SafetensorError as err:
+                raise ConversionError(f"{file} is not a readable safetensors file: {err}") from err
+            for key in keys:
+                if key in self._file_of:
+                    raise ConversionError(
+                        f"tensor {key!r} is stored in both {self._file_of[key]} and {file}: it is ambiguous "
+                        "which one the encoder uses"
+                    )
+                self._file_of[key] = file
 
     def __getitem__(self, key: str) -> torch.Tensor:
         with safe_open(self._file_of[key], "pt") as handle:
@@ -327,7 +331,8 @@ def languagebind_config(directory: Path, image_size: int) -> MervLanguageBindVid
         raise ConversionError(f"{directory / 'config.json'} has no `vision_config` (expected a LanguageBindVideo dir)")
     if vision["image_size"] != image_size:
         raise ConversionError(
-            f"LanguageBind in {directory} is built for {vision['image_size']} px but MERV runs it at {image_size} px"
+            f"LanguageBind in {directory} is built for {vision['image_size']} px but MERV runs it at {image_size} px; "
+            f"pass --image-size languagebind={vision['image_size']} to run it at its own size"
         )
     fields = (
         "hidden_size",
@@ -399,7 +404,8 @@ def vivit_config(directory: Path, image_size: int, num_frames: int) -> dict:
     if source.get("image_size") != image_size or source.get("num_frames") != num_frames:
         raise ConversionError(
             f"ViViT in {directory} is built for {source.get('num_frames')} frames at {source.get('image_size')} px; "
-            f"MERV runs it on {num_frames} frames at {image_size} px (its position table cannot be resampled)"
+            f"MERV runs it on {num_frames} frames at {image_size} px (its position table cannot be resampled); "
+            f"pass --image-size vivit={source.get('image_size')} to run it at its own size"
         )
     fields = (
         "image_size",
