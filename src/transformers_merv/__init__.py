@@ -18,6 +18,7 @@ from .modeling_merv import (
 )
 from .processing_merv import MERV_CHAT_TEMPLATES, MervProcessor, merv_chat_templates
 from .video_io import VideoDecodingError, open_video, read_video
+from .video_prefix import VideoChat, VideoPrefix, VideoPrefixCache, answer_questions, encode_video
 from .video_processing_merv import MERV_FULL_ENCODER_SETTINGS, MervBatchFeature, MervVideoProcessor
 
 
@@ -62,4 +63,9 @@ __all__ = [
     "VideoDecodingError",
     "open_video",
     "read_video",
+    "encode_video",
+    "answer_questions",
+    "VideoChat",
+    "VideoPrefix",
+    "VideoPrefixCache",
 ]
