@@ -376,6 +376,9 @@ def test_an_index_listing_a_missing_shard_is_an_error(tmp_path):
     (dinov2 / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"pos_embed": "gone.safetensors"}}))
     with pytest.raises(FileNotFoundError, match=r"--dinov2: .*lists shards that are missing: .*gone\.safetensors"):
         load_weights(dinov2, "--dinov2")
+    (dinov2 / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(ConversionError, match=r"--dinov2: .*index\.json has no `weight_map`"):
+        load_weights(dinov2, "--dinov2")
 
 
 def test_open_clip_safetensors_expose_the_timm_tower(tmp_path):
