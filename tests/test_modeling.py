@@ -395,3 +395,19 @@ def test_visual_tokens_replace_exactly_the_placeholders_in_order(model):
         is_text[span] = False
         assert torch.equal(embeds[row, is_text], text[row, is_text])
     assert not torch.equal(visual[0], visual[1])
+
+
+def test_languagebind_tower_forward_equals_the_layer_by_layer_run(model):
+    """MERV runs the towers layer by layer up to the layer it reads; the tower's own forward (used on its own) gives
+    the same hidden states, and its pooled output is the frame-mean of the normalised CLS tokens."""
+    config = model.config
+    pixels = random_pixels(config, batch_size=2, seed=26)["languagebind"]
+    tower = model.model.vision_towers["languagebind"]
+    with torch.no_grad():
+        output = tower(pixel_values=pixels, output_hidden_states=True)
+        selected = model.model._encode("languagebind", pixels)
+    layer = config.vision_feature_layer["languagebind"]
+    expected = output.hidden_states[layer][:, 1:].reshape(2, -1, tower.config.hidden_size)
+    torch.testing.assert_close(selected, expected, atol=1e-6, rtol=1e-6)
+    cls = tower.post_layernorm(output.last_hidden_state[:, 0]).view(2, config.num_frames["languagebind"], -1)
+    torch.testing.assert_close(output.pooler_output, cls.mean(1))
