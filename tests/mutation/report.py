@@ -16,7 +16,7 @@ MUTANTS = Path("mutants")
 
 
 def mutant_statuses() -> dict[str, str]:
-    globs = mutant_globs()
+    globs = mutant_globs(exact=True)
     statuses = {}
     for meta in MUTANTS.glob("src/**/*.py.meta"):
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
