@@ -6,6 +6,8 @@ import torch
 from transformers import AutoModel, LlamaModel
 
 from transformers_merv import MervForConditionalGeneration, MervModel
+from transformers_merv.configuration_merv import MervLanguageBindVideoConfig
+from transformers_merv.modeling_languagebind import MervLanguageBindEncoderLayer
 
 from conftest import random_pixels, tiny_config, with_placeholders
 
@@ -411,3 +413,31 @@ def test_languagebind_tower_forward_equals_the_layer_by_layer_run(model):
     torch.testing.assert_close(selected, expected, atol=1e-6, rtol=1e-6)
     cls = tower.post_layernorm(output.last_hidden_state[:, 0]).view(2, config.num_frames["languagebind"], -1)
     torch.testing.assert_close(output.pooler_output, cls.mean(1))
+
+
+def _authors_temporal_block(layer, hidden: torch.Tensor, group: int) -> torch.Tensor:
+    """LanguageBind's temporal branch written the authors' way: `(b t) n d -> (b n) t d`, add the temporal embedding
+    (for more than one frame), pre-norm attention over time with a residual, and back."""
+    rows, num_tokens, dim = hidden.shape
+    over_time = hidden.reshape(rows // group, group, num_tokens, dim).permute(0, 2, 1, 3).reshape(-1, group, dim)
+    if group > 1:
+        over_time = over_time + layer.temporal_embedding[:, :group]
+    over_time = over_time + layer.temporal_attn(layer.temporal_layer_norm1(over_time))[0]
+    return over_time.reshape(rows // group, num_tokens, group, dim).permute(0, 2, 1, 3).reshape(rows, num_tokens, dim)
+
+
+@pytest.mark.parametrize("group", [1, 2, 4])
+def test_languagebind_temporal_attention_runs_within_groups_of_frames(group):
+    torch.manual_seed(group)
+    config = MervLanguageBindVideoConfig(
+        hidden_size=16, intermediate_size=32, num_attention_heads=2, temporal_group_size=group
+    )
+    layer = MervLanguageBindEncoderLayer(config).eval()
+    torch.nn.init.normal_(layer.temporal_embedding)
+    hidden = torch.randn(2 * 4, 5, 16)  # 8 frames (of 2 videos) of 5 tokens
+    with torch.no_grad():
+        temporal = _authors_temporal_block(layer, hidden, group)
+        torch.testing.assert_close(layer._temporal_block(hidden), temporal)
+        attended = temporal + layer.self_attn(layer.layer_norm1(temporal))[0]
+        expected = attended + layer.mlp(layer.layer_norm2(attended))
+        torch.testing.assert_close(layer(hidden), expected)
