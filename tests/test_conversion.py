@@ -370,11 +370,14 @@ def test_a_tensor_stored_in_two_weight_files_is_an_error_naming_both(tmp_path):
     assert str(dinov2 / "model.safetensors") in message and str(dinov2 / "model-00002-of-00002.safetensors") in message
 
 
-def test_an_index_listing_a_missing_shard_is_an_error(tmp_path):
+def test_a_shard_index_with_missing_shards_or_no_weight_map_is_an_error(tmp_path):
     dinov2 = _dinov2_weights_only(tmp_path)
     (dinov2 / "model.safetensors").unlink()
     (dinov2 / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"pos_embed": "gone.safetensors"}}))
     with pytest.raises(FileNotFoundError, match=r"--dinov2: .*lists shards that are missing: .*gone\.safetensors"):
+        load_weights(dinov2, "--dinov2")
+    (dinov2 / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(ConversionError, match=r"--dinov2: .*index\.json has no `weight_map`"):
         load_weights(dinov2, "--dinov2")
 
 

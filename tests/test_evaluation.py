@@ -156,6 +156,7 @@ def test_judge_results_and_the_authors_gpt_protocol():
     assert judge_verdict({"pred": "yes", "score": 4}) and not judge_verdict({"pred": "no", "score": 5})
     assert judge_verdict({"correct": True})
     assert parse_judge_reply(" {'pred': 'yes', 'score': 4}") == {"pred": "yes", "score": 4}
+    assert parse_judge_reply("{'pred': 'no', 'score': 1}") == {"pred": "no", "score": 1}
     assert parse_judge_reply("Sure! yes") == UNPARSABLE_JUDGE_REPLY
     assert parse_judge_reply("{'pred': 'maybe', 'score': 3}") == UNPARSABLE_JUDGE_REPLY
     system, user = gpt_judge_messages("What color?", "red", "crimson")

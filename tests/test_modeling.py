@@ -6,6 +6,8 @@ import torch
 from transformers import AutoModel, LlamaModel
 
 from transformers_merv import MervForConditionalGeneration, MervModel
+from transformers_merv.configuration_merv import MervLanguageBindVideoConfig
+from transformers_merv.modeling_languagebind import MervLanguageBindEncoderLayer
 
 from conftest import random_pixels, tiny_config, with_placeholders
 
@@ -395,3 +397,47 @@ def test_visual_tokens_replace_exactly_the_placeholders_in_order(model):
         is_text[span] = False
         assert torch.equal(embeds[row, is_text], text[row, is_text])
     assert not torch.equal(visual[0], visual[1])
+
+
+def test_languagebind_tower_forward_equals_the_layer_by_layer_run(model):
+    """MERV runs the towers layer by layer up to the layer it reads; the tower's own forward (used on its own) gives
+    the same hidden states, and its pooled output is the frame-mean of the normalised CLS tokens."""
+    config = model.config
+    pixels = random_pixels(config, batch_size=2, seed=26)["languagebind"]
+    tower = model.model.vision_towers["languagebind"]
+    with torch.no_grad():
+        output = tower(pixel_values=pixels, output_hidden_states=True)
+        selected = model.model._encode("languagebind", pixels)
+    layer = config.vision_feature_layer["languagebind"]
+    expected = output.hidden_states[layer][:, 1:].reshape(2, -1, tower.config.hidden_size)
+    torch.testing.assert_close(selected, expected, atol=1e-6, rtol=1e-6)
+    cls = tower.post_layernorm(output.last_hidden_state[:, 0]).view(2, config.num_frames["languagebind"], -1)
+    torch.testing.assert_close(output.pooler_output, cls.mean(1))
+
+
+def _authors_temporal_block(layer, hidden: torch.Tensor, group: int) -> torch.Tensor:
+    """LanguageBind's temporal branch written the authors' way: `(b t) n d -> (b n) t d`, add the temporal embedding
+    (for more than one frame), pre-norm attention over time with a residual, and back."""
+    rows, num_tokens, dim = hidden.shape
+    over_time = hidden.reshape(rows // group, group, num_tokens, dim).permute(0, 2, 1, 3).reshape(-1, group, dim)
+    if group > 1:
+        over_time = over_time + layer.temporal_embedding[:, :group]
+    over_time = over_time + layer.temporal_attn(layer.temporal_layer_norm1(over_time))[0]
+    return over_time.reshape(rows // group, num_tokens, group, dim).permute(0, 2, 1, 3).reshape(rows, num_tokens, dim)
+
+
+@pytest.mark.parametrize("group", [1, 2, 4])
+def test_languagebind_temporal_attention_runs_within_groups_of_frames(group):
+    torch.manual_seed(group)
+    config = MervLanguageBindVideoConfig(
+        hidden_size=16, intermediate_size=32, num_attention_heads=2, temporal_group_size=group
+    )
+    layer = MervLanguageBindEncoderLayer(config).eval()
+    torch.nn.init.normal_(layer.temporal_embedding)
+    hidden = torch.randn(2 * 4, 5, 16)  # 8 frames (of 2 videos) of 5 tokens
+    with torch.no_grad():
+        temporal = _authors_temporal_block(layer, hidden, group)
+        torch.testing.assert_close(layer._temporal_block(hidden), temporal)
+        attended = temporal + layer.self_attn(layer.layer_norm1(temporal))[0]
+        expected = attended + layer.mlp(layer.layer_norm2(attended))
+        torch.testing.assert_close(layer(hidden), expected)

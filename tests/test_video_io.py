@@ -141,6 +141,26 @@ def test_rate_sampling_inside_a_clip_window_is_transformers_sampling_of_the_wind
     assert first <= indices[0] and indices[-1] < stop
 
 
+def test_end_frame_zero_samples_the_first_frame_only():
+    """`end_frame=0` is a window of one frame (a negative `end_frame` means none)."""
+    assert sample_frame_indices(310, 30.0, 4, end_frame=0).tolist() == [0, 0, 0, 0]
+    assert sample_frame_indices_at_rate(310, 30.0, 2.0, end_frame=0).tolist() == [0]
+
+
+@pytest.mark.parametrize(
+    "window", [{"clip_start_sec": 2.0, "clip_end_sec": 2.0}, {"clip_start_sec": 20.0}, {"clip_end_sec": 0.0}]
+)
+def test_rate_sampling_of_an_empty_window_is_rejected(window):
+    with pytest.raises(ValueError, match="holds no frame of this video"):
+        sample_frame_indices_at_rate(310, 30.0, 2.0, **window)
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0])
+def test_rate_must_be_positive(rate):
+    with pytest.raises(ValueError, match="`fps` must be positive"):
+        sample_frame_indices_at_rate(310, 30.0, rate)
+
+
 def test_rate_sampling_last_frame_of_a_window():
     # 3 s at 30 fps from frame 30: 6 frames at 2 fps, every 15th, the last one 15 frames before the window's end
     assert sample_frame_indices_at_rate(310, 30.0, 2.0, clip_start_sec=1.0, clip_end_sec=4.0).tolist() == [

@@ -68,8 +68,18 @@ def test_pancake_matches_the_authors_per_encoder(pancake):
         assert torch.equal(pixels[encoder][0].half(), reference[encoder])
 
 
-def test_languagebind_is_bit_exact_with_the_authors_clip_layout_ops():
-    """The authors interpolate the [C, T, H, W] clip at once; we go frame by frame. Same float32 values."""
+@pytest.fixture(params=[1, 2], ids=lambda threads: f"{threads}-threads")
+def torch_threads(request):
+    """Runs the test with torch on this many CPU threads (kernels may take other paths on one thread)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(previous)
+
+
+def test_languagebind_is_bit_exact_with_the_authors_clip_layout_ops(torch_threads):
+    """The authors interpolate the [C, T, H, W] clip at once; we go frame by frame. Same float32 values, on one
+    thread too (where interpolating a frame as a (1, C, H, W) batch was off by one bit)."""
     _, reference = _reference("pancake-merv-full")
     frames = reference["decoded_frames_uint8"][::2]
     clip = frames.permute(3, 0, 1, 2) / 255.0
@@ -218,10 +228,31 @@ def test_fps_sampled_frames_reach_each_encoder(processor):
     ],
 )
 def test_centre_crop_offsets_round_like_torchvision(height, width, box):
-    transform = EncoderTransform.from_settings(
-        "languagebind", {**MERV_FULL_ENCODER_SETTINGS["languagebind"], "size": {"shortest_edge": 224}}
-    )
-    assert transform.crop_box(height, width) == box
+    assert _transform().crop_box(height, width) == box
+
+
+def _transform(**settings) -> EncoderTransform:
+    return EncoderTransform.from_settings("languagebind", {**MERV_FULL_ENCODER_SETTINGS["languagebind"], **settings})
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "resized"),
+    [(240, 426, (224, 397)), (426, 240, (397, 224)), (300, 300, (224, 224)), (225, 1000, (224, 995))],
+)
+def test_short_side_scaling_floors_the_long_side(height, width, resized):
+    """pytorchvideo's `short_side_scale`: the short side becomes 224, the long one `floor(long / short * 224)`."""
+    assert _transform().resized_size(height, width) == resized
+
+
+def test_fixed_size_and_explicit_crop():
+    transform = _transform(size={"height": 100, "width": 60}, crop_size={"height": 50, "width": 40})
+    assert transform.resized_size(240, 426) == (100, 60)
+    assert transform.crop_box(100, 60) == (25, 10, 50, 40)
+    assert transform.crop_box(50, 40) is None  # already the crop size
+    with pytest.raises(ValueError, match="larger than the resized frames"):
+        transform.crop_box(49, 60)
+    with pytest.raises(ValueError, match="larger than the resized frames"):
+        transform.crop_box(100, 39)
 
 
 @pytest.mark.parametrize("encoder", ["languagebind", "dinov2"])

@@ -118,10 +118,13 @@ def module_of(mutant_name: str) -> str | None:
     return next((module for module in TARGETS if mutant_name.startswith(f"{module}.x")), None)
 
 
-def mutant_globs(modules: list[str] | None = None) -> list[str]:
-    """`mutmut run` arguments selecting the mutants of `modules` (all targets by default)."""
+def mutant_globs(modules: list[str] | None = None, exact: bool = False) -> list[str]:
+    """Globs selecting the mutants of `modules` (all targets by default). For `mutmut run` (`exact=False`) they also
+    match the functions' own names, so that mutmut's clean run before the mutants takes only those functions' tests
+    (they may then match a few more functions sharing a prefix); `exact=True` selects the targets' mutants only."""
+    suffix = "__mutmut_*" if exact else "*"
     return [
-        f"{module}.{function}__mutmut_*" if function != "*" else f"{module}.*"
+        f"{module}.*" if function == "*" else f"{module}.{function}{suffix}"
         for module, target in TARGETS.items()
         if not modules or module in modules
         for function in target.functions

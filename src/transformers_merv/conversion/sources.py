@@ -201,7 +201,7 @@ def load_weights(directory: Path, flag: str) -> Mapping[str, torch.Tensor]:
 
 
 def _safetensors_weight_files(directory: Path, flag: str) -> list[Path]:
-    """`model.safetensors` and the shards of `model.safetensors.index.json` that exist, or else open_clip's file."""
+    """`model.safetensors` and/or the shards `model.safetensors.index.json` lists, or else open_clip's file."""
     files = [directory / SAFETENSORS_WEIGHT_FILE] if (directory / SAFETENSORS_WEIGHT_FILE).is_file() else []
     index = directory / SAFETENSORS_INDEX_FILE
     if index.is_file():
