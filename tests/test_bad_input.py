@@ -246,6 +246,11 @@ def test_image_bombs_are_refused_before_decoding(width, height, message, tmp_pat
     entry = _video_entry(0, "bomb.png", kind="image")
     with pytest.raises(BadExampleError, match=message):
         VideoLlavaDataset(_training_json(tmp_path, [entry]), tmp_path, processor, on_bad_example="error")[0]
+    questions, answers = _eval_files(tmp_path, ["bomb"])
+    assert main(["eval", "--questions", str(questions), "--answers", str(answers), "--video-dir", str(tmp_path),
+                 "--mode", "open-ended", "--output", str(tmp_path / "r.json")]) == 0  # fmt: skip
+    skipped = json.loads((tmp_path / "r.json").read_text())["summary"]["skipped_questions"]
+    assert len(skipped) == 1 and re.search(message, skipped[0]["reason"])
 
 
 def test_video_frames_over_the_pixel_limit_are_refused_before_decoding(monkeypatch, tmp_path, processor, capsys):
