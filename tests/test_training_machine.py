@@ -1,8 +1,6 @@
 """Finetuning as the README shows it works on the machine at hand: device and precision come from the machine unless
 given, and LoRA's default rank is scaled to the LLM's width with a logged note."""
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
 
@@ -16,15 +14,7 @@ from transformers_merv.devices import default_device, native_bf16
 from transformers_merv.training import LORA_DEFAULTS, lora_defaults
 from transformers_merv.training.lora import logger as lora_logger
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-@pytest.fixture(scope="module")
-def train_script():
-    spec = importlib.util.spec_from_file_location("merv_train_example", EXAMPLES / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from test_training import train_script  # noqa: F401 - the fixture loading examples/train.py
 
 
 def _with_cpu_bf16(native: bool):
