@@ -18,8 +18,10 @@ Stages (`transformers_merv.training.set_trainable`):
   lora        LoRA on the LLM (r 128, alpha 256, dropout 0.05), projectors + fusion in full; lr 2e-4, wd 0, batch 128
               (LLaVA-1.5's LoRA recipe; the authors train no LoRA). `--qlora` loads the LLM in 4 bits (CUDA +
               bitsandbytes). The output directory holds the adapter (`PeftModel.from_pretrained`).
-All stages: 1 epoch, cosine schedule with 3% warmup, max grad norm 1, bf16, gradient checkpointing of the LLM layers,
+All stages: 1 epoch, cosine schedule with 3% warmup, max grad norm 1, gradient checkpointing of the LLM layers,
 AdamW with weight decay on >=2-D weights only (Trainer's default groups; the authors' rule gives the same groups).
+Device and precision come from the machine unless `--use_cpu` / `--bf16` / `--fp16` say otherwise: the accelerator
+if there is one, else the CPU; bf16 (the authors' precision) where the device computes it natively, else float32.
 
 For merv-full's two stages run `full-align` on caption data, then `finetune` from its output directory. Several GPUs:
 `accelerate launch --config_file examples/accelerate_fsdp.yaml examples/train.py ...` (or
@@ -35,8 +37,10 @@ import torch
 import transformers
 from peft import get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoProcessor, HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers.hf_argparser import string_to_bool
 
 from transformers_merv import MervForConditionalGeneration
+from transformers_merv.devices import default_device, native_bf16
 from transformers_merv.training import (
     LORA_DEFAULTS,
     TRAINING_STAGES,
@@ -60,7 +64,6 @@ COMMON_RECIPE = {
     "lr_scheduler_type": "cosine",
     "warmup_steps": 0.03,
     "max_grad_norm": 1.0,
-    "bf16": True,
     "activation_checkpointing": True,
     "save_steps": 512,
     "logging_steps": 1,
@@ -68,7 +71,8 @@ COMMON_RECIPE = {
     "dataloader_num_workers": 2,
     "remove_unused_columns": False,
 }
-"""The authors' settings shared by every stage (`merv/conf/models.py`, `scripts/pretrain_video.py`)."""
+"""The authors' settings shared by every stage (`merv/conf/models.py`, `scripts/pretrain_video.py`). They train in bf16
+on GPUs; here the device and precision come from the machine unless given (`machine_defaults`)."""
 STAGE_RECIPES = {
     stage: {
         "learning_rate": learning_rate,
@@ -98,8 +102,11 @@ class MervArguments:
             "stage's recipe, 256 or 128). 0 keeps --gradient_accumulation_steps as given."
         },
     )
-    lora_r: int = field(default=LORA_DEFAULTS["r"], metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=LORA_DEFAULTS["lora_alpha"], metadata={"help": "LoRA alpha."})
+    lora_r: int | None = field(
+        default=None,
+        metadata={"help": f"LoRA rank (default {LORA_DEFAULTS['r']}, scaled down for LLMs narrower than Llama-2-7B)."},
+    )
+    lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (default: twice the rank)."})
     lora_dropout: float = field(default=LORA_DEFAULTS["lora_dropout"], metadata={"help": "LoRA dropout."})
     qlora: bool = field(default=False, metadata={"help": "Load the LLM in 4 bits (QLoRA; needs CUDA + bitsandbytes)."})
     attn_implementation: str | None = field(default=None, metadata={"help": "e.g. sdpa, flash_attention_2."})
@@ -136,9 +143,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[MervArguments, DataArgume
     """Parse the command line with the chosen stage's recipe as defaults."""
     stage_parser = argparse.ArgumentParser(add_help=False)
     stage_parser.add_argument("--stage", default="finetune", choices=TRAINING_STAGES)
-    stage = stage_parser.parse_known_args(argv)[0].stage
+    for flag in ("--use_cpu", "--bf16", "--fp16"):
+        stage_parser.add_argument(flag, nargs="?", const=True, type=string_to_bool)
+    early = stage_parser.parse_known_args(argv)[0]
     parser = HfArgumentParser((MervArguments, DataArguments, TrainingArguments))
-    parser.set_defaults(**COMMON_RECIPE, **STAGE_RECIPES[stage])
+    parser.set_defaults(**COMMON_RECIPE, **STAGE_RECIPES[early.stage], **machine_defaults(early.use_cpu, early.fp16))
     merv_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if merv_args.qlora:
         if merv_args.stage != "lora":
@@ -148,6 +157,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[MervArguments, DataArgume
         data_args.data_format = "caption" if merv_args.stage in ALIGN_STAGES else "chat"
     set_gradient_accumulation(training_args, merv_args.global_batch_size)
     return merv_args, data_args, training_args
+
+
+def machine_defaults(use_cpu: bool | None, fp16: bool | None) -> dict[str, bool]:
+    """`use_cpu` and `bf16` defaults from the machine: the CPU when it has no accelerator (or `--use_cpu`), bf16 where
+    that device computes it natively (`transformers_merv.devices.native_bf16`), else float32."""
+    device = torch.device("cpu") if use_cpu else default_device()
+    return {"use_cpu": device.type == "cpu", "bf16": not fp16 and native_bf16(device)}
 
 
 def set_gradient_accumulation(training_args: TrainingArguments, global_batch_size: int | None) -> None:
@@ -200,9 +216,8 @@ def load_model(merv_args: MervArguments, training_args: TrainingArguments) -> Me
     set_trainable(model, merv_args.stage)
     if not lora:
         return model
-    config = lora_config(
-        model, r=merv_args.lora_r, lora_alpha=merv_args.lora_alpha, lora_dropout=merv_args.lora_dropout
-    )
+    overrides = {"r": merv_args.lora_r, "lora_alpha": merv_args.lora_alpha, "lora_dropout": merv_args.lora_dropout}
+    config = lora_config(model, **{name: value for name, value in overrides.items() if value is not None})
     model = get_peft_model(model, config)
     for parameter in model.parameters():
         if parameter.requires_grad:
@@ -214,7 +229,11 @@ def load_model(merv_args: MervArguments, training_args: TrainingArguments) -> Me
 def main(argv: list[str] | None = None) -> Trainer:
     merv_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
-    logger.info(f"Stage {merv_args.stage!r}, {training_args.gradient_accumulation_steps} accumulation steps")
+    precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "float32"
+    logger.info(
+        f"Stage {merv_args.stage!r}, {training_args.gradient_accumulation_steps} accumulation steps, "
+        f"{training_args.device.type}, {precision}"
+    )
     set_seed(training_args.seed)
 
     processor = AutoProcessor.from_pretrained(merv_args.model_name_or_path)

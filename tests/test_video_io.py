@@ -387,13 +387,13 @@ def test_decoded_inputs_become_frame_arrays():
     np.testing.assert_array_equal(to_frame_array(torch.from_numpy(video)), video)
     np.testing.assert_array_equal(to_frame_array([Image.fromarray(frame) for frame in video]), video)
     np.testing.assert_array_equal(to_frame_array(list(video)), video)
-    np.testing.assert_array_equal(to_frame_array(video[0]), video[:1])
+    np.testing.assert_array_equal(to_frame_array(video[:1]), video[:1])
     gray = Image.fromarray(video[0]).convert("L")
     np.testing.assert_array_equal(to_frame_array(gray), np.asarray(gray.convert("RGB"))[None])
 
 
 def test_single_image_is_repeated_like_the_authors_do():
-    image = np.full((4, 5, 3), 7, dtype=np.uint8)
+    image = Image.fromarray(np.full((4, 5, 3), 7, dtype=np.uint8))
     frames, metadata = read_video(image, MERV_DECODE_COUNT)
     assert frames.shape == (MERV_DECODE_COUNT, 4, 5, 3) and metadata.frames_indices == [0] * MERV_DECODE_COUNT
     assert metadata.fps is None and (metadata.height, metadata.width) == (4, 5)
@@ -405,6 +405,7 @@ def test_single_image_is_repeated_like_the_authors_do():
         (np.zeros((2, 4, 5, 3), dtype=np.float32), "dtype uint8.*float32"),
         (np.zeros((2, 3, 4, 5), dtype=np.uint8), r"shape \[frames, height, width, 3\].*\[2, 3, 4, 5\]"),
         (np.zeros((4, 5), dtype=np.uint8), r"shape.*\[4, 5\]"),
+        (np.zeros((16, 5, 3), dtype=np.uint8), r"3-D array \[16, 5, 3\].*ambiguous"),
         (np.zeros((0, 4, 5, 3), dtype=np.uint8), r"shape.*\[0, 4, 5, 3\]"),
         ([], "empty"),
         ([np.zeros((4, 5, 3), np.uint8), np.zeros((4, 6, 3), np.uint8)], "same size"),

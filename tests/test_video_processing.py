@@ -118,7 +118,7 @@ def test_three_frame_video_repeats_frames_like_the_authors(processor):
 def test_single_image_is_repeated_per_encoder(processor, as_input):
     info, reference = _reference("image-pancake-frame0-merv-full")
     image = Image.open(PANCAKE_FRAME0)
-    video = {"pil": image, "array": np.asarray(image.convert("RGB")), "path": PANCAKE_FRAME0}[as_input]
+    video = {"pil": image, "array": np.asarray(image.convert("RGB"))[None], "path": PANCAKE_FRAME0}[as_input]
     pixels = processor(video)["pixel_values_videos"]
     for encoder in ENCODERS:
         frames = MERV_FULL_ENCODER_SETTINGS[encoder]["num_frames"]

@@ -36,6 +36,7 @@ from .evaluation import (
     write_results,
 )
 from .hub import HubUnreachableError, hub_download_kwargs
+from .media_limits import is_url
 from .model_files import diagnose_model_folder
 
 
@@ -148,9 +149,9 @@ def _first_line(err: BaseException) -> str:
     return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
 
 
-def prepare_inputs(processor, video: Path, question: str, window: Mapping[str, float | int]):
-    """Prompt ids (the model's chat template) and pixels for one video and question."""
-    if not video.is_file():
+def prepare_inputs(processor, video: Path | str, question: str, window: Mapping[str, float | int]):
+    """Prompt ids (the model's chat template) and pixels for one video (a file or an http(s) URL) and question."""
+    if not is_url(str(video)) and not Path(video).exists():
         raise CliError(f"no video file at {video}")
     try:
         return question_inputs(processor, question, video, window)
@@ -350,6 +351,11 @@ def _chart_encoder(label: str) -> str:
 # --- argument parsing ------------------------------------------------------------------------------------------------
 
 
+def _video_argument(text: str) -> Path | str:
+    """A video path, or an http(s) URL kept as it is (a `Path` would merge its `//`)."""
+    return text if is_url(text) else Path(text)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -426,7 +432,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_question_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("video", type=Path, help="video file")
+    parser.add_argument("video", type=_video_argument, help="video file or http(s) URL")
     parser.add_argument("question", help="question about the video")
     _add_model_arguments(parser)
     generation = parser.add_argument_group("generation")

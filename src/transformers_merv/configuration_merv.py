@@ -219,6 +219,7 @@ class MervConfig(PreTrainedConfig):
                 FEATURE_SELECT_STRATEGIES,
             )
         self._check_frames()
+        _check_value_ranges(self)
         self._check_grids()
         if self.siglip_config.vision_use_head:
             raise ValueError("`siglip_config.vision_use_head` must be False: MERV uses SigLIP's patch tokens")
@@ -325,6 +326,37 @@ class MervConfig(PreTrainedConfig):
         """Placeholder tokens one video occupies in the prompt."""
         lengths = [self.encoder_num_visual_tokens(name) for name in self.vision_encoders]
         return sum(lengths) if self.fusion_type == "concat_tokens" else lengths[0]
+
+
+def _check_value_ranges(config: MervConfig) -> None:
+    """Indices that must point inside what they index: each encoder's feature layer within its hidden states, token
+    ids within the vocabulary, ViViT's frames in whole tubelets. Raises a `ValueError` naming field, value and range."""
+    for name in config.vision_encoders:
+        depth = config.encoder_config(name).num_hidden_layers
+        layers = f"{name} has {depth} layers: hidden states 0 (embeddings) to {depth}, or -1 to -{depth + 1}"
+        _check_range(f"vision_feature_layer[{name!r}]", config.vision_feature_layer[name], -(depth + 1), depth, layers)
+    vocab_size = config.text_config.vocab_size
+    token_ids = {"video_token_id": config.video_token_id}
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(config.text_config, key, None)
+        for position, token_id in enumerate(value if isinstance(value, (list, tuple)) else [value]):
+            suffix = f"[{position}]" if isinstance(value, (list, tuple)) else ""
+            token_ids[f"text_config.{key}{suffix}"] = token_id
+    for field, token_id in token_ids.items():
+        if token_id is not None:
+            _check_range(field, token_id, 0, vocab_size - 1, f"the vocabulary has {vocab_size} tokens")
+    if "vivit" in config.vision_encoders:
+        tubelet_frames = config.vivit_config.tubelet_size[0]
+        if config.num_frames["vivit"] % tubelet_frames:
+            raise ValueError(
+                f"`num_frames['vivit']` = {config.num_frames['vivit']} must be a multiple of ViViT's tubelet length "
+                f"`vivit_config.tubelet_size[0]` = {tubelet_frames}"
+            )
+
+
+def _check_range(field: str, value: int, low: int, high: int, reason: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"`{field}` = {value!r} is out of range: valid values are {low} to {high} ({reason})")
 
 
 def _pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:

@@ -30,13 +30,20 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .evaluation_files import (
+    OPTION_LETTERS,
+    answer_problem,
+    id_problems,
+    num_options_of,
+    question_problems,
+    video_name_problem,
+)
+from .media_limits import check_regular_file
 from .video_prefix import encode_pixels, generate_from_cache, process_video, prompt_ids, question_conversation
 
 
 OPEN_ENDED, MCQ = "open-ended", "mcq"
 MODES = (OPEN_ENDED, MCQ)
-OPTION_LETTERS = "ABCDE"
-"""The authors' option mapping (`["A. ", "B. ", "C. ", "D. ", "E. "]`): at most five options."""
 MCQ_PROMPT = (
     "{question} Select the correct answer from the following options. Write your answer as only one of {letters} and "
     "nothing else.\n\n    {choices}"
@@ -59,6 +66,8 @@ VIDEO_EXTENSIONS = (
 )
 """Preferred when several files share a video's name; any other extension is still tried after these."""
 DEFAULT_BATCH_SIZE = 8
+MAX_REPORTED_PROBLEMS = 10
+"""Problems of the evaluation files listed in the one-line error (the count gives the rest)."""
 DEFAULT_MAX_NEW_TOKENS = 512
 """The authors' evaluation setting (greedy decoding, `max_new_tokens=512`), for models whose generation config sets no
 `max_new_tokens`."""
@@ -137,69 +146,67 @@ class EvalItem:
 def load_items(
     questions_path: str | Path, answers_path: str | Path, mode: str, limit: int | None = None
 ) -> list[EvalItem]:
-    """The questions of `questions_path` (the first `limit`) joined with their answers, as `EvalItem`s."""
+    """The questions of `questions_path` (the first `limit`) joined with their answers, as `EvalItem`s. Both files
+    are checked whole first (`evaluation_files`), and all their problems reported in one error."""
     _check_mode(mode)
-    questions = _read_records(Path(questions_path))[:limit]
-    answers = {str(record["question_id"]): record for record in _read_records(Path(answers_path))}
-    ids = [str(record["question_id"]) for record in questions]
-    repeated = sorted(question_id for question_id, count in Counter(ids).items() if count > 1)
-    if repeated:
-        raise EvaluationInputError(f"{questions_path} repeats question_id {repeated[:5]}")
-    missing = [question_id for question_id in ids if question_id not in answers]
-    if missing:
-        raise EvaluationInputError(
-            f"{len(missing)} question(s) have no answer in {answers_path} (question_id {missing[:5]})"
-        )
+    questions = _read_records(Path(questions_path))
+    answer_records = _read_records(Path(answers_path))
+    _check_records(questions, answer_records, mode, f"{questions_path} and {answers_path}")
+    answers = {str(record["question_id"]): record for record in answer_records}
     build = _mcq_item if mode == MCQ else _open_ended_item
-    return [build(record, answers[question_id]) for record, question_id in zip(questions, ids)]
+    return [build(record, answers[str(record["question_id"])]) for record in questions[:limit]]
+
+
+def _check_records(questions: list[dict], answers: list[dict], mode: str, files: str) -> None:
+    """Raise one `EvaluationInputError` listing every problem of the two files (see `evaluation_files`)."""
+    problems = id_problems(questions, answers)
+    num_options = {}
+    for question in questions:
+        found = question_problems(question, multiple_choice=mode == MCQ)
+        problems += found
+        if not found:
+            num_options[str(question["question_id"])] = num_options_of(question) if mode == MCQ else None
+    for answer in answers:
+        if str(answer["question_id"]) in num_options:
+            problems.append(answer_problem(answer, num_options[str(answer["question_id"])]))
+    problems = [problem for problem in problems if problem]
+    if problems:
+        shown = "; ".join(problems[:MAX_REPORTED_PROBLEMS])
+        more = f"; and {len(problems) - MAX_REPORTED_PROBLEMS} more" if len(problems) > MAX_REPORTED_PROBLEMS else ""
+        raise EvaluationInputError(f"{files}: {len(problems)} problem(s): {shown}{more}")
 
 
 def _read_records(path: Path) -> list[dict]:
     try:
+        check_regular_file(path, str(path))
         records = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # includes JSON errors and non-regular files
         raise EvaluationInputError(f"cannot read {path}: {err}") from err
     if not isinstance(records, list) or not all(isinstance(r, dict) and "question_id" in r for r in records):
         raise EvaluationInputError(f"{path} must be a JSON list of objects with a 'question_id'")
     return records
 
 
-def _field(record: Mapping, key: str) -> Any:
-    if key not in record:
-        raise EvaluationInputError(f"question_id {record['question_id']!r} has no {key!r}")
-    return record[key]
-
-
 def _open_ended_item(question: Mapping, answer: Mapping) -> EvalItem:
     return EvalItem(
         question_id=str(question["question_id"]),
-        video_name=str(_field(question, "video_name")),
-        question=_field(question, "question"),
-        prompt=_field(question, "question"),
-        answer=str(_field(answer, "answer")),
+        video_name=question["video_name"],
+        question=question["question"],
+        prompt=question["question"],
+        answer=str(answer["answer"]),
         question_type=question.get("question_type"),
         sampling=sampling_window(question),
     )
 
 
 def _mcq_item(question: Mapping, answer: Mapping) -> EvalItem:
-    options = tuple(_field(question, "options"))[: question.get("num_option")]
-    if not 0 < len(options) <= len(OPTION_LETTERS):
-        raise EvaluationInputError(
-            f"question_id {question['question_id']!r} has {len(options)} options; "
-            f"1 to {len(OPTION_LETTERS)} are allowed"
-        )
-    answer_id = _field(answer, "answer_id")
-    if not isinstance(answer_id, int) or not 0 <= answer_id < len(options):
-        raise EvaluationInputError(
-            f"question_id {question['question_id']!r}: answer_id {answer_id!r} is not an option"
-        )
+    options = tuple(question["options"])[: num_options_of(question)]
     return EvalItem(
         question_id=str(question["question_id"]),
-        video_name=str(_field(question, "video_name")),
-        question=_field(question, "question"),
-        prompt=mcq_prompt(_field(question, "question"), options),
-        answer=OPTION_LETTERS[answer_id],
+        video_name=question["video_name"],
+        question=question["question"],
+        prompt=mcq_prompt(question["question"], options),
+        answer=OPTION_LETTERS[answer["answer_id"]],
         question_type=question.get("question_type"),
         options=options,
         sampling=sampling_window(question),
@@ -223,11 +230,18 @@ def sampling_window(question: Mapping) -> dict[str, float | int]:
 
 
 def find_video(video_dir: str | Path, video_name: str) -> Path:
-    """`video_dir/<video_name>.<extension>`, preferring the extensions of `VIDEO_EXTENSIONS`."""
-    candidates = [path for path in Path(video_dir).glob(f"{_glob_escape(video_name)}.*") if path.is_file()]
+    """`video_dir/<video_name>.<extension>`, preferring regular files and the extensions of `VIDEO_EXTENSIONS`.
+    Names that would leave `video_dir` (absolute, or with `..`) raise a `ValueError`; a match that is not a regular
+    file (a FIFO, a directory) is returned, and reading it raises an error naming what it is."""
+    problem = video_name_problem(video_name)
+    if problem:
+        raise ValueError(problem)
+    candidates = list(Path(video_dir).glob(f"{_glob_escape(video_name)}.*"))
     if not candidates:
         raise FileNotFoundError(f"no video file {video_name}.* in {video_dir}")
-    return min(candidates, key=lambda path: (path.suffix.lower() not in VIDEO_EXTENSIONS, path.name))
+    return min(
+        candidates, key=lambda path: (not path.is_file(), path.suffix.lower() not in VIDEO_EXTENSIONS, path.name)
+    )
 
 
 def _glob_escape(name: str) -> str:

@@ -20,8 +20,12 @@ frames than requested therefore gets repeated indices (a 3-frame clip sampled at
 exactly as the authors' code does; it is not an error.
 
 Besides paths, bytes and binary file objects, already decoded frames are accepted: a uint8 array or tensor
-`[frames, height, width, 3]`, a list of PIL images or of `[height, width, 3]` arrays (one video), or a single image
-(a one-frame video, which the sampling repeats, as the authors do for images).
+`[frames, height, width, 3]`, a list of PIL images or of `[height, width, 3]` arrays (one video), or a single PIL
+image (a one-frame video, which the sampling repeats, as the authors do for images). A bare 3-D array is refused: it
+could be one image `[height, width, 3]` or grey frames `[frames, height, width]`.
+
+What reading may cost is bounded by `media_limits` (frame size, decoded bytes, decoding time, URL timeouts); paths
+that are not regular files and URLs other than http(s) are refused before anything is opened.
 """
 
 import io
@@ -42,6 +46,17 @@ import torch
 from PIL import Image, ImageSequence
 from transformers.video_utils import VideoMetadata
 
+from .media_limits import (
+    MAX_FRAME_PIXELS,
+    URL_TIMEOUT_S,
+    Deadline,
+    MediaLimitError,
+    check_frame_size,
+    check_regular_file,
+    check_url,
+    is_url,
+)
+
 
 VIDEO_BACKEND = "pyav"
 IMAGE_BACKEND = "pil"
@@ -49,6 +64,8 @@ RGB_CHANNELS = 3
 DEGREES_PER_QUARTER_TURN = 90
 QUARTER_TURNS = 4
 DECODE_AHEAD_FRAMES = 4
+AMBIGUOUS_ARRAY_DIMS = 3
+"""A bare 3-D array could be one RGB image [H, W, 3] or grey frames [T, H, W]: refused rather than guessed."""
 
 FileSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 FrameSource = np.ndarray | torch.Tensor | Image.Image | Sequence[Image.Image | np.ndarray | torch.Tensor]
@@ -100,8 +117,11 @@ def sample_frame_indices_at_rate(
     """
     if video_fps is None:
         raise ValueError("Sampling at a frame rate (`fps`) needs the video's frame rate; decoded frames have none")
-    if sample_fps <= 0:
-        raise ValueError(f"`fps` must be positive, got {sample_fps}")
+    if not 0 < sample_fps <= video_fps:
+        raise ValueError(
+            f"`fps` must be positive and at most the video's {video_fps:g} fps (it samples distinct frames), "
+            f"got {sample_fps}"
+        )
     clip_start_sec, clip_end_sec = _clean_clip_window(clip_start_sec, clip_end_sec, video_fps)
     first = int(clip_start_sec * video_fps)
     if end_frame is not None and end_frame >= 0:
@@ -128,8 +148,13 @@ def _clean_clip_window(
         clip_start_sec = 0.0
     if clip_end_sec is not None and math.isnan(clip_end_sec):
         clip_end_sec = None
-    if clip_start_sec < 0:
-        raise ValueError(f"`clip_start_sec` must be >= 0, got {clip_start_sec}")
+    if not 0 <= clip_start_sec < math.inf:
+        raise ValueError(f"`clip_start_sec` must be a finite number >= 0, got {clip_start_sec}")
+    if clip_end_sec is not None and not clip_start_sec < clip_end_sec < math.inf:
+        raise ValueError(
+            f"`clip_end_sec` = {clip_end_sec} must be finite and after `clip_start_sec` = {clip_start_sec}: the clip "
+            "window ends before it starts"
+        )
     if video_fps is None and (clip_start_sec != 0.0 or clip_end_sec is not None):
         raise ValueError("`clip_start_sec` / `clip_end_sec` need the video's frame rate; decoded frames have none")
     return clip_start_sec, clip_end_sec
@@ -212,6 +237,7 @@ class PyAVVideoReader(VideoReader):
     def __init__(self, source: str | BinaryIO, name: str):
         self.name = name
         self._source = source
+        self._deadline = Deadline(name)
         # one colour converter for all frames: `frame.to_ndarray(format=...)` builds a new one per frame, which costs
         # more than decoding small frames
         self._reformatter = VideoReformatter()
@@ -224,14 +250,27 @@ class PyAVVideoReader(VideoReader):
             raise
 
     def _open_container(self) -> None:
-        try:
-            self._container = av.open(self._source, mode="r")
-        except av.error.FFmpegError as err:
-            raise VideoDecodingError(f"Cannot open {self.name} as a video: {err}") from err
+        if isinstance(self._source, str) and is_url(self._source):
+            self._open_url()
+        else:
+            try:
+                self._container = av.open(self._source, mode="r")
+            except av.error.FFmpegError as err:
+                raise VideoDecodingError(f"Cannot open {self.name} as a video: {err}") from err
         if not self._container.streams.video:
             self.close()
             raise VideoDecodingError(f"{self.name} has no video stream")
         self._stream = self._container.streams.video[0]
+
+    def _open_url(self) -> None:
+        """Open an http(s) URL, giving up when connecting or each read waits longer than `URL_TIMEOUT_S`."""
+        try:
+            self._container = av.open(self._source, mode="r", timeout=URL_TIMEOUT_S.value())
+        except (av.error.FFmpegError, OSError) as err:
+            raise VideoDecodingError(
+                f"Cannot read the video at {self.name}: {err} (the wait for a URL is limited to "
+                f"{URL_TIMEOUT_S.describe()})"
+            ) from err
 
     def _index_packets(self) -> None:
         """Demux every packet once (cheap, no decoding): frame count, presentation order, keyframes.
@@ -242,6 +281,7 @@ class PyAVVideoReader(VideoReader):
         pts, keyframe_flags = [], []
         try:
             for packet in self._container.demux(self._stream):
+                self._deadline.check()
                 if packet.size:
                     pts.append(packet.pts)
                     keyframe_flags.append(packet.is_keyframe)
@@ -263,6 +303,7 @@ class PyAVVideoReader(VideoReader):
         if not rate:
             raise VideoDecodingError(f"{self.name} does not state a frame rate")
         fps = float(rate)
+        check_frame_size(self.name, self._stream.width, self._stream.height)
         return VideoMetadata(
             total_num_frames=self._num_frames,
             fps=fps,
@@ -275,9 +316,11 @@ class PyAVVideoReader(VideoReader):
     def _iter_frames(self, indices: np.ndarray) -> Iterator[np.ndarray]:
         if self._index_of_pts is not None:
             self._wanted_pts = {self._sorted_pts[index] for index in indices.tolist()}
+        check_frame_size(self.name, self.metadata.width, self.metadata.height, num_frames=len(indices))
         shape = None
         try:
             for frame in self._decode_in_order(indices.tolist()):
+                check_frame_size(self.name, frame.width, frame.height)  # the stream header may understate it
                 image = _to_upright_rgb(frame, self._reformatter)
                 if shape is None:
                     shape = image.shape
@@ -332,7 +375,9 @@ class PyAVVideoReader(VideoReader):
         else:
             self._container.seek(self._sorted_pts[seek_to], stream=self._stream, backward=True)
         if self._index_of_pts is None:
-            yield from enumerate(self._container.decode(self._stream))
+            for index, frame in enumerate(self._container.decode(self._stream)):
+                self._deadline.check()
+                yield index, frame
             return
         for frame in self._decode_skipping_unwanted():
             index = self._index_of_pts.get(frame.pts)
@@ -347,6 +392,7 @@ class PyAVVideoReader(VideoReader):
         """
         codec_context = self._stream.codec_context
         for packet in self._container.demux(self._stream):
+            self._deadline.check()
             wanted = packet.pts is None or packet.pts in self._wanted_pts
             codec_context.skip_frame = "DEFAULT" if wanted else "NONREF"
             yield from packet.decode()
@@ -416,36 +462,60 @@ def open_video(video: SingleVideoInput, name: str = "video") -> VideoReader:
     if isinstance(video, (str, os.PathLike)):
         source = os.fspath(video)
         label = repr(source)
-        if "://" in source:
+        if is_url(source):
+            check_url(source, label)
             return PyAVVideoReader(source, name=label)
         if not Path(source).exists():
             raise FileNotFoundError(f"No video file at {source!r} (argument `{name}`)")
+        check_regular_file(source, label)
     elif isinstance(video, (bytes, bytearray, memoryview)):
         source, label = io.BytesIO(video), f"`{name}` ({len(video)} bytes)"
     elif hasattr(video, "read"):
         source, label = video, f"`{name}` ({getattr(video, 'name', type(video).__name__)})"
     else:
         return FrameArrayReader(to_frame_array(video, name), name=f"`{name}`")
-    frames = _read_image_frames(source)
+    frames = _read_image_frames(source, label)
     if frames is not None:
         return FrameArrayReader(frames, name=label, backend=IMAGE_BACKEND)
     return PyAVVideoReader(source, name=label)
 
 
-def _read_image_frames(source: str | BinaryIO) -> np.ndarray | None:
+def _read_image_frames(source: str | BinaryIO, name: str) -> np.ndarray | None:
     """Every frame of an image file as PIL decodes it, or None when PIL cannot (then the file is a video for PyAV).
 
     The authors open images (and GIFs) with PIL; FFmpeg decodes a JPEG up to ~18 levels differently (chroma
-    upsampling), so images must not go through PyAV.
+    upsampling), so images must not go through PyAV. Sizes are checked against `media_limits` before decoding.
     """
     start = source.tell() if hasattr(source, "tell") else None
     try:
-        with Image.open(source) as image:
-            return np.stack([np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(image)])
+        with open_image(source, name) as image:
+            check_frame_size(name, *image.size, num_frames=getattr(image, "n_frames", 1))
+            deadline, frames = Deadline(name), []
+            for frame in ImageSequence.Iterator(image):
+                deadline.check()
+                frames.append(np.asarray(frame.convert("RGB")))
+            return np.stack(frames)
     except OSError:  # includes PIL's UnidentifiedImageError, and images PIL identifies but cannot decode
         if start is not None:
             source.seek(start)
         return None
+
+
+def open_image(source: str | os.PathLike | BinaryIO, name: str) -> Image.Image:
+    """`PIL.Image.open` (lazy: only the header is read) with PIL's own decompression-bomb refusal reported against
+    MERV's limit (`media_limits.MAX_FRAME_PIXELS`, which is lower)."""
+    try:
+        return Image.open(source)
+    except Image.DecompressionBombError as err:
+        raise MediaLimitError(f"{name}: {err} (the limit is {MAX_FRAME_PIXELS.describe()})") from err
+
+
+def load_image(path: str | os.PathLike, name: str) -> Image.Image:
+    """A regular image file as an RGB PIL image, refused before decoding when over `media_limits`."""
+    check_regular_file(path, name)
+    with open_image(path, name) as image:
+        check_frame_size(name, *image.size)
+        return image.convert("RGB")
 
 
 def read_video(
@@ -481,7 +551,7 @@ def read_video(
 
 
 def to_frame_array(video: FrameSource, name: str = "video") -> np.ndarray:
-    """Decoded frames as a uint8 RGB array `[T, H, W, 3]`; a single image becomes a one-frame video."""
+    """Decoded frames as a uint8 RGB array `[T, H, W, 3]`; a single PIL image becomes a one-frame video."""
     if isinstance(video, Image.Image):
         return np.asarray(video.convert("RGB"))[None]
     if isinstance(video, (list, tuple)):
@@ -494,9 +564,13 @@ def to_frame_array(video: FrameSource, name: str = "video") -> np.ndarray:
             )
         return np.stack(frames)
     array = _as_numpy(video, name)
-    if array.ndim == RGB_CHANNELS:
-        array = array[None]
-    _check_frames(array, name, "[frames, height, width, 3] (or one image [height, width, 3])")
+    if array.ndim == AMBIGUOUS_ARRAY_DIMS:
+        raise ValueError(
+            f"`{name}` is a 3-D array {list(array.shape)}: one RGB image [height, width, 3] or grey frames "
+            "[frames, height, width]? Its layout is ambiguous; pass uint8 RGB frames [frames, height, width, 3] "
+            "(one image: [1, height, width, 3]), a list of [height, width, 3] frames, or a PIL image"
+        )
+    _check_frames(array, name, "[frames, height, width, 3]")
     return array
 
 

@@ -13,6 +13,7 @@ from .lora import (
     check_qlora_available,
     llm_lora_target_modules,
     lora_config,
+    lora_defaults,
     qlora_quantization_config,
     visual_adapter_module_names,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "check_qlora_available",
     "llm_lora_target_modules",
     "lora_config",
+    "lora_defaults",
     "qlora_quantization_config",
     "visual_adapter_module_names",
     "STAGE_MODULES",

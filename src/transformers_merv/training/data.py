@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 from transformers.utils import logging
 
 from ..processing_merv import MervProcessor
-from ..video_io import VideoDecodingError
+from ..media_limits import MediaLimitError, check_regular_file
+from ..video_io import VideoDecodingError, load_image
 
 
 logger = logging.get_logger(__name__)
@@ -38,8 +39,9 @@ IGNORE_INDEX = -100
 ROLES = {"human": "user", "gpt": "assistant"}
 MEDIA_KEYS = ("video", "image")
 PLACEHOLDER_PATTERN = re.compile(r"\s*<(?:video|image)>\s*")
-MEDIA_ERRORS = (VideoDecodingError, OSError)
-"""What reading a video or image raises for a missing, corrupt or unsupported file (PIL's errors are `OSError`s)."""
+MEDIA_ERRORS = (VideoDecodingError, MediaLimitError, OSError)
+"""What reading a video or image raises for a missing, corrupt, unsupported or oversized file (PIL's errors are
+`OSError`s)."""
 MAX_LISTED_PROBLEMS = 10
 FILLER_SIDE = 64
 
@@ -112,8 +114,12 @@ def _media_of(raw: Any, media_root: Path) -> tuple[str | None, Path | None]:
     if not isinstance(raw[kind], str):
         raise _InvalidEntry(f'"{kind}" must be a path relative to the media root, got {raw[kind]!r}')
     path = media_root / raw[kind]
-    if not path.is_file():
+    if not path.exists():
         raise _InvalidEntry(f"no {kind} file at {str(path)!r}")
+    try:
+        check_regular_file(path, repr(str(path)))
+    except MediaLimitError as error:
+        raise _InvalidEntry(str(error)) from None
     return kind, path
 
 
@@ -211,7 +217,11 @@ class VideoLlavaDataset(Dataset):
         self.examples = self._parse(Path(data_path), Path(media_root))
 
     def _parse(self, data_path: Path, media_root: Path) -> list[Example]:
-        entries = json.loads(data_path.read_text())
+        check_regular_file(data_path, str(data_path))
+        try:
+            entries = json.loads(data_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise BadExampleError(f"{data_path} is not valid JSON: {error}") from error
         if not isinstance(entries, list):
             raise BadExampleError(f"{data_path} must hold a JSON list of examples, got {type(entries).__name__}")
         examples, problems = [], []
@@ -291,8 +301,7 @@ class VideoLlavaDataset(Dataset):
             return None
         if example.media_kind == "video":
             return str(example.media_path)
-        with Image.open(example.media_path) as image:
-            return image.convert("RGB")
+        return load_image(example.media_path, repr(str(example.media_path)))
 
     def _encode(self, example: Example) -> dict[str, Any]:
         media = self._media(example)

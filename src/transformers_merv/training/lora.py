@@ -7,12 +7,17 @@ import torch
 from peft import LoraConfig
 from torch import nn
 from transformers import BitsAndBytesConfig
+from transformers.utils import logging
 
 from ..modeling_merv import MervForConditionalGeneration
 
 
+logger = logging.get_logger(__name__)
+
 LORA_DEFAULTS = {"r": 128, "lora_alpha": 256, "lora_dropout": 0.05}
 """LLaVA-1.5's LoRA recipe (the authors train no LoRA)."""
+LORA_REFERENCE_WIDTH = 4096
+"""Hidden size of Llama-2-7B, the LLM that LLaVA-1.5's LoRA rank was chosen for."""
 LLM_LAYERS_PREFIX = "model.language_model.layers"
 QLORA_SKIPPED_MODULES = ["model.vision_towers", "model.projectors", "model.fusion", "lm_head"]
 """Everything but the LLM's decoder layers stays in full precision under QLoRA."""
@@ -40,12 +45,29 @@ def visual_adapter_module_names(model: MervForConditionalGeneration) -> list[str
     return [f"projectors.{name}" for name in model.config.vision_encoders] + ["fusion"]
 
 
+def lora_defaults(model: MervForConditionalGeneration) -> dict[str, float]:
+    """LLaVA-1.5's recipe (`LORA_DEFAULTS`) with the rank scaled to the LLM: r 128 is 1/32 of Llama-2-7B's width,
+    and a narrower LLM keeps that fraction (at least rank 1), alpha staying twice the rank; a logged note says so."""
+    width = model.config.text_config.hidden_size
+    rank = max(1, min(LORA_DEFAULTS["r"], LORA_DEFAULTS["r"] * width // LORA_REFERENCE_WIDTH))
+    if rank == LORA_DEFAULTS["r"]:
+        return dict(LORA_DEFAULTS)
+    alpha = rank * LORA_DEFAULTS["lora_alpha"] // LORA_DEFAULTS["r"]
+    logger.warning(
+        f"LoRA rank {LORA_DEFAULTS['r']} (LLaVA-1.5's, for a {LORA_REFERENCE_WIDTH}-wide LLM) would adapt a large part "
+        f"of this {width}-wide LLM; using r={rank}, lora_alpha={alpha} (the same fraction of the width). "
+        "Pass r / lora_alpha (--lora_r / --lora_alpha) to choose"
+    )
+    return {**LORA_DEFAULTS, "r": rank, "lora_alpha": alpha}
+
+
 def lora_config(model: MervForConditionalGeneration, **overrides) -> LoraConfig:
     """A `LoraConfig` for MERV: adapters on the LLM's linear layers only, projectors and fusion trained in full
     through `modules_to_save`, `task_type="CAUSAL_LM"`; `overrides` (`r`, `lora_alpha`, `lora_dropout`, ...) win.
-    Defaults: `r=128, lora_alpha=256, lora_dropout=0.05` (LLaVA-1.5's LoRA recipe)."""
+    Defaults: `lora_defaults(model)` (LLaVA-1.5's `r=128, lora_alpha=256, lora_dropout=0.05`, the rank scaled down
+    for LLMs narrower than Llama-2-7B)."""
     settings = {
-        **LORA_DEFAULTS,
+        **lora_defaults(model),
         "target_modules": llm_lora_target_modules(model),
         "modules_to_save": visual_adapter_module_names(model),
         "task_type": "CAUSAL_LM",
