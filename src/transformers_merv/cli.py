@@ -35,6 +35,7 @@ from .evaluation import (
     question_inputs,
     write_results,
 )
+from .precision import auto_dtype, cpu_has_native
 from .video_prefix import VideoChat, answer_questions, encode_pixels, process_video
 
 
@@ -42,7 +43,6 @@ PROG = "merv"
 EXIT_ERROR = 1
 AUTO = "auto"
 DTYPE_CHOICES = (AUTO, *DTYPES)
-HALF_DTYPES = (torch.bfloat16, torch.float16)
 BAR_WIDTH = 40
 """Characters of the longest text bar in `merv explain`."""
 CHAT_PROMPT = "> "
@@ -118,13 +118,13 @@ def load_model(model_id: str, device: torch.device, dtype: str):
     from transformers import AutoModel
 
     try:
-        model = AutoModel.from_pretrained(model_id, dtype=AUTO if dtype == AUTO else DTYPES[dtype])
+        model = AutoModel.from_pretrained(model_id, dtype=auto_dtype(device) if dtype == AUTO else DTYPES[dtype])
     except (OSError, ValueError) as err:
         raise CliError(f"cannot load model {model_id!r}: {_first_line(err)}") from err
-    if device.type == "cpu" and model.dtype in HALF_DTYPES:
+    if device.type == "cpu" and not cpu_has_native(model.dtype):
         print(
-            f"note: {model.dtype} on the CPU is slow without native half-precision matmuls (AVX512-BF16/AMX); "
-            "--dtype float32 is usually much faster there (benchmarks/README.md)",
+            f"note: {model.dtype} on this CPU is slow: it has no native half-precision matmuls (AVX512-BF16/AMX); "
+            "--dtype float32 is usually much faster here (benchmarks/README.md)",
             file=sys.stderr,
         )
     return model.to(device).eval()
@@ -448,7 +448,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", type=_device, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)"
     )
-    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=AUTO, help="weights dtype (default: as saved)")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default=AUTO,
+        help="weights dtype (default auto: on a CPU bfloat16 where it has native bf16, else float32; on a GPU as saved)",
+    )
 
 
 def _add_question_arguments(parser: argparse.ArgumentParser, questions: str | None = "?") -> None:
