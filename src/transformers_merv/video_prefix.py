@@ -91,7 +91,9 @@ def prompt_ids(processor, conversation: Sequence[Mapping[str, Any]], chat_templa
 
 def shared_prefix_ids(processor, chat_template: str | None = None) -> list[int]:
     """The ids every one-video question prompt starts with: BOS, the video placeholders and the template text before
-    the question, up to the last token whose tokenization no question can change (see `PROBE_QUESTIONS`)."""
+    the question, as far as its tokenization is the same with each of `PROBE_QUESTIONS`. (A question that changes
+    it anyway is still answered exactly: `generate_from_cache` takes only the tokens a prompt shares from the
+    cache.)"""
     probes = [prompt_ids(processor, question_conversation(question), chat_template) for question in PROBE_QUESTIONS]
     length = min(_common_prefix_length(probes[0], ids) for ids in probes[1:])
     return probes[0][:length]
@@ -106,11 +108,10 @@ def _common_prefix_length(first: Sequence[int], second: Sequence[int]) -> int:
     return length
 
 
-def process_video(model, processor, video: str | Path, sampling: Mapping[str, float | int] | None = None):
-    """Decode and transform one video for `model`: `{encoder: (1, frames, C, H, W)}` on its device and dtype.
-    `sampling` is the clip window (`clip_start_sec`, `clip_end_sec`, `end_frame`)."""
-    pixels = processor.video_processor([str(video)], **(sampling or {}))["pixel_values_videos"]
-    return {name: value.to(model.device, model.dtype) for name, value in pixels.items()}
+def process_video(processor, video: str | Path, sampling: Mapping[str, float | int] | None = None):
+    """Decode and transform one video: `{encoder: (1, frames, C, H, W)}`. `sampling` is the clip window
+    (`clip_start_sec`, `clip_end_sec`, `end_frame`)."""
+    return processor.video_processor([str(video)], **(sampling or {}))["pixel_values_videos"]
 
 
 def encode_video(
@@ -122,7 +123,7 @@ def encode_video(
 ) -> VideoPrefix:
     """Decode and encode `video` once and run the language model over the prompt prefix it shares with every
     question (`shared_prefix_ids`), keeping its KV cache."""
-    return encode_pixels(model, processor, process_video(model, processor, video, sampling), chat_template)
+    return encode_pixels(model, processor, process_video(processor, video, sampling), chat_template)
 
 
 @torch.inference_mode()
@@ -130,7 +131,8 @@ def encode_pixels(
     model, processor, pixel_values_videos: Mapping[str, torch.Tensor], chat_template: str | None = None
 ) -> VideoPrefix:
     """`encode_video` for an already decoded video (`process_video`'s output, a batch of one)."""
-    video_features = model.get_video_features(dict(pixel_values_videos))
+    pixels = {name: value.to(model.device, model.dtype) for name, value in pixel_values_videos.items()}
+    video_features = model.get_video_features(pixels)
     input_ids = torch.tensor([shared_prefix_ids(processor, chat_template)], device=model.device)
     output = model(input_ids=input_ids, mm_encoder_outputs={"video": video_features}, use_cache=True, logits_to_keep=1)
     return VideoPrefix(video_features, CachedPrompt(input_ids, output.cache), chat_template)
@@ -210,8 +212,9 @@ class VideoChat:
         ids = prompt_ids(self.processor, messages, self.chat_template)
         output, input_ids = generate_from_cache(self.model, self.processor, self._cached, [ids], **generation)
         answer = self.processor.batch_decode(output.sequences, prompt_ids=input_ids, skip_special_tokens=True)[0]
-        cache = output.cache
-        self._cached = CachedPrompt(output.sequences[:, : cache.get_seq_length()], cache)
+        if _rows_per_prompt(self.model, generation) == 1:  # beams leave a cache of several rows: keep the last one
+            cache = output.cache
+            self._cached = CachedPrompt(output.sequences[:, : cache.get_seq_length()], cache)
         self.messages = [*messages, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
         return answer
 
