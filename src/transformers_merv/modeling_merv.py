@@ -15,17 +15,19 @@ from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPooling,
-    MultimodalBaseModelOutputWithPast,
-    MultimodalCausalLMOutputWithPast,
-)
-from transformers.modeling_utils import slice_logits_to_keep
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, logging, torch_compilable_check
-from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
+from .compat import (
+    CACHE_KWARG,
+    MultimodalBaseModelOutputWithPast,
+    MultimodalCausalLMOutputWithPast,
+    accept_legacy_cache_kwarg,
+    cache_kwargs,
+    slice_logits_to_keep,
+)
 from .configuration_merv import MervConfig
 from .modeling_languagebind import MervLanguageBindVideoModel
 
@@ -415,7 +417,7 @@ class MervPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("video", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["cache"]
+    _skip_keys_device_placement = [CACHE_KWARG]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -680,7 +682,7 @@ class MervModel(MervPreTrainedModel):
         return mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
 
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @accept_legacy_cache_kwarg
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -720,9 +722,9 @@ class MervModel(MervPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            **cache_kwargs(cache),
             **kwargs,
         )
         return MultimodalBaseModelOutputWithPast(**outputs, video_outputs=video_outputs)
@@ -757,7 +759,7 @@ class MervForConditionalGeneration(MervPreTrainedModel, GenerationMixin):
         return self.model.get_video_features(pixel_values_videos, output_encoder_features, **kwargs)
 
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @accept_legacy_cache_kwarg
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -802,7 +804,7 @@ class MervForConditionalGeneration(MervPreTrainedModel, GenerationMixin):
         return MultimodalCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            cache=outputs.cache,
+            **cache_kwargs(outputs.cache),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             video_outputs=outputs.video_outputs,
