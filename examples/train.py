@@ -41,7 +41,7 @@ from transformers.hf_argparser import string_to_bool
 
 from transformers_merv import MervForConditionalGeneration
 from transformers_merv.compat import activation_checkpointing_argument
-from transformers_merv.devices import default_device, native_bf16
+from transformers_merv.precision import default_device, native_bf16
 from transformers_merv.training import (
     LORA_DEFAULTS,
     TRAINING_STAGES,
@@ -162,7 +162,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[MervArguments, DataArgume
 
 def machine_defaults(use_cpu: bool | None, fp16: bool | None) -> dict[str, bool]:
     """`use_cpu` and `bf16` defaults from the machine: the CPU when it has no accelerator (or `--use_cpu`), bf16 where
-    that device computes it natively (`transformers_merv.devices.native_bf16`), else float32."""
+    that device computes it natively (`transformers_merv.precision.native_bf16`), else float32."""
     device = torch.device("cpu") if use_cpu else default_device()
     return {"use_cpu": device.type == "cpu", "bf16": not fp16 and native_bf16(device)}
 

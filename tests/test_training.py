@@ -21,7 +21,7 @@ from transformers.testing_utils import CaptureLogger
 
 from transformers_merv import MervForConditionalGeneration, MervProcessor, MervVideoProcessor
 from transformers_merv.compat import activation_checkpointing_argument
-from transformers_merv.devices import native_bf16
+from transformers_merv.precision import native_bf16
 from transformers_merv.training import (
     IGNORE_INDEX,
     TRAINING_STAGES,

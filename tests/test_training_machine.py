@@ -10,7 +10,7 @@ from transformers.testing_utils import CaptureLogger
 
 from transformers_merv import default_model_path
 from transformers_merv.data.synthetic import generate_dataset
-from transformers_merv.devices import default_device, native_bf16
+from transformers_merv.precision import default_device, native_bf16
 from transformers_merv.training import LORA_DEFAULTS, lora_defaults
 from transformers_merv.training.lora import logger as lora_logger
 
@@ -18,10 +18,8 @@ from test_training import train_script  # noqa: F401 - the fixture loading examp
 
 
 def _with_cpu_bf16(native: bool):
-    """This CPU as one with (or without) AVX512-BF16, and without AMX."""
-    no_amx = mock.Mock(return_value=False)
-    return mock.patch.multiple(torch.cpu, _is_avx512_bf16_supported=mock.Mock(return_value=native),
-                               _is_amx_tile_supported=no_amx)  # fmt: skip
+    """This CPU as one with (or without) AVX512-BF16, and without any other half-precision feature."""
+    return mock.patch("transformers_merv.precision.cpu_capabilities", return_value={"avx512_bf16": native})
 
 
 @pytest.mark.parametrize("native", [True, False])

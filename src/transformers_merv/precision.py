@@ -39,6 +39,19 @@ def cpu_has_native_bf16() -> bool:
     return cpu_has_native(torch.bfloat16)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 matrix products natively: CUDA GPUs from Ampere on, CPUs per
+    `cpu_has_native_bf16`. Other devices count as not native."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
+def default_device() -> torch.device:
+    """The accelerator torch sees (CUDA, XPU, MPS, ...), else the CPU."""
+    return torch.accelerator.current_accelerator(check_available=True) or torch.device("cpu")
+
+
 def auto_dtype(device: torch.device | str) -> torch.dtype | str:
     """The dtype to load a model in for inference on `device`: on a CPU, bfloat16 where it has native bf16 and
     float32 elsewhere; on an accelerator, `"auto"` (the saved dtype)."""
@@ -47,4 +60,12 @@ def auto_dtype(device: torch.device | str) -> torch.dtype | str:
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
-__all__ = ["NATIVE_CPU_FEATURES", "auto_dtype", "cpu_capabilities", "cpu_has_native", "cpu_has_native_bf16"]
+__all__ = [
+    "NATIVE_CPU_FEATURES",
+    "auto_dtype",
+    "cpu_capabilities",
+    "cpu_has_native",
+    "cpu_has_native_bf16",
+    "default_device",
+    "native_bf16",
+]
