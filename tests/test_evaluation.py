@@ -312,3 +312,33 @@ def test_sampling_window_reaches_the_video_processor(tiny, dataset):
         )
     assert preprocess.call_args.kwargs["end_frame"] == 5
     assert preprocess.call_args.kwargs["clip_start_sec"] == 0.25
+
+
+@pytest.mark.parametrize("mode", [OPEN_ENDED, MCQ])
+def test_grouped_by_video_and_per_question_give_the_same_results(tiny, dataset, mode):
+    model, processor = tiny
+    kind = "mcq_" if mode == MCQ else ""
+    items = load_items(dataset / f"with_bad_videos_{kind}q.json", dataset / f"with_bad_videos_{kind}a.json", mode)
+    with mock.patch.object(model.model, "get_video_features", wraps=model.model.get_video_features) as encode:
+        grouped, per_question = (
+            evaluate(
+                model,
+                processor,
+                items,
+                dataset / "videos",
+                mode,
+                batch_size=2,
+                generation_kwargs={"max_new_tokens": MAX_NEW_TOKENS},
+                progress=False,
+                per_question=per_question,
+            )
+            for per_question in (False, True)
+        )
+    readable = [item for item in items if item.video_name not in ("broken", "absent")]
+    # grouped: one encoding for the one readable video; per question: one per generate call (batches of 2)
+    assert encode.call_count == 1 + -(-len(readable) // 2)
+    for entry, reference in zip(grouped["results"], per_question["results"]):
+        letter_logits = entry.pop("letter_logits", {})
+        assert letter_logits == pytest.approx(reference.pop("letter_logits", {}), abs=1e-4)
+        assert entry == reference
+    assert grouped["summary"] == per_question["summary"]

@@ -220,6 +220,7 @@ def run_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         generation_kwargs={"max_new_tokens": args.max_new_tokens},
         judge=judge,
+        per_question=args.per_question,
     )
     sources = {
         "model": model_id,
@@ -442,6 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="questions per batch (default %(default)s)",
     )
     evaluation.add_argument("--limit", type=_positive_int, help="evaluate only the first LIMIT questions")
+    evaluation.add_argument(
+        "--per-question",
+        action="store_true",
+        help="encode the video again for every question, as the authors do (same predictions, slower); by default "
+        "each video is encoded once and its questions reuse the cached prompt prefix",
+    )
     evaluation.add_argument(
         "--max-new-tokens",
         type=_positive_int,

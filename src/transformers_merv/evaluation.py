@@ -23,11 +23,14 @@ import string
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+
+from .video_prefix import encode_pixels, generate_from_cache, process_video, prompt_ids, question_conversation
 
 
 OPEN_ENDED, MCQ = "open-ended", "mcq"
@@ -325,25 +328,79 @@ def evaluate(
     generation_kwargs: Mapping[str, Any] | None = None,
     judge: Judge | None = None,
     progress: bool = True,
+    per_question: bool = False,
 ) -> dict[str, Any]:
-    """Answer every item (batched, left-padded, greedy unless `generation_kwargs` say otherwise) and score it.
+    """Answer every item (batched, greedy unless `generation_kwargs` say otherwise) and score it.
+
+    By default the questions are grouped by video (`group_by_video`): each video is decoded and encoded once and its
+    questions are answered from the cached prompt prefix (`evaluate_video`). `per_question=True` follows the
+    authors' protocol instead, every question encoding its video again (batches of whole prompts, left-padded).
+    Both give the same predictions.
 
     Returns `{"summary": ..., "results": [one entry per item, in order]}` (see `summarize`).
     """
     _check_mode(mode)
     if judge is not None and mode != OPEN_ENDED:
         raise EvaluationInputError("a judge scores open-ended answers only")
+    if batch_size < 1:
+        raise EvaluationInputError(f"batch size must be >= 1, got {batch_size}")
     generation = {"do_sample": False, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS, **(generation_kwargs or {})}
     letters = max((item.letters for item in items), key=len, default="")
     vocab_size = model.config.text_config.vocab_size
     letter_ids = letter_token_ids(processor.tokenizer, letters, vocab_size) if mode == MCQ else {}
+    answer = (
+        partial(_evaluate_batch, model, processor, video_dir=video_dir, generation=generation)
+        if per_question
+        else partial(
+            evaluate_video, model, processor, video_dir=video_dir, generation=generation, batch_size=batch_size
+        )
+    )
+    groups = _batches(items, batch_size) if per_question else group_by_video(items)
     entries: dict[str, dict[str, Any]] = {}
     with tqdm(total=len(items), desc=f"eval ({mode})", unit="question", disable=not progress) as bar:
-        for batch in _batches(items, batch_size):
-            entries |= _evaluate_batch(model, processor, batch, video_dir, generation, letter_ids, judge)
-            bar.update(len(batch))
+        for group in groups:
+            entries |= answer(group, letter_ids=letter_ids, judge=judge)
+            bar.update(len(group))
     results = [entries[item.question_id] for item in items]
     return {"summary": summarize(results, mode), "results": results}
+
+
+def group_by_video(items: Sequence[EvalItem]) -> list[list[EvalItem]]:
+    """The items grouped by video and sampling window (the questions that share an encoded video), in order of
+    first appearance."""
+    groups: dict[tuple, list[EvalItem]] = {}
+    for item in items:
+        groups.setdefault((item.video_name, tuple(sorted(item.sampling.items()))), []).append(item)
+    return list(groups.values())
+
+
+def evaluate_video(
+    model,
+    processor,
+    items: Sequence[EvalItem],
+    video_dir: str | Path,
+    generation: Mapping[str, Any],
+    letter_ids: Mapping[str, Sequence[int]],
+    judge: Judge | None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> dict[str, dict[str, Any]]:
+    """Entries by question id for questions about one video (one `group_by_video` group): the video is decoded and
+    encoded once, and its questions are answered `batch_size` at a time from the cached prompt prefix (for multiple
+    choice, the option logits come from the one forward of each question's own tokens on top of that prefix). All
+    are skipped when the video is missing or unreadable."""
+    try:
+        pixels = process_video(model, processor, find_video(video_dir, items[0].video_name), items[0].sampling)
+    except (OSError, ValueError) as err:
+        return {item.question_id: _skipped_entry(item, str(err)) for item in items}
+    prefix = encode_pixels(model, processor, pixels)
+    entries = {}
+    for batch in _batches(items, batch_size):
+        prompts = [prompt_ids(processor, question_conversation(item.prompt)) for item in batch]
+        output, input_ids = generate_from_cache(
+            model, processor, prefix.prompt, prompts, output_logits=bool(letter_ids), **generation
+        )
+        entries |= _score(batch, _decode(processor, output, input_ids, bool(letter_ids)), letter_ids, judge)
+    return entries
 
 
 def _evaluate_batch(
@@ -355,8 +412,9 @@ def _evaluate_batch(
     letter_ids: Mapping[str, Sequence[int]],
     judge: Judge | None,
 ) -> dict[str, dict[str, Any]]:
-    """Entries of one batch by question id: skipped ones for unreadable videos, the rest answered together and
-    scored as multiple choice when `letter_ids` are given, else as open-ended."""
+    """The authors' protocol for one batch, entries by question id: skipped ones for unreadable videos, the rest
+    answered together (each encoding its video) and scored as multiple choice when `letter_ids` are given, else as
+    open-ended."""
     entries, prepared = {}, []
     for item in batch:
         try:
@@ -366,11 +424,22 @@ def _evaluate_batch(
     if not prepared:
         return entries
     answers = _answer(model, processor, [inputs for _, inputs in prepared], generation, bool(letter_ids))
-    for (item, _), (text, logits) in zip(prepared, answers):
-        entries[item.question_id] = (
+    return entries | _score([item for item, _ in prepared], answers, letter_ids, judge)
+
+
+def _score(
+    items: Sequence[EvalItem],
+    answers: Sequence[tuple[str, torch.Tensor | None]],
+    letter_ids: Mapping[str, Sequence[int]],
+    judge: Judge | None,
+) -> dict[str, dict[str, Any]]:
+    """Entries by question id: multiple choice when `letter_ids` are given, else open-ended."""
+    return {
+        item.question_id: (
             _mcq_entry(item, text, logits, letter_ids) if letter_ids else _open_ended_entry(item, text, judge)
         )
-    return entries
+        for item, (text, logits) in zip(items, answers)
+    }
 
 
 def _check_mode(mode: str) -> None:
@@ -379,8 +448,6 @@ def _check_mode(mode: str) -> None:
 
 
 def _batches(items: Sequence[EvalItem], size: int) -> Iterator[Sequence[EvalItem]]:
-    if size < 1:
-        raise EvaluationInputError(f"batch size must be >= 1, got {size}")
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -388,8 +455,7 @@ def _batches(items: Sequence[EvalItem], size: int) -> Iterator[Sequence[EvalItem
 def question_inputs(processor, question: str, video: str | Path, sampling: Mapping[str, float | int]):
     """Prompt ids (the model's chat template) and pixels for one video and question; `sampling` is the clip window
     (`clip_start_sec`, `clip_end_sec`, `end_frame`). Raises `ValueError` for an unreadable video."""
-    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-    text = processor.apply_chat_template(conversation, tokenize=False)
+    text = processor.apply_chat_template(question_conversation(question), tokenize=False)
     return processor(text=[text], videos=[str(video)], return_tensors="pt", **sampling)
 
 
@@ -423,6 +489,12 @@ def _answer(
             output_logits=first_logits,
             **generation,
         )
+    return _decode(processor, output, input_ids, first_logits)
+
+
+def _decode(processor, output, input_ids: torch.Tensor, first_logits: bool) -> list[tuple[str, torch.Tensor | None]]:
+    """Each answer text of a generate output, with the logits of the first generated position when
+    `first_logits`."""
     texts = processor.batch_decode(output.sequences, prompt_ids=input_ids, skip_special_tokens=True)
     logits = output.logits[0].float().cpu() if first_logits else [None] * len(texts)
     return list(zip(texts, logits))
@@ -532,8 +604,10 @@ __all__ = [
     "Judge",
     "chat_judge",
     "evaluate",
+    "evaluate_video",
     "find_video",
     "gpt_judge_messages",
+    "group_by_video",
     "judge_verdict",
     "letter_token_ids",
     "load_items",

@@ -113,7 +113,6 @@ def process_video(model, processor, video: str | Path, sampling: Mapping[str, fl
     return {name: value.to(model.device, model.dtype) for name, value in pixels.items()}
 
 
-@torch.inference_mode()
 def encode_video(
     model,
     processor,
@@ -123,15 +122,15 @@ def encode_video(
 ) -> VideoPrefix:
     """Decode and encode `video` once and run the language model over the prompt prefix it shares with every
     question (`shared_prefix_ids`), keeping its KV cache."""
-    features = model.get_video_features(process_video(model, processor, video, sampling))
-    return prefix_from_features(model, processor, features, chat_template)
+    return encode_pixels(model, processor, process_video(model, processor, video, sampling), chat_template)
 
 
 @torch.inference_mode()
-def prefix_from_features(
-    model, processor, video_features: MervVideoFeaturesOutput, chat_template: str | None = None
+def encode_pixels(
+    model, processor, pixel_values_videos: Mapping[str, torch.Tensor], chat_template: str | None = None
 ) -> VideoPrefix:
-    """The cached prompt prefix of one already-encoded video (`model.get_video_features` of a batch of one)."""
+    """`encode_video` for an already decoded video (`process_video`'s output, a batch of one)."""
+    video_features = model.get_video_features(dict(pixel_values_videos))
     input_ids = torch.tensor([shared_prefix_ids(processor, chat_template)], device=model.device)
     output = model(input_ids=input_ids, mm_encoder_outputs={"video": video_features}, use_cache=True, logits_to_keep=1)
     return VideoPrefix(video_features, CachedPrompt(input_ids, output.cache), chat_template)
@@ -269,7 +268,7 @@ __all__ = [
     "answer_questions",
     "encode_video",
     "generate_from_cache",
-    "prefix_from_features",
+    "encode_pixels",
     "process_video",
     "prompt_ids",
     "question_conversation",
