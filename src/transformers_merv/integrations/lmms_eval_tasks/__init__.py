@@ -7,7 +7,8 @@ defaults to `./eval_data`). Prompts and scoring are `merv eval`'s: open-ended an
 after `normalize_answer`; multiple choice (`output_type: multiple_choice`) picks the option letter with the highest
 likelihood. A question whose video file is missing is left out, with a warning that counts them.
 
-    lmms-eval --model merv --tasks merv_msvd_qa --include_path "$(python -m transformers_merv.integrations.lmms_eval_tasks)"
+    TASKS=$(python -m transformers_merv.integrations.lmms_eval_tasks)
+    lmms-eval --model merv --model_args pretrained=merv-full-hf --tasks merv_msvd_qa --include_path "$TASKS"
 """
 
 import os
