@@ -6,6 +6,7 @@ Needs lmms-eval (`pip install ".[eval]"`); run by `.ci/suites/30-lmms-eval.sh` i
 `lmms_eval`, deselected by default)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from transformers_merv.evaluation import MCQ, OPEN_ENDED, OPTION_LETTERS, normalize_answer
+
+from conftest import MEDIA
 
 
 pytestmark = pytest.mark.lmms_eval
@@ -174,3 +177,48 @@ def test_option_likelihood_picks_what_merv_eval_picks(eval_data, tmp_path):
         picked.append(OPTION_LETTERS[likelihoods.index(max(likelihoods))])
     assert picked == [entry["prediction"] for entry in results]
     assert [sample["accuracy"] for sample in samples] == [entry["correct"] for entry in results]
+
+
+# --- the model's pieces ----------------------------------------------------------------------------------------------
+
+
+def test_generation_kwargs_are_greedy_unless_sampling_is_asked_for():
+    from transformers_merv.integrations.lmms_eval import _generation_kwargs
+
+    task = {
+        "until": ["\n\n"],
+        "max_new_tokens": 64,
+        "temperature": 0,
+        "top_p": 1.0,
+        "num_beams": 1,
+        "do_sample": False,
+    }
+    assert _generation_kwargs(task | {"image_aspect_ratio": "original"}) == {
+        "do_sample": False,
+        "max_new_tokens": 64,
+        "num_beams": 1,
+    }
+    assert _generation_kwargs(task | {"temperature": 0.2}) == {
+        "do_sample": True,
+        "max_new_tokens": 64,
+        "temperature": 0.2,
+        "top_p": 1.0,
+        "num_beams": 1,
+    }
+
+
+def test_an_unreadable_video_leaves_its_requests_unanswered_and_the_others_answered():
+    from transformers_merv.integrations.lmms_eval import Merv, VideoRequest
+
+    model = Merv()
+    question = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": CHAT_DOCS[0]["prompt"]}]}]
+    videos = [str(MEDIA / "corrupted.mp4"), str(REPO / CHAT_DOCS[0]["video"])]
+    generation = (("do_sample", False), ("max_new_tokens", 3))
+    with pytest.warns(UserWarning, match=r"1 request\(s\) about .*corrupted.mp4 are not answered"):
+        answers = model._generate([VideoRequest(question, video, generation=generation) for video in videos])
+    assert answers == ["", CHAT_DOCS[0]["answer"]]
+    answer = " " + CHAT_DOCS[0]["answer"]
+    with pytest.warns(UserWarning, match="corrupted.mp4"):
+        scores = model._score([VideoRequest(question, video, continuation=answer) for video in videos])
+    assert scores[0] == (-math.inf, False)
+    assert scores[1][0] < 0 and scores[1][1]  # the answer it generates is the greedy continuation

@@ -14,6 +14,8 @@ questions are then generated, or their continuations scored, `batch_size` at a t
 sampled by MERV's own video processor; a chat message's `start_time` / `end_time` is the sampling window.
 """
 
+import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -137,16 +139,23 @@ class Merv(lmms):
         groups = _groups(requests, key=lambda request: (request.video_key, request.generation))
         with tqdm(total=len(requests), desc="merv generate", disable=self._rank != 0) as bar:
             for indices in groups:
-                prefix = self._encode(requests[indices[0]])
-                for batch in _chunks(indices, self.batch_size):
+                prefix = self._encode(requests[indices[0]], len(indices))
+                for batch in _chunks(indices if prefix else (), self.batch_size):
                     texts = self._generate_batch(prefix, [requests[index] for index in batch])
                     for index, text in zip(batch, texts):
                         answers[index] = _cut_at(text, requests[index].until)
-                    bar.update(len(batch))
+                bar.update(len(indices))
         return answers
 
-    def _encode(self, request: VideoRequest) -> VideoPrefix:
-        return encode_video(self.model, self.processor, request.video, dict(request.sampling))
+    def _encode(self, request: VideoRequest, num_requests: int) -> VideoPrefix | None:
+        """The video of `request` encoded with its prompt prefix, or `None` (with a warning) when it cannot be read:
+        its `num_requests` requests then get an empty answer or a log-likelihood of -inf, as `merv eval` skips
+        them, rather than ending the whole evaluation."""
+        try:
+            return encode_video(self.model, self.processor, request.video, dict(request.sampling))
+        except (OSError, ValueError) as err:
+            warnings.warn(f"merv: {num_requests} request(s) about {request.video} are not answered: {err}")
+            return None
 
     def _generate_batch(self, prefix: VideoPrefix, batch: Sequence[VideoRequest]) -> list[str]:
         prompts = [prompt_ids(self.processor, request.conversation) for request in batch]
@@ -164,14 +173,14 @@ class Merv(lmms):
     # --- option likelihood ------------------------------------------------------------------------------------------
 
     def _score(self, requests: Sequence[VideoRequest]) -> list[tuple[float, bool]]:
-        scores: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
+        scores: list[tuple[float, bool]] = [(-math.inf, False)] * len(requests)
         with tqdm(total=len(requests), desc="merv loglikelihood", disable=self._rank != 0) as bar:
             for indices in _groups(requests, key=lambda request: request.video_key):
-                prefix = self._encode(requests[indices[0]])
-                for batch in _chunks(indices, self.batch_size):
+                prefix = self._encode(requests[indices[0]], len(indices))
+                for batch in _chunks(indices if prefix else (), self.batch_size):
                     for index, score in zip(batch, self._score_batch(prefix, [requests[i] for i in batch])):
                         scores[index] = score
-                    bar.update(len(batch))
+                bar.update(len(indices))
         return scores
 
     @torch.inference_mode()
