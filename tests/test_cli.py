@@ -7,9 +7,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from PIL import Image
+from transformers import AutoModel
 
 import transformers_merv
 from transformers_merv.cli import (
@@ -298,13 +300,23 @@ def test_convert_reports_a_missing_encoder_directory(tmp_path, capsys):
     assert "pass its weights with --languagebind" in _error_line(capsys.readouterr().err)
 
 
-def test_half_precision_on_the_cpu_comes_with_a_note(video, capsys):
-    assert main(["ask", str(video), QUESTION, "--device", "cpu", "--dtype", "bfloat16", "--max-new-tokens", "2"]) == 0
-    captured = capsys.readouterr()
-    assert captured.out.strip()
-    assert "note: torch.bfloat16 on the CPU is slow" in captured.err and "--dtype float32" in captured.err
-    assert main(["ask", str(video), QUESTION, "--device", "cpu", "--max-new-tokens", "2"]) == 0
-    assert "note:" not in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("capabilities", "auto_dtype"),
+    [({"avx512_bf16": True}, "torch.bfloat16"), ({"avx512_bf16": False}, "torch.float32")],
+    ids=["native-bf16-cpu", "cpu-without-bf16"],
+)
+def test_half_precision_note_only_where_the_cpu_lacks_it(video, capsys, capabilities, auto_dtype):
+    argv = ["ask", str(video), QUESTION, "--device", "cpu", "--max-new-tokens", "2"]
+    with mock.patch("transformers_merv.precision.cpu_capabilities", return_value=capabilities):
+        assert main([*argv, "--dtype", "bfloat16"]) == 0
+        captured = capsys.readouterr()
+        assert captured.out.strip()
+        note = "note: torch.bfloat16 on this CPU is slow" in captured.err and "--dtype float32" in captured.err
+        assert note == (auto_dtype == "torch.float32")
+        with mock.patch("transformers.AutoModel.from_pretrained", wraps=AutoModel.from_pretrained) as load:
+            assert main(argv) == 0  # --dtype auto
+        assert str(load.call_args.kwargs["dtype"]) == auto_dtype
+        assert "note:" not in capsys.readouterr().err
 
 
 def test_fusion_chart_colours_bars_by_encoder(tmp_path):

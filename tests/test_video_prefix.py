@@ -68,7 +68,7 @@ def test_the_prefix_ends_where_the_question_starts_in_every_template(loaded, cha
 @pytest.mark.parametrize("chat_template", TEMPLATES, ids=lambda name: name or "default")
 def test_cached_answers_are_the_ids_generated_from_scratch(loaded, chat_template):
     model, processor = loaded
-    pixels = process_video(model, processor, VIDEO)
+    pixels = process_video(processor, VIDEO)
     expected = [
         _from_scratch(model, processor, question_conversation(q), chat_template, pixels, **NEW_TOKENS)
         for q in QUESTIONS
@@ -81,7 +81,7 @@ def test_cached_answers_are_the_ids_generated_from_scratch(loaded, chat_template
 def test_beam_search_from_the_cache(loaded):
     model, processor = loaded
     generation = {"max_new_tokens": 3, "num_beams": 2, "do_sample": False}
-    pixels = process_video(model, processor, VIDEO)
+    pixels = process_video(processor, VIDEO)
     expected = [
         _from_scratch(model, processor, question_conversation(q), None, pixels, **generation) for q in QUESTIONS
     ]
@@ -108,7 +108,7 @@ def test_answers_reuse_the_prefix_and_never_encode_again(loaded):
 
 def test_chat_turns_equal_the_whole_conversation_from_scratch(loaded):
     model, processor = loaded
-    pixels = process_video(model, processor, VIDEO)
+    pixels = process_video(processor, VIDEO)
     chat = VideoChat(model, processor, encode_video(model, processor, VIDEO))
     fed = []
     hook = model.model.language_model.register_forward_pre_hook(

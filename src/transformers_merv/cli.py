@@ -1,7 +1,8 @@
 """The `merv` command: ask a question about a video, evaluate on the authors' files, explain the encoder fusion,
 convert the authors' checkpoints.
 
-    merv ask VIDEO "QUESTION"
+    merv ask VIDEO "QUESTION" ["QUESTION" ...]
+    merv chat VIDEO
     merv eval --questions Q.json --answers A.json --video-dir DIR --mode {open-ended,mcq} --output results.json
     merv explain VIDEO "QUESTION" --plot fusion.png
     merv convert --run-dir RUN --llm LLM_DIR [--languagebind DIR ...] --output-dir OUT
@@ -12,8 +13,8 @@ Errors are one line on stderr (`error: ...`) with exit status 1; bad flags exit 
 
 import argparse
 import sys
-from contextlib import nullcontext
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +35,18 @@ from .evaluation import (
     question_inputs,
 )
 from .evaluation_runs import EvaluationRun, EvaluationRunError, Processes, output_lock, summary_table
+from .precision import auto_dtype, cpu_has_native
+from .video_prefix import VideoChat, answer_questions, encode_pixels, process_video
 
 
 PROG = "merv"
 EXIT_ERROR = 1
 AUTO = "auto"
 DTYPE_CHOICES = (AUTO, *DTYPES)
-HALF_DTYPES = (torch.bfloat16, torch.float16)
 BAR_WIDTH = 40
+"""Characters of the longest text bar in `merv explain`."""
+CHAT_PROMPT = "> "
+CHAT_EXIT_WORDS = ("exit", "quit")
 """Characters of the longest text bar in `merv explain`."""
 
 # Fusion chart (PNG).
@@ -113,13 +118,13 @@ def load_model(model_id: str, device: torch.device, dtype: str):
     from transformers import AutoModel
 
     try:
-        model = AutoModel.from_pretrained(model_id, dtype=AUTO if dtype == AUTO else DTYPES[dtype])
+        model = AutoModel.from_pretrained(model_id, dtype=auto_dtype(device) if dtype == AUTO else DTYPES[dtype])
     except (OSError, ValueError) as err:
         raise CliError(f"cannot load model {model_id!r}: {_first_line(err)}") from err
-    if device.type == "cpu" and model.dtype in HALF_DTYPES:
+    if device.type == "cpu" and not cpu_has_native(model.dtype):
         print(
-            f"note: {model.dtype} on the CPU is slow without native half-precision matmuls (AVX512-BF16/AMX); "
-            "--dtype float32 is usually much faster there (benchmarks/README.md)",
+            f"note: {model.dtype} on this CPU is slow: it has no native half-precision matmuls (AVX512-BF16/AMX); "
+            "--dtype float32 is usually much faster here (benchmarks/README.md)",
             file=sys.stderr,
         )
     return model.to(device).eval()
@@ -131,10 +136,23 @@ def _first_line(err: BaseException) -> str:
 
 def prepare_inputs(processor, video: Path, question: str, window: Mapping[str, float | int]):
     """Prompt ids (the model's chat template) and pixels for one video and question."""
+    with reading(video):
+        return question_inputs(processor, question, video, window)
+
+
+def read_pixels(processor, video: Path, window: Mapping[str, float | int]) -> dict[str, torch.Tensor]:
+    """One video's pixels for every encoder, before any model is loaded (a bad video fails fast)."""
+    with reading(video):
+        return process_video(processor, video, window)
+
+
+@contextmanager
+def reading(video: Path) -> Iterator[None]:
+    """Reads `video` inside the block: a missing file or a decoding error is one line naming the file."""
     if not video.is_file():
         raise CliError(f"no video file at {video}")
     try:
-        return question_inputs(processor, question, video, window)
+        yield
     except ValueError as err:  # VideoDecodingError and sampling windows outside the video
         message = _first_line(err)
         raise CliError(message if str(video) in message else f"{video}: {message}") from err
@@ -179,10 +197,46 @@ def _answer_from_args(args: argparse.Namespace) -> tuple[Any, str, Any]:
     return model, *answer_question(model, processor, inputs, generation_kwargs(args))
 
 
+def _encode_from_args(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """Load the processor, read the video (failing fast), load the model, encode the video and its prompt prefix:
+    (model, processor, `VideoPrefix`)."""
+    model_id = args.model or default_model()
+    processor = load_processor(model_id)
+    pixels = read_pixels(processor, args.video, sampling_window(args))
+    model = load_model(model_id, resolve_device(args.device), args.dtype)
+    return model, processor, encode_pixels(model, processor, pixels)
+
+
 def run_ask(args: argparse.Namespace) -> int:
-    _, answer, _ = _answer_from_args(args)
-    print(answer)
+    """Answer every question from one encoding of the video, one answer per line, in order."""
+    model, processor, prefix = _encode_from_args(args)
+    generation = generation_kwargs(args)
+    for answer in answer_questions(
+        model, processor, prefix, args.questions, batch_size=DEFAULT_BATCH_SIZE, **generation
+    ):
+        print(one_line(answer))
     return 0
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    """Answer questions read from stdin, one per line, each in the context of the conversation so far; an empty
+    line is skipped, `exit`, `quit` or end of input ends."""
+    model, processor, prefix = _encode_from_args(args)
+    chat, generation = VideoChat(model, processor, prefix), generation_kwargs(args)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"Chat about {args.video}; {' or '.join(CHAT_EXIT_WORDS)} or Ctrl-D ends.", file=sys.stderr)
+    while True:
+        try:
+            question = input(CHAT_PROMPT if interactive else "").strip()
+        except (EOFError, KeyboardInterrupt):
+            if interactive:
+                print(file=sys.stderr)
+            return 0
+        if question.lower() in CHAT_EXIT_WORDS:
+            return 0
+        if question:
+            print(one_line(chat.ask(question, **generation)), flush=True)
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -233,7 +287,7 @@ def _run_eval(args, items, judge, model_id: str, processes: Processes, device: t
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
         "per_question": args.per_question,
-        "dtype": args.dtype,
+        "dtype": str(auto_dtype(device)) if args.dtype == AUTO else args.dtype,
         "judge": args.judge,
     }
     run = EvaluationRun(
@@ -292,6 +346,11 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 # --- output ----------------------------------------------------------------------------------------------------------
+
+
+def one_line(answer: str) -> str:
+    """An answer on one line (its line breaks as spaces), so that answers are one per line."""
+    return " ".join(answer.splitlines())
 
 
 def format_weights(weights: Mapping[str, float]) -> str:
@@ -397,12 +456,22 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", type=_device, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)"
     )
-    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=AUTO, help="weights dtype (default: as saved)")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default=AUTO,
+        help="weights dtype (default auto: on a CPU bfloat16 where it has native bf16, else float32; on a GPU as saved)",
+    )
 
 
-def _add_question_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_question_arguments(parser: argparse.ArgumentParser, questions: str | None = "?") -> None:
+    """The video, `questions` (None: no question, "?": one, "+": several) and the model, generation and frame
+    sampling flags."""
     parser.add_argument("video", type=Path, help="video file")
-    parser.add_argument("question", help="question about the video")
+    if questions == "?":
+        parser.add_argument("question", help="question about the video")
+    elif questions == "+":
+        parser.add_argument("questions", nargs="+", metavar="QUESTION", help="questions about the video")
     _add_model_arguments(parser)
     generation = parser.add_argument_group("generation")
     generation.add_argument(
@@ -429,10 +498,22 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ask = commands.add_parser(
-        "ask", help="answer a question about a video", description="Answer a question about a video."
+        "ask",
+        help="answer questions about a video",
+        description="Answer one or more questions about a video (encoded once): one answer per line, in order.",
     )
-    _add_question_arguments(ask)
+    _add_question_arguments(ask, "+")
     ask.set_defaults(run=run_ask)
+
+    chat = commands.add_parser(
+        "chat",
+        help="chat about a video",
+        description="Chat about a video: questions from stdin, one per line; each answer (one line) takes the "
+        "conversation so far into account, and reuses its cached prompt. An empty line is skipped; "
+        f"{' or '.join(CHAT_EXIT_WORDS)} or end of input ends.",
+    )
+    _add_question_arguments(chat, None)
+    chat.set_defaults(run=run_chat)
 
     evaluation = commands.add_parser(
         "eval",

@@ -420,7 +420,7 @@ def evaluate_video(
     choice, the option logits come from the one forward of each question's own tokens on top of that prefix). All
     are skipped when the video is missing or unreadable."""
     try:
-        pixels = process_video(model, processor, find_video(video_dir, items[0].video_name), items[0].sampling)
+        pixels = process_video(processor, find_video(video_dir, items[0].video_name), items[0].sampling)
     except (OSError, ValueError) as err:
         return {item.question_id: _skipped_entry(item, str(err)) for item in items}
     prefix = encode_pixels(model, processor, pixels)

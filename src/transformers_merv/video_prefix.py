@@ -106,11 +106,10 @@ def _common_prefix_length(first: Sequence[int], second: Sequence[int]) -> int:
     return length
 
 
-def process_video(model, processor, video: str | Path, sampling: Mapping[str, float | int] | None = None):
-    """Decode and transform one video for `model`: `{encoder: (1, frames, C, H, W)}` on its device and dtype.
-    `sampling` is the clip window (`clip_start_sec`, `clip_end_sec`, `end_frame`)."""
-    pixels = processor.video_processor([str(video)], **(sampling or {}))["pixel_values_videos"]
-    return {name: value.to(model.device, model.dtype) for name, value in pixels.items()}
+def process_video(processor, video: str | Path, sampling: Mapping[str, float | int] | None = None):
+    """Decode and transform one video: `{encoder: (1, frames, C, H, W)}`. `sampling` is the clip window
+    (`clip_start_sec`, `clip_end_sec`, `end_frame`)."""
+    return processor.video_processor([str(video)], **(sampling or {}))["pixel_values_videos"]
 
 
 def encode_video(
@@ -122,7 +121,7 @@ def encode_video(
 ) -> VideoPrefix:
     """Decode and encode `video` once and run the language model over the prompt prefix it shares with every
     question (`shared_prefix_ids`), keeping its KV cache."""
-    return encode_pixels(model, processor, process_video(model, processor, video, sampling), chat_template)
+    return encode_pixels(model, processor, process_video(processor, video, sampling), chat_template)
 
 
 @torch.inference_mode()
@@ -130,7 +129,8 @@ def encode_pixels(
     model, processor, pixel_values_videos: Mapping[str, torch.Tensor], chat_template: str | None = None
 ) -> VideoPrefix:
     """`encode_video` for an already decoded video (`process_video`'s output, a batch of one)."""
-    video_features = model.get_video_features(dict(pixel_values_videos))
+    pixels = {name: value.to(model.device, model.dtype) for name, value in pixel_values_videos.items()}
+    video_features = model.get_video_features(pixels)
     input_ids = torch.tensor([shared_prefix_ids(processor, chat_template)], device=model.device)
     output = model(input_ids=input_ids, mm_encoder_outputs={"video": video_features}, use_cache=True, logits_to_keep=1)
     return VideoPrefix(video_features, CachedPrompt(input_ids, output.cache), chat_template)
