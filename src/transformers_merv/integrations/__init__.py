@@ -1,1 +1,1 @@
-"""Integrations with evaluation and serving frameworks; each module is imported only by the framework it serves."""
+"""Integrations with other engines, each imported only by that engine's plugin entry point."""
