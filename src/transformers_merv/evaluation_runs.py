@@ -1,7 +1,7 @@
 """`merv eval` at scale: data-parallel over processes, resumable, with a progress bar and a summary table.
 
     torchrun --nproc_per_node N -m transformers_merv.cli eval ...        # the same flags as `merv eval`
-    accelerate launch --num_processes N -m transformers_merv.cli eval ...
+    accelerate launch --multi_gpu --num_processes N -m transformers_merv.cli eval ...
 
 - **Processes:** the launcher's `RANK` / `WORLD_SIZE` / `LOCAL_RANK` say which process this is (a plain run is one
   process). The questions are sharded by video: each video goes, in order of first appearance, to the process with
