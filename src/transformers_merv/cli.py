@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,12 @@ from .evaluation import (
     OPEN_ENDED,
     EvaluationInputError,
     default_max_new_tokens,
-    evaluate,
     load_items,
     load_judge,
+    question_answerer,
     question_inputs,
-    write_results,
 )
+from .evaluation_runs import EvaluationRun, EvaluationRunError, Processes, output_lock, summary_table
 from .hub import HubUnreachableError, hub_download_kwargs
 from .media_limits import is_url
 from .model_files import diagnose_model_folder
@@ -278,6 +278,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    """`merv eval`, in one process or in each of those a launcher started (`evaluation_runs`)."""
     if args.judge is not None and args.mode != OPEN_ENDED:
         raise CliError("--judge scores open-ended answers only")
     items = load_items(args.questions, args.answers, args.mode, args.limit)
@@ -285,9 +286,38 @@ def run_eval(args: argparse.Namespace) -> int:
         raise CliError(f"--video-dir {args.video_dir} is not a directory")
     judge = load_judge(args.judge) if args.judge else None
     model_id = args.model or default_model()
+    processes = Processes.from_environment()
+    device = resolve_device(processes.device(args.device))
+    processes.start(device)
+    try:
+        with output_lock(args.output) if processes.is_main else nullcontext():
+            return _run_eval(args, items, judge, model_id, processes, device)
+    finally:
+        processes.stop()
+
+
+def _run_eval(args, items, judge, model_id: str, processes: Processes, device: torch.device) -> int:
+    sources = {
+        "model": model_id,
+        "questions_file": str(args.questions),
+        "answers_file": str(args.answers),
+        "video_dir": str(args.video_dir),
+    }
+    settings = {
+        "mode": args.mode,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "per_question": args.per_question,
+        "dtype": str(auto_dtype(device)) if args.dtype == AUTO else args.dtype,
+        "judge": args.judge,
+    }
+    run = EvaluationRun(
+        items, args.mode, args.output, sources, settings, processes, args.batch_size, args.per_question
+    )
+    run.prepare()
     processor = load_processor(model_id)
-    model = load_model(model_id, resolve_device(args.device), args.dtype)
-    results = evaluate(
+    model = load_model(model_id, device, args.dtype)
+    answer = question_answerer(
         model,
         processor,
         items,
@@ -298,16 +328,10 @@ def run_eval(args: argparse.Namespace) -> int:
         judge=judge,
         per_question=args.per_question,
     )
-    sources = {
-        "model": model_id,
-        "questions_file": str(args.questions),
-        "answers_file": str(args.answers),
-        "video_dir": str(args.video_dir),
-    }
-    results["summary"] = sources | results["summary"]
-    write_results(args.output, results)
-    print(format_summary(results["summary"]))
-    print(f"wrote {args.output}")
+    results = run.run(answer)
+    if results is not None:
+        print(summary_table(results["summary"]))
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -358,22 +382,6 @@ def format_weights(weights: Mapping[str, float]) -> str:
         f"  {name:<{width}}  {weight:.3f}  {'█' * round(BAR_WIDTH * weight / largest)}"
         for name, weight in weights.items()
     )
-
-
-def format_summary(summary: Mapping[str, Any]) -> str:
-    lines = [
-        f"{summary['mode']}: accuracy {_percent(summary['accuracy'])} ({summary['correct']}/{summary['evaluated']}"
-        f" questions; {summary['skipped']} skipped)"
-    ]
-    if "naive_accuracy" in summary:
-        lines.append(f"  naive first-letter accuracy {_percent(summary['naive_accuracy'])}")
-    for kind, rates in summary.get("per_question_type", {}).items():
-        lines.append(f"  {kind}: {_percent(rates['accuracy'])} ({rates['correct']}/{rates['evaluated']})")
-    return "\n".join(lines)
-
-
-def _percent(rate: float | None) -> str:
-    return "n/a" if rate is None else f"{100 * rate:.1f}%"
 
 
 def draw_fusion_chart(weights: Mapping[str, float], question: str, path: str | Path) -> None:
@@ -615,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _error_message(err: Exception) -> str:
     """The one-line report of a failure: our own errors as they are, anything else with its type and a pointer to
     the traceback."""
-    if isinstance(err, (CliError, EvaluationInputError, ConversionError, OSError, ValueError)):
+    if isinstance(err, (CliError, EvaluationInputError, EvaluationRunError, ConversionError, OSError, ValueError)):
         return _first_line(err)
     return f"{type(err).__name__}: {_first_line(err)} (--debug or {DEBUG_ENVIRONMENT_VARIABLE}=1 shows the traceback)"
 

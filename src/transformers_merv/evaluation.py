@@ -359,6 +359,32 @@ def evaluate(
 
     Returns `{"summary": ..., "results": [one entry per item, in order]}` (see `summarize`).
     """
+    answer = question_answerer(
+        model, processor, items, video_dir, mode, batch_size, generation_kwargs, judge, per_question
+    )
+    groups = _batches(items, batch_size) if per_question else group_by_video(items)
+    entries: dict[str, dict[str, Any]] = {}
+    with tqdm(total=len(items), desc=f"eval ({mode})", unit="question", disable=not progress) as bar:
+        for group in groups:
+            entries |= answer(group)
+            bar.update(len(group))
+    results = [entries[item.question_id] for item in items]
+    return {"summary": summarize(results, mode), "results": results}
+
+
+def question_answerer(
+    model,
+    processor,
+    items: Sequence[EvalItem],
+    video_dir: str | Path,
+    mode: str,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    generation_kwargs: Mapping[str, Any] | None = None,
+    judge: Judge | None = None,
+    per_question: bool = False,
+) -> Callable[[Sequence[EvalItem]], dict[str, dict[str, Any]]]:
+    """What `evaluate` runs on each group of `items`: `answer(group)` gives the entries by question id of a group of
+    questions about one video (`evaluate_video`), or with `per_question` of any batch (`_evaluate_batch`)."""
     _check_mode(mode)
     if judge is not None and mode != OPEN_ENDED:
         raise EvaluationInputError("a judge scores open-ended answers only")
@@ -370,21 +396,26 @@ def evaluate(
     letters = max((item.letters for item in items), key=len, default="")
     vocab_size = model.config.text_config.vocab_size
     letter_ids = letter_token_ids(processor.tokenizer, letters, vocab_size) if mode == MCQ else {}
-    answer = (
-        partial(_evaluate_batch, model, processor, video_dir=video_dir, generation=generation)
-        if per_question
-        else partial(
-            evaluate_video, model, processor, video_dir=video_dir, generation=generation, batch_size=batch_size
+    if per_question:
+        return partial(
+            _evaluate_batch,
+            model,
+            processor,
+            video_dir=video_dir,
+            generation=generation,
+            letter_ids=letter_ids,
+            judge=judge,
         )
+    return partial(
+        evaluate_video,
+        model,
+        processor,
+        video_dir=video_dir,
+        generation=generation,
+        letter_ids=letter_ids,
+        judge=judge,
+        batch_size=batch_size,
     )
-    groups = _batches(items, batch_size) if per_question else group_by_video(items)
-    entries: dict[str, dict[str, Any]] = {}
-    with tqdm(total=len(items), desc=f"eval ({mode})", unit="question", disable=not progress) as bar:
-        for group in groups:
-            entries |= answer(group, letter_ids=letter_ids, judge=judge)
-            bar.update(len(group))
-    results = [entries[item.question_id] for item in items]
-    return {"summary": summarize(results, mode), "results": results}
 
 
 def group_by_video(items: Sequence[EvalItem]) -> list[list[EvalItem]]:
