@@ -16,9 +16,11 @@ the default install stays free of vLLM. What runs where:
   checked before the request is queued; the bytes are decoded once, by `MervVideoProcessor`.
 """
 
+import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
@@ -81,7 +83,13 @@ def register() -> None:
 
 
 def _shown_url(url: str) -> str:
-    return url if len(url) <= URL_SHOWN_CHARS else f"{url[:URL_SHOWN_CHARS]}... ({len(url)} characters)"
+    """The URL as an error message names it. vLLM masks server paths in error messages (`/dir/file.ext` becomes
+    `<path>`), so a path is shortened to its file name, which the client recognises; data URLs to their start."""
+    if url[:5].lower() == "data:":
+        return f"{url[:URL_SHOWN_CHARS]}... ({len(url)} characters)"
+    parts = urlsplit(url)
+    folders, name = posixpath.split(parts.path)
+    return f"{parts.scheme}://{parts.netloc}{'/.../' if folders.strip('/') else '/'}{name}"
 
 
 class MervVideoMediaIO(MediaIO[MediaWithBytes]):
@@ -101,7 +109,7 @@ class MervVideoMediaIO(MediaIO[MediaWithBytes]):
 
     def load_file(self, filepath: Path) -> MediaWithBytes:
         if not filepath.is_file():
-            raise FileNotFoundError(f"no video file at {filepath}")
+            raise FileNotFoundError("no such file")
         return self.load_bytes(filepath.read_bytes())
 
 
