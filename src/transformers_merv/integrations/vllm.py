@@ -56,7 +56,8 @@ from ..configuration_merv import MervConfig
 from ..modeling_merv import MervModel, MervPreTrainedModel, MervVisualProjector, build_fusion, build_vision_tower
 from ..processing_merv import MervProcessor
 from ..serving import MEDIA_CONNECTOR
-from ..video_io import open_video
+from ..video_io import open_video, sample_frame_indices
+from ..video_processing_merv import MERV_FULL_ENCODER_SETTINGS
 
 
 logger = init_logger(__name__)
@@ -68,6 +69,8 @@ PIXEL_FIELD_PREFIX = "pixel_values_videos_"
 MODEL_PREFIX = "model."
 VIDEO_WEIGHT_PREFIXES = tuple(f"{MODEL_PREFIX}{part}." for part in ("vision_towers", "projectors", "fusion"))
 """Checkpoint keys of the video model (everything of `MervModel` but its language model)."""
+PROBED_FRAMES = max(settings["num_frames"] for settings in MERV_FULL_ENCODER_SETTINGS.values())
+"""Frames decoded to check a fetched video: the most any merv-full encoder reads (the processor decodes the same)."""
 URL_SHOWN_CHARS = 80
 """Longest URL quoted in an error message (data URLs are cut there)."""
 
@@ -93,7 +96,8 @@ def _shown_url(url: str) -> str:
 
 
 class MervVideoMediaIO(MediaIO[MediaWithBytes]):
-    """A video as its encoded bytes, checked to decode (its first frame) before the request is queued.
+    """A video as its encoded bytes, checked to decode before the request is queued: the frames merv-full's
+    processor samples (`PROBED_FRAMES`) are decoded once here, so a video that fails is reported by its URL.
 
     The media vLLM carries is the byte string itself (a uint8 array over it), so vLLM's processor cache keys on the
     exact bytes and `MervMultiModalProcessor` decodes them once, with `MervVideoProcessor`.
@@ -101,7 +105,8 @@ class MervVideoMediaIO(MediaIO[MediaWithBytes]):
 
     def load_bytes(self, data: bytes) -> MediaWithBytes:
         with open_video(data, "video_url") as reader:
-            reader.get_frames([0])
+            metadata = reader.metadata
+            reader.get_frames(sample_frame_indices(metadata.total_num_frames, metadata.fps, PROBED_FRAMES))
         return MediaWithBytes((np.frombuffer(data, dtype=np.uint8), {}), data)
 
     def load_base64(self, media_type: str, data: str) -> MediaWithBytes:
