@@ -374,7 +374,7 @@ def bench_feature_layer(repeats: int) -> dict[str, Timing]:
 
         def ours(name=name, tower=tower, frames=frames):
             with torch.no_grad():
-                return inner._tower_hidden_state(name, tower, frames)
+                return inner._tower_hidden_state(name, tower, frames)[0]
 
         torch.testing.assert_close(ours(), authors(), rtol=0, atol=0)
         cases[f"{name}: all layers (authors)"] = authors

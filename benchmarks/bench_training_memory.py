@@ -29,6 +29,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from transformers_merv import MervConfig, MervForConditionalGeneration
+from transformers_merv.compat import enable_activation_checkpointing
 from transformers_merv.training import set_trainable
 
 
@@ -162,7 +163,7 @@ def measure(checkpointing: bool, encoders_trainable: bool, workdir: Path) -> Mea
     if encoders_trainable:
         model.model.vision_towers.requires_grad_(True)
     if checkpointing:
-        model.activation_checkpointing_enable()
+        enable_activation_checkpointing(model)
     model.train()
     batch = make_batch(config)
     saved = SavedForBackward(model, list(model.model.vision_towers.values()))

@@ -25,6 +25,7 @@ import torch
 from transformers import AutoProcessor
 
 from transformers_merv import MervConfig, MervForConditionalGeneration, MervProcessor, MervVideoProcessor
+from transformers_merv.compat import activation_checkpointing_argument
 from transformers_merv.data.synthetic import generate_dataset
 from transformers_merv.data.tokenizer import build_tokenizer, conversation_texts
 from transformers_merv.evaluation import OPEN_ENDED, evaluate, load_items
@@ -165,7 +166,7 @@ def train_stage(
             "0",
             "--bf16",
             "false",
-            "--activation_checkpointing",
+            f"--{activation_checkpointing_argument()}",
             "false",
             "--dataloader_num_workers",
             "0",

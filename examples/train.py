@@ -37,6 +37,7 @@ from peft import get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoProcessor, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from transformers_merv import MervForConditionalGeneration
+from transformers_merv.compat import activation_checkpointing_argument
 from transformers_merv.training import (
     LORA_DEFAULTS,
     TRAINING_STAGES,
@@ -61,7 +62,7 @@ COMMON_RECIPE = {
     "warmup_steps": 0.03,
     "max_grad_norm": 1.0,
     "bf16": True,
-    "activation_checkpointing": True,
+    activation_checkpointing_argument(): True,
     "save_steps": 512,
     "logging_steps": 1,
     "seed": 7,
@@ -195,7 +196,7 @@ def load_model(merv_args: MervArguments, training_args: TrainingArguments) -> Me
     model = MervForConditionalGeneration.from_pretrained(merv_args.model_name_or_path, **kwargs)
     if merv_args.qlora:
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=training_args.activation_checkpointing
+            model, use_gradient_checkpointing=getattr(training_args, activation_checkpointing_argument())
         )
     set_trainable(model, merv_args.stage)
     if not lora:

@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, Aut
 from transformers.integrations.accelerate import infer_auto_device_map
 
 from transformers_merv import MervConfig, MervForConditionalGeneration
+from transformers_merv.compat import enable_activation_checkpointing
 
 from conftest import random_pixels, tiny_config, with_placeholders
 
@@ -193,7 +194,7 @@ def test_cpu_and_disk_offload_reproduce_the_logits(saved, reference_logits, tmp_
 def test_activation_checkpointing_with_frozen_encoders_trains_the_rest(saved):
     model = AutoModel.from_pretrained(saved).train()
     model.model.vision_towers.requires_grad_(False)
-    model.gradient_checkpointing_enable()
+    enable_activation_checkpointing(model)
     inputs = _inputs(model.config)
     loss = model(**inputs, labels=inputs["input_ids"]).loss
     loss.backward()

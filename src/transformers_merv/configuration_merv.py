@@ -3,8 +3,9 @@ settings of the authors' model registry (princetonvisualai/merv)."""
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, CLIPVisionConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import logging
+
+from .compat import SubConfigSpec, build_sub_configs, sub_config_classes
 
 
 logger = logging.get_logger(__name__)
@@ -164,6 +165,7 @@ class MervConfig(PreTrainedConfig):
             AutoConfig, model_type="siglip_vision_model", init_kwargs=SIGLIP_B16_224_CONFIG
         ),
     }
+    sub_configs = sub_config_classes(sub_configs_defaults)
 
     text_config: dict | PreTrainedConfig | None = None
     languagebind_config: dict | PreTrainedConfig | None = None
@@ -197,6 +199,7 @@ class MervConfig(PreTrainedConfig):
             **dict.fromkeys(ENCODER_CONFIG_KEYS, "default"),
             **(self.vision_feature_select_strategy or {}),
         }
+        build_sub_configs(self)
         super().__post_init__(**kwargs)
         self.check_merv_settings()
 

@@ -5,8 +5,11 @@ Data flow (`MervModel.get_video_features`): each encoder in `config.vision_encod
 the fusion module mixes the encoders into one sequence. `MervModel.forward` scatters that sequence into the
 `<video>` placeholder positions of the prompt embeddings and runs the language model."""
 
+from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -15,17 +18,19 @@ from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPooling,
-    MultimodalBaseModelOutputWithPast,
-    MultimodalCausalLMOutputWithPast,
-)
-from transformers.modeling_utils import slice_logits_to_keep
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, logging, torch_compilable_check
-from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
+from .compat import (
+    CACHE_KWARG,
+    MultimodalBaseModelOutputWithPast,
+    MultimodalCausalLMOutputWithPast,
+    accept_legacy_cache_kwarg,
+    cache_kwargs,
+    slice_logits_to_keep,
+)
 from .configuration_merv import MervConfig
 from .modeling_languagebind import MervLanguageBindVideoModel
 
@@ -44,22 +49,43 @@ take frames folded into the batch, frame-major (LanguageBind's temporal groups a
 
 
 @dataclass(frozen=True)
-class TowerParts:
-    """Where an encoder's pieces live: the modules applied before the layers, the layer list, the final norm."""
+class TowerAdapter:
+    """Runs one encoder piece by piece, so that MERV stops at the layer it reads instead of computing (and discarding)
+    the later ones; the towers keep every layer, so checkpoints stay complete.
+
+    This relies on the tower's module layout (the modules before the layers, the layer list, the final norm) and on
+    its layers being callable as `layer(hidden_states, attention_mask)`: transformers internals, not API.
+    `tests/test_tower_adapters.py` compares every adapter with the tower's own `forward(output_hidden_states=True)`
+    on the installed transformers, so a release that changes them fails there, loudly."""
 
     stem: tuple[str, ...]
     layers: str
     final_norm: str
 
+    def num_layers(self, tower: nn.Module) -> int:
+        return len(tower.get_submodule(self.layers))
 
-TOWER_PARTS = {
-    "languagebind": TowerParts(("embeddings", "pre_layrnorm"), "encoder.layers", "post_layernorm"),
-    "dinov2": TowerParts(("embeddings",), "encoder.layer", "layernorm"),
-    "vivit": TowerParts(("embeddings",), "layers", "layernorm"),
-    "siglip": TowerParts(("embeddings",), "encoder.layers", "post_layernorm"),
+    def hidden_states(self, tower: nn.Module, pixels: torch.Tensor, num_layers: int) -> Iterator[torch.Tensor]:
+        """The tower's hidden states 0 (the embeddings' output) to `num_layers`, one at a time; no later layer runs."""
+        hidden = pixels
+        for stem in self.stem:
+            hidden = getattr(tower, stem)(hidden)
+        yield hidden
+        for layer in tower.get_submodule(self.layers)[:num_layers]:
+            hidden = layer(hidden, None)
+            yield hidden
+
+    def normalize(self, tower: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """The tower's final norm applied to `hidden`."""
+        return getattr(tower, self.final_norm)(hidden)
+
+
+TOWER_ADAPTERS = {
+    "languagebind": TowerAdapter(("embeddings", "pre_layrnorm"), "encoder.layers", "post_layernorm"),
+    "dinov2": TowerAdapter(("embeddings",), "encoder.layer", "layernorm"),
+    "vivit": TowerAdapter(("embeddings",), "layers", "layernorm"),
+    "siglip": TowerAdapter(("embeddings",), "encoder.layers", "post_layernorm"),
 }
-"""MERV reads one layer of each encoder; running the tower piece by piece stops there instead of computing (and
-discarding) the later layers, while the towers keep every layer so checkpoints stay complete."""
 
 
 @dataclass
@@ -73,11 +99,24 @@ class MervVideoFeaturesOutput(BaseModelOutputWithPooling):
         Per encoder, the selected tokens `(num_videos, tokens, encoder_hidden_size)` before alignment.
     projected_features (`dict[str, torch.FloatTensor]`, *optional*):
         Per encoder, the aligned tokens `(num_videos, tokens, text_hidden_size)` before fusion.
+    encoder_hidden_states (`dict[str, tuple[torch.FloatTensor]]`, *optional*):
+        With `output_hidden_states=True`: per encoder, the tower's hidden states from its embeddings' output to the
+        feature layer (the later layers do not run), frames folded into the batch except for ViViT.
     """
 
     fusion_weights: torch.FloatTensor | None = None
     encoder_features: dict[str, torch.FloatTensor] | None = None
     projected_features: dict[str, torch.FloatTensor] | None = None
+    encoder_hidden_states: dict[str, tuple[torch.FloatTensor, ...]] | None = None
+
+
+class EncoderBranch(NamedTuple):
+    """One encoder's results: its selected tokens, their aligned (pooled and projected) version and, if asked, the
+    tower's hidden states up to the feature layer."""
+
+    features: torch.Tensor
+    aligned: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
 
 
 # --- alignment: token resamplers -------------------------------------------------------------------------------------
@@ -415,7 +454,7 @@ class MervPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("video", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["cache"]
+    _skip_keys_device_placement = [CACHE_KWARG]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -515,30 +554,45 @@ class MervModel(MervPreTrainedModel):
             width)` with that encoder's own frame count and resolution (see `MervVideoProcessor`).
         output_encoder_features (`bool`, *optional*, defaults to `False`):
             Also return each encoder's selected tokens and projected tokens.
+        output_hidden_states (`bool`, *optional*, defaults to `False`):
+            Also return each tower's hidden states up to its feature layer (`encoder_hidden_states`).
         """
+        unsupported = set(kwargs) - {"output_hidden_states"}
+        if unsupported:
+            raise TypeError(
+                f"get_video_features() got unsupported arguments {sorted(unsupported)}; it takes "
+                "`output_encoder_features` and `output_hidden_states`"
+            )
+        output_hidden_states = bool(kwargs.get("output_hidden_states"))
         self._check_pixel_values(pixel_values_videos)
-        branches = self._run_encoder_branches(pixel_values_videos)
-        encoded = {name: features for name, (features, _) in branches.items()}
-        projected = {name: aligned for name, (_, aligned) in branches.items()}
+        branches = self._run_encoder_branches(pixel_values_videos, output_hidden_states)
+        projected = {name: branch.aligned for name, branch in branches.items()}
         target = next(iter(projected.values())).device
         fused, weights = self.fusion([features.to(target) for features in projected.values()])
         return MervVideoFeaturesOutput(
             last_hidden_state=fused,
             pooler_output=fused,
             fusion_weights=weights,
-            encoder_features=encoded if output_encoder_features else None,
+            encoder_features={name: branch.features for name, branch in branches.items()}
+            if output_encoder_features
+            else None,
             projected_features=projected if output_encoder_features else None,
+            encoder_hidden_states={name: branch.hidden_states for name, branch in branches.items()}
+            if output_hidden_states
+            else None,
         )
 
     def _run_encoder_branches(
-        self, pixel_values_videos: dict[str, torch.Tensor]
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """(selected tokens, aligned tokens) of every encoder, one after the other or, with
+        self, pixel_values_videos: dict[str, torch.Tensor], output_hidden_states: bool = False
+    ) -> dict[str, EncoderBranch]:
+        """Every encoder's branch, one after the other or, with
         `config.concurrent_encoders`, each in its own thread (and CUDA stream), so encoders on different GPUs (or
         sharing one) overlap. Results are identical either way."""
         names = self.config.vision_encoders
         if not self.config.concurrent_encoders or len(names) == 1:
-            return {name: self._encoder_branch(name, pixel_values_videos[name]) for name in names}
+            return {
+                name: self._encoder_branch(name, pixel_values_videos[name], output_hidden_states) for name in names
+            }
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             raise ValueError(
                 "`config.concurrent_encoders` cannot be used in distributed training (FSDP / DeepSpeed gather "
@@ -546,23 +600,25 @@ class MervModel(MervPreTrainedModel):
             )
         grad_enabled, inference_mode = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
-        def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        def run(name: str) -> EncoderBranch:
             # grad and inference modes are thread-local: carry the caller's into the worker
             with torch.inference_mode(inference_mode), torch.set_grad_enabled(grad_enabled):
-                return self._encoder_branch_on_own_stream(name, pixel_values_videos[name])
+                return self._encoder_branch_on_own_stream(name, pixel_values_videos[name], output_hidden_states)
 
         with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="merv-encoder") as pool:
             futures = {name: pool.submit(run, name) for name in names}
             return {name: future.result() for name, future in futures.items()}
 
-    def _encoder_branch_on_own_stream(self, name: str, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encoder_branch_on_own_stream(
+        self, name: str, pixels: torch.Tensor, output_hidden_states: bool
+    ) -> EncoderBranch:
         device = _execution_device(self.vision_towers[name])
         if device.type != "cuda":
-            return self._encoder_branch(name, pixels)
+            return self._encoder_branch(name, pixels, output_hidden_states)
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))  # the inputs may still be in flight on the caller's
         with torch.cuda.stream(stream):
-            result = self._encoder_branch(name, pixels)
+            result = self._encoder_branch(name, pixels, output_hidden_states)
         stream.synchronize()  # blocks this worker only; the caller then reads finished tensors
         return result
 
@@ -579,16 +635,16 @@ class MervModel(MervPreTrainedModel):
         self._check_pixel_values(pixel_values_videos)
         for name in self.config.vision_encoders:
             projector = self.projectors[name]
-            features = self._encode(name, pixel_values_videos[name]).to(_execution_device(projector))
+            features = self._encode(name, pixel_values_videos[name])[0].to(_execution_device(projector))
             grid_frames = self.config.encoder_token_grid(name)[0]
             pooled = projector.resampler(
                 features.unflatten(1, (grid_frames, -1)).to(next(projector.parameters()).dtype)
             )
             projector.mlp.standardize_first_layer(pooled.flatten(0, 1), generator)
 
-    def _encoder_branch(self, name: str, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self._encode(name, pixels)
-        return features, self._align(name, features)
+    def _encoder_branch(self, name: str, pixels: torch.Tensor, output_hidden_states: bool) -> EncoderBranch:
+        features, hidden_states = self._encode(name, pixels, output_hidden_states)
+        return EncoderBranch(features, self._align(name, features), hidden_states)
 
     def _check_pixel_values(self, pixel_values_videos: dict[str, torch.Tensor]) -> None:
         if not isinstance(pixel_values_videos, dict):
@@ -620,31 +676,35 @@ class MervModel(MervPreTrainedModel):
         height, width = (size, size) if isinstance(size, int) else size
         return self.config.num_frames[name], sub_config.num_channels, height, width
 
-    def _encode(self, name: str, pixels: torch.Tensor) -> torch.Tensor:
-        """Selected tokens of encoder `name`: `(videos, frames) -> (videos, tokens, encoder_hidden_size)`."""
+    def _encode(
+        self, name: str, pixels: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Selected tokens of encoder `name`, `(videos, frames) -> (videos, tokens, encoder_hidden_size)`, and the
+        tower's hidden states up to the feature layer if `output_hidden_states`."""
         tower = self.vision_towers[name]
         num_videos = pixels.shape[0]
         pixels = pixels.to(device=_execution_device(tower), dtype=tower.dtype)
         tower_input = pixels if name in VIDEO_INPUT_TOWERS else pixels.flatten(0, 1)
         with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable_parameters(tower)):
-            hidden = self._tower_hidden_state(name, tower, tower_input)
+            hidden, hidden_states = self._tower_hidden_state(name, tower, tower_input, output_hidden_states)
+            if self.config.vision_feature_final_norm[name]:
+                hidden = TOWER_ADAPTERS[name].normalize(tower, hidden)
         if self.config.vision_feature_select_strategy[name] == "default":
             hidden = hidden[:, self.config.encoder_num_prefix_tokens(name) :]
-        return hidden.reshape(num_videos, -1, hidden.shape[-1])
+        return hidden.reshape(num_videos, -1, hidden.shape[-1]), hidden_states
 
-    def _tower_hidden_state(self, name: str, tower: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    def _tower_hidden_state(
+        self, name: str, tower: nn.Module, pixels: torch.Tensor, keep_all: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """Hidden state `config.vision_feature_layer[name]` of the tower (0 = after the embeddings), running only the
-        layers up to it, then the final norm if `config.vision_feature_final_norm[name]`."""
-        parts = TOWER_PARTS[name]
-        hidden = pixels
-        for stem in parts.stem:
-            hidden = getattr(tower, stem)(hidden)
-        layers = tower.get_submodule(parts.layers)
-        for layer in layers[: self.config.vision_feature_layer[name] % (len(layers) + 1)]:
-            hidden = layer(hidden, None)
-        if self.config.vision_feature_final_norm[name]:
-            hidden = getattr(tower, parts.final_norm)(hidden)
-        return hidden
+        layers up to it; with `keep_all`, also every hidden state up to it (else only one is held at a time)."""
+        adapter = TOWER_ADAPTERS[name]
+        num_layers = self.config.vision_feature_layer[name] % (adapter.num_layers(tower) + 1)
+        states = adapter.hidden_states(tower, pixels, num_layers)
+        if keep_all:
+            kept = tuple(states)
+            return kept[-1], kept
+        return deque(states, maxlen=1).pop(), None
 
     def _align(self, name: str, features: torch.Tensor) -> torch.Tensor:
         """Pool and project one encoder's tokens to `(videos, visual_tokens, text_hidden_size)`."""
@@ -680,7 +740,7 @@ class MervModel(MervPreTrainedModel):
         return mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
 
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @accept_legacy_cache_kwarg
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -720,9 +780,9 @@ class MervModel(MervPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            **cache_kwargs(cache),
             **kwargs,
         )
         return MultimodalBaseModelOutputWithPast(**outputs, video_outputs=video_outputs)
@@ -757,7 +817,7 @@ class MervForConditionalGeneration(MervPreTrainedModel, GenerationMixin):
         return self.model.get_video_features(pixel_values_videos, output_encoder_features, **kwargs)
 
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @accept_legacy_cache_kwarg
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -802,7 +862,7 @@ class MervForConditionalGeneration(MervPreTrainedModel, GenerationMixin):
         return MultimodalCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            cache=outputs.cache,
+            **cache_kwargs(outputs.cache),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             video_outputs=outputs.video_outputs,

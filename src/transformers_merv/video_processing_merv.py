@@ -21,9 +21,9 @@ from transformers.image_utils import (
     OPENAI_CLIP_STD,
 )
 from transformers.processing_utils import Unpack, VideosKwargs
-from transformers.video_processing_utils import VideoProcessorMixin
 from transformers.video_utils import VideoMetadata
 
+from .compat import VideoProcessorMixin
 from .video_io import (
     RGB_CHANNELS,
     decode_in_background,
