@@ -112,12 +112,12 @@ def fixture_pixels() -> dict[str, torch.Tensor]:
     return pixels
 
 
-def convert_fixture(run_dir: Path, output_dir: Path) -> Path:
+def convert_fixture(run_dir: Path, output_dir: Path, llm_dir: Path = FIXTURES / "llm") -> Path:
     encoders = EncoderSources(
         directories={name: FIXTURES / "encoders" / name for name in FIXTURE_IMAGE_SIZES},
         image_sizes=FIXTURE_IMAGE_SIZES,
     )
-    convert(run_dir, FIXTURES / "llm", encoders, output_dir, progress=False)
+    convert(run_dir, llm_dir, encoders, output_dir, progress=False)
     return output_dir
 
 

@@ -6,6 +6,7 @@ convert the authors' checkpoints.
     merv eval --questions Q.json --answers A.json --video-dir DIR --mode {open-ended,mcq} --output results.json
     merv explain VIDEO "QUESTION" --plot fusion.png
     merv convert --run-dir RUN --llm LLM_DIR [--languagebind DIR ...] --output-dir OUT
+    merv serve MODEL [--host HOST] [--port PORT] [extra vLLM flags...]
 
 Every command but `convert` uses the shipped default model unless `--model PATH_OR_HUB_ID` names another.
 Errors are one line on stderr (`error: ...`) with exit status 1; bad flags exit with status 2.
@@ -42,6 +43,14 @@ from .media_limits import is_url
 from .model_files import diagnose_model_folder
 from .precision import auto_dtype, cpu_has_native
 from .video_prefix import VideoChat, answer_questions, encode_pixels, process_video
+from .serving import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    server_command,
+    server_environment,
+    serving_chat_template,
+    vllm_is_installed,
+)
 
 
 PROG = "merv"
@@ -366,6 +375,18 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    """Replace this process by vLLM's OpenAI-compatible server on the model (MERV's settings, then the user's)."""
+    if not vllm_is_installed():
+        raise CliError(
+            "merv serve needs vLLM: pip install 'transformers-merv[serve]' (GPU), or the CPU build as the README's "
+            "Serving section shows"
+        )
+    chat_template = serving_chat_template(load_processor(args.model))
+    command = server_command(args.model, args.host, args.port, chat_template, args.vllm_args)
+    os.execve(command[0], command, server_environment())
+
+
 # --- output ----------------------------------------------------------------------------------------------------------
 
 
@@ -606,11 +627,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_convert_arguments(conversion)
     conversion.set_defaults(run=run_convert)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model over HTTP with vLLM (OpenAI-compatible API)",
+        description="Start vLLM's OpenAI-compatible server on MODEL; flags merv does not know go to vLLM.",
+    )
+    serve.add_argument("model", metavar="MODEL", help="model folder or Hub id")
+    serve.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default %(default)s)")
+    serve.add_argument("--port", type=_positive_int, default=DEFAULT_PORT, help="port (default %(default)s)")
+    serve.set_defaults(run=run_serve, takes_vllm_args=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, vllm_args = parser.parse_known_args(argv)
+    if vllm_args and not getattr(args, "takes_vllm_args", False):
+        parser.error(f"unrecognized arguments: {' '.join(vllm_args)}")
+    args.vllm_args = vllm_args
     try:
         return args.run(args)
     except Exception as err:  # noqa: BLE001 - every failure is one line unless debugging

