@@ -3,11 +3,12 @@ save/load and generation."""
 
 import pytest
 import torch
+from torch import nn
 from transformers import AutoModel, LlamaModel
 
 from transformers_merv import MervForConditionalGeneration, MervModel
 from transformers_merv.configuration_merv import MervLanguageBindVideoConfig
-from transformers_merv.modeling_languagebind import MervLanguageBindEncoderLayer
+from transformers_merv.modeling_languagebind import MervLanguageBindEncoderLayer, MervLanguageBindVideoModel
 
 from conftest import random_pixels, tiny_config, with_placeholders
 
@@ -441,3 +442,12 @@ def test_languagebind_temporal_attention_runs_within_groups_of_frames(group):
         attended = temporal + layer.self_attn(layer.layer_norm1(temporal))[0]
         expected = attended + layer.mlp(layer.layer_norm2(attended))
         torch.testing.assert_close(layer(hidden), expected)
+
+
+def test_languagebind_layer_norms_use_the_configured_epsilon():
+    config = MervLanguageBindVideoConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, layer_norm_eps=1e-3
+    )
+    norms = [module for module in MervLanguageBindVideoModel(config).modules() if isinstance(module, nn.LayerNorm)]
+    assert len(norms) == 2 + 3 * config.num_hidden_layers  # pre/post, and three per layer (temporal, attention, MLP)
+    assert {norm.eps for norm in norms} == {1e-3}

@@ -12,6 +12,15 @@ MUTMUT_STATS = Path("mutmut-stats.json")
 """Written by mutmut in its working copy (`mutants/`), where pytest runs."""
 
 
+def pytest_configure(config) -> None:
+    """With `MUTATION_WHOLE_FILES=1`, a mutant runs every test of its mapped files, not only those mutmut recorded as
+    executing the mutated function: mutmut records a module-scoped fixture's constructor calls only for the test
+    that first built it, so constructor mutants would otherwise miss the tests that use the fixture later."""
+    module = module_of(os.environ.get("MUTANT_UNDER_TEST", ""))
+    if module is not None and os.environ.get("MUTATION_WHOLE_FILES"):
+        config.args[:] = list(TARGETS[module].tests)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     module = module_of(os.environ.get("MUTANT_UNDER_TEST", ""))
     if module is None:

@@ -1,5 +1,6 @@
 """Score of the last mutation run, per module, over the targeted mutants only (`targets.py`), and its survivors.
-Reads mutmut's result files in `mutants/`: `python tests/mutation/report.py [--diffs]`."""
+Reads mutmut's result files in `mutants/`: `python tests/mutation/report.py [--diffs]`. With `--remaining`, prints
+instead the `mutmut run` globs of the targeted functions that still have mutants not run (to resume a run)."""
 
 import json
 import subprocess
@@ -50,5 +51,13 @@ def _row(label: str, counts: Counter) -> str:
     return f"| {label} | {sum(counts.values())} | " + " | ".join(str(counts[c]) for c in columns) + f" | {score} |"
 
 
+def remaining_globs() -> list[str]:
+    functions = {name.rsplit("__mutmut_", 1)[0] for name, status in mutant_statuses().items() if status == "not run"}
+    return [f"{function}*" for function in sorted(functions)]
+
+
 if __name__ == "__main__":
-    main(show_diffs="--diffs" in sys.argv)
+    if "--remaining" in sys.argv:
+        print("\n".join(remaining_globs()))
+    else:
+        main(show_diffs="--diffs" in sys.argv)
