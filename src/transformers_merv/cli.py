@@ -7,7 +7,8 @@ convert the authors' checkpoints.
     merv convert --run-dir RUN --llm LLM_DIR [--languagebind DIR ...] --output-dir OUT
 
 Every command but `convert` uses the shipped default model unless `--model PATH_OR_HUB_ID` names another.
-Errors are one line on stderr (`error: ...`) with exit status 1; bad flags exit with status 2.
+Errors are one line on stderr (`error: ...`) with exit status 1 (`--debug` or MERV_DEBUG=1: the traceback); bad
+flags exit with status 2.
 """
 
 import argparse
