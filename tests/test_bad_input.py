@@ -33,9 +33,8 @@ from transformers_merv.evaluation import (
 from transformers_merv.media_limits import MediaLimitError
 from transformers_merv.training import BadExampleError, VideoLlavaDataset
 
-from conftest import MEDIA, tiny_config
+from conftest import EXAMPLE_VIDEO, MEDIA, tiny_config
 
-EXAMPLE_VIDEO = Path(__file__).resolve().parents[1] / "examples" / "example.mp4"
 PANCAKE = MEDIA / "flipping_a_pancake.mkv"
 QUESTION = "What color is the circle?"
 

@@ -18,9 +18,9 @@ from transformers_merv import cli
 from transformers_merv.cli import main
 from transformers_merv.hub import hub_reachable
 
-from conftest import FIXTURE_IMAGE_SIZES, FIXTURES, TINY_FULL
+from conftest import EXAMPLE_VIDEO, FIXTURE_IMAGE_SIZES, FIXTURES, TINY_FULL
 
-VIDEO = Path(__file__).resolve().parents[1] / "examples" / "example.mp4"
+VIDEO = EXAMPLE_VIDEO
 QUESTION = "What color is the circle?"
 SUBPROCESS_TIMEOUT_S = 120
 """Far below the ~145 s of download retries an unreachable Hub used to cost; a guard, not a timing test."""
