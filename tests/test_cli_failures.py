@@ -162,8 +162,10 @@ def test_unknown_hub_id_fails_at_once_when_the_hub_is_unreachable(tmp_path):
                      HF_ENDPOINT=endpoint, HF_HUB_CACHE=str(tmp_path / "cache"))  # fmt: skip
     assert completed.returncode == 1
     line = _error_line(completed.stderr)
-    assert line.startswith(f"error: cannot load model 'nobody/no-such-model': the Hugging Face Hub ({endpoint}) "
-                           "cannot be reached, and 'nobody/no-such-model' is neither a local folder nor in the local")
+    assert line.startswith(
+        f"error: cannot load model 'nobody/no-such-model': the Hugging Face Hub ({endpoint}) "
+        "cannot be reached, and 'nobody/no-such-model' is neither a local folder nor in the local"
+    )
     assert "HF_HUB_OFFLINE=1" in line
 
 

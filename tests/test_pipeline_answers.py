@@ -1,7 +1,6 @@
 """transformers' image-text-to-text pipeline answers exactly as `generate` + `batch_decode(prompt_ids=...)` do: no
 leading space."""
 
-
 import pytest
 import torch
 from transformers import pipeline
