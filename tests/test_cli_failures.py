@@ -182,3 +182,16 @@ def test_reachable_hub_is_detected(tmp_path):
         server.bind(("127.0.0.1", 0))
         server.listen()
         assert hub_reachable(f"http://127.0.0.1:{server.getsockname()[1]}")
+
+
+def test_a_proxy_is_probed_instead_of_the_hub(monkeypatch):
+    with socket.socket() as proxy:
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen()
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        assert hub_reachable("https://hub.invalid")
+    hub_reachable.cache_clear()
+    monkeypatch.setenv("NO_PROXY", "hub.invalid")  # now the connection goes to the (unresolvable) host itself
+    assert not hub_reachable("https://hub.invalid")
