@@ -19,9 +19,6 @@ from transformers_merv.conversion import EncoderSources, convert  # noqa: E402
 
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-EXAMPLE_VIDEO = EXAMPLES / "example.mp4"
-"""The README's example video: a red circle moving fast to the right."""
 FIXTURES = SHARED / "fixtures" / "reference"
 MEDIA = SHARED / "media"
 TINY_FULL = FIXTURES / "tiny-merv-full"
@@ -145,6 +142,11 @@ def fake_hub(tmp_path) -> Path:
         mock.patch.object(ModelCard, "load", side_effect=EntryNotFoundError("no card")),
     ):
         yield uploaded
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLE_VIDEO = EXAMPLES / "example.mp4"
+"""The README's example video: a red circle moving fast to the right."""
 
 
 @pytest.fixture(scope="module")
