@@ -249,6 +249,9 @@ overall **{accuracy:.1%}**.
 {rows}
 
 **Prompt.** The authors' "pure" format: `<video>In: {{question}}\\nOut:`; `merv ask VIDEO "QUESTION"` does it all.
+
+**Generation.** Every trained answer is one word and `</s>`; `generation_config.json` stops after {max_new_tokens} new
+tokens, so on videos unlike its training data, where it may not predict `</s>`, it still answers in a word or two.
 """
 
 
@@ -268,6 +271,7 @@ def write_model_card(output_dir: Path, summary: dict, args: argparse.Namespace) 
         accuracy=summary["accuracy"],
         rows=rows,
         cores=os.cpu_count(),
+        max_new_tokens=model.generation_config.max_new_tokens,
     )
     (output_dir / "README.md").write_text(card)
 

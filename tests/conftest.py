@@ -1,5 +1,6 @@
 """Shared test helpers: paths to ../shared, tiny configs, converted fixtures."""
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -145,3 +146,17 @@ def fake_hub(tmp_path) -> Path:
         mock.patch.object(ModelCard, "load", side_effect=EntryNotFoundError("no card")),
     ):
         yield uploaded
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLE_VIDEO = EXAMPLES / "example.mp4"
+"""The README's example video: a red circle moving fast to the right."""
+
+
+@pytest.fixture(scope="module")
+def train_script():
+    """examples/train.py as a module."""
+    spec = importlib.util.spec_from_file_location("merv_train_example", EXAMPLES / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,7 +3,6 @@ CLI and `evaluate` take the model's generation config, and multiple choice gener
 reads."""
 
 import importlib.util
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -23,9 +22,8 @@ from transformers_merv.evaluation import (
     load_items,
 )
 
-from conftest import MEDIA
+from conftest import EXAMPLES, MEDIA
 
-REPOSITORY = Path(__file__).resolve().parents[1]
 REAL_VIDEOS = [MEDIA / "flipping_a_pancake.mkv", MEDIA / "video_0.mov"]
 
 
@@ -35,7 +33,7 @@ def shipped():
 
 
 def _build_script():
-    path = REPOSITORY / "examples" / "build_default_model.py"
+    path = EXAMPLES / "build_default_model.py"
     spec = importlib.util.spec_from_file_location("build_default_model", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

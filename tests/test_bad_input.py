@@ -10,6 +10,7 @@ import shutil
 import struct
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoProcessor
 
-from transformers_merv import MervConfig, default_model_path, read_video
+from transformers_merv import MervConfig, default_model_path, open_video, read_video
 from transformers_merv import cli
 from transformers_merv.cli import main
 from transformers_merv.evaluation import (
@@ -30,12 +31,12 @@ from transformers_merv.evaluation import (
     find_video,
     load_items,
 )
+from transformers_merv import media_limits
 from transformers_merv.media_limits import MediaLimitError
 from transformers_merv.training import BadExampleError, VideoLlavaDataset
 
-from conftest import MEDIA, tiny_config
+from conftest import EXAMPLE_VIDEO, MEDIA, tiny_config
 
-EXAMPLE_VIDEO = Path(__file__).resolve().parents[1] / "examples" / "example.mp4"
 PANCAKE = MEDIA / "flipping_a_pancake.mkv"
 QUESTION = "What color is the circle?"
 
@@ -209,6 +210,32 @@ def test_eval_skips_videos_over_the_time_limit(no_time_to_decode, tmp_path):
                  "--mode", "open-ended", "--output", str(tmp_path / "r.json")]) == 0  # fmt: skip
     skipped = json.loads((tmp_path / "r.json").read_text())["summary"]["skipped_questions"]
     assert len(skipped) == 1 and "took longer to read than the limit" in skipped[0]["reason"]
+
+
+class _TickingClock:
+    """A clock that advances one second per reading: a deterministic stand-in for slow decoding."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.mark.parametrize("video", [PANCAKE, MEDIA / "video_0.mov"], ids=lambda path: path.name)
+def test_the_time_limit_also_stops_decoding_after_indexing(video, monkeypatch):
+    """Indexing the packets takes one reading per packet; a limit just above that is reached while decoding."""
+    clock = _TickingClock()
+    monkeypatch.setattr(media_limits, "time", SimpleNamespace(monotonic=clock))
+    with open_video(video) as reader:
+        readings_to_index = clock.now
+        total = reader.metadata.total_num_frames
+    monkeypatch.setenv("MERV_DECODE_TIMEOUT_S", str(readings_to_index + 1))
+    clock.now = 0.0
+    with pytest.raises(MediaLimitError, match="took longer to read than the limit") as raised:
+        read_video(video, total)
+    assert any("_decode" in entry.name or "_indexed_frames" in entry.name for entry in raised.traceback)
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "soon", "inf"])

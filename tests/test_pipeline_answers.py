@@ -1,15 +1,14 @@
 """transformers' image-text-to-text pipeline answers exactly as `generate` + `batch_decode(prompt_ids=...)` do: no
 leading space."""
 
-from pathlib import Path
-
 import pytest
 import torch
 from transformers import pipeline
 
 from transformers_merv import default_model_path
 
-EXAMPLE_VIDEO = Path(__file__).resolve().parents[1] / "examples" / "example.mp4"
+from conftest import EXAMPLE_VIDEO
+
 QUESTIONS = ["What color is the circle?", "How fast does the red circle move?", "What is happening?"]
 
 

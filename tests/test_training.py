@@ -37,7 +37,6 @@ from transformers_merv.training.data import logger as data_logger
 from conftest import MEDIA, tiny_config
 
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ENCODER_IMAGE_SIZES = {"languagebind": 16, "dinov2": 28, "vivit": 16, "siglip": 32}
 FAST_ENCODERS = dict(
     languagebind_config=dict(
@@ -692,14 +691,6 @@ def test_resuming_from_a_checkpoint_reproduces_the_next_steps(model_dir, media_r
 
 
 # --- examples/train.py -----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def train_script():
-    spec = importlib.util.spec_from_file_location("merv_train_example", EXAMPLES / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def script_args(model_dir: Path, media_root: Path, output_dir: Path, *extra: str) -> list[str]:

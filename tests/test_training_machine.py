@@ -14,8 +14,6 @@ from transformers_merv.precision import default_device, native_bf16
 from transformers_merv.training import LORA_DEFAULTS, lora_defaults
 from transformers_merv.training.lora import logger as lora_logger
 
-from test_training import train_script  # noqa: F401 - the fixture loading examples/train.py
-
 
 def _with_cpu_bf16(native: bool):
     """This CPU as one with (or without) AVX512-BF16, and without any other half-precision feature."""

@@ -8,7 +8,6 @@ import shutil
 import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,9 +17,8 @@ from transformers_merv import VideoDecodingError, default_model_path, read_video
 from transformers_merv.cli import main
 from transformers_merv.media_limits import MediaLimitError
 
-from conftest import MEDIA
+from conftest import EXAMPLE_VIDEO, MEDIA
 
-EXAMPLE_VIDEO = Path(__file__).resolve().parents[1] / "examples" / "example.mp4"
 QUESTION = "What color is the circle?"
 
 

@@ -9,7 +9,8 @@ convert the authors' checkpoints.
     merv serve MODEL [--host HOST] [--port PORT] [extra vLLM flags...]
 
 Every command but `convert` uses the shipped default model unless `--model PATH_OR_HUB_ID` names another.
-Errors are one line on stderr (`error: ...`) with exit status 1; bad flags exit with status 2.
+Errors are one line on stderr (`error: ...`) with exit status 1 (`--debug` or MERV_DEBUG=1: the traceback); bad
+flags exit with status 2.
 """
 
 import argparse

@@ -3,6 +3,7 @@ folder nor reachable fails at once instead of after minutes of download retries.
 
 import functools
 import socket
+import urllib.request
 from urllib.parse import urlsplit
 
 from huggingface_hub import constants, try_to_load_from_cache
@@ -20,14 +21,22 @@ class HubUnreachableError(OSError):
 
 @functools.lru_cache(maxsize=None)
 def hub_reachable(endpoint: str | None = None, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """Whether the Hub's server (`HF_ENDPOINT`, default https://huggingface.co) accepts a TCP connection within
-    `timeout` seconds. Checked once per endpoint and process."""
-    parts = urlsplit(endpoint or constants.ENDPOINT)
+    """Whether the Hub's server (`HF_ENDPOINT`, default https://huggingface.co), or the proxy set for it, accepts a
+    TCP connection within `timeout` seconds. Checked once per endpoint and process."""
     try:
-        with socket.create_connection((parts.hostname, parts.port or DEFAULT_PORTS.get(parts.scheme, 443)), timeout):
+        with socket.create_connection(_first_hop(endpoint or constants.ENDPOINT), timeout):
             return True
     except OSError:
         return False
+
+
+def _first_hop(url: str) -> tuple[str, int]:
+    """(host, port) a connection to `url` goes to first: its proxy when one is set for it (`HTTPS_PROXY`, ...)."""
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname):
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return parts.hostname, parts.port or DEFAULT_PORTS.get(parts.scheme, DEFAULT_PORTS["https"])
 
 
 def hub_download_kwargs(model_id: str) -> dict[str, bool]:
