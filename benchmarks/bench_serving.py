@@ -2,8 +2,10 @@
 
     python benchmarks/bench_serving.py          # in the vLLM environment (.venv-vllm, see README "Serving")
 
-Workload: `--requests` questions about as many different videos (a coloured square crossing a 64x64 frame, 32
-frames), each answered with exactly `--tokens` greedy tokens (EOS ignored, so both sides generate the same count).
+Workload: rounds of `--requests` questions about as many different videos (a coloured square crossing a 64x64
+frame, 32 frames), each answered with exactly `--tokens` greedy tokens (EOS ignored, so both sides generate the same
+count). Every round asks about new videos, so vLLM's processor, encoder and prefix caches cannot reuse an earlier
+round's work.
 `generate` side: each request preprocessed by `MervProcessor`, then `generate` on batches of 1 or 8 (left-padded).
 Server side: the same requests as OpenAI chat completions with `file://` video URLs, 1 or 8 in flight at a time.
 Both run the shipped default model in float32; the two are timed one after the other (the server is stopped while
@@ -37,7 +39,7 @@ STOP_SECONDS = 60
 VIDEO_SIDE, VIDEO_FRAMES, SQUARE_SIDE = 64, 32, 16
 
 
-def write_video(path: Path, seed: int) -> Path:
+def write_video(path: Path, seed: tuple[int, ...]) -> Path:
     """A square of a random colour crossing the frame at a random speed (h264 mp4)."""
     generator = np.random.default_rng(seed)
     color, step = generator.integers(0, 256, 3), int(generator.integers(1, 5)) * generator.choice([-1, 1])
@@ -97,12 +99,13 @@ def serve_requests(client, model_id: str, requests: list[tuple[Path, str]], conc
         list(pool.map(ask, requests))
 
 
-def median_seconds(function, repeats: int) -> float:
+def median_seconds(function, rounds: list[list[tuple[Path, str]]]) -> float:
+    """Median seconds of `function(requests)` over the rounds after the first (a warm-up)."""
     seconds = []
-    for round_index in range(repeats + 1):
+    for round_index, requests in enumerate(rounds):
         start = time.perf_counter()
-        function()
-        if round_index:  # round 0 warms up
+        function(requests)
+        if round_index:
             seconds.append(time.perf_counter() - start)
     return statistics.median(seconds)
 
@@ -111,16 +114,30 @@ def row(label: str, seconds: float, requests: int, tokens: int) -> str:
     return f"| {label} | {requests / seconds:.2f} | {requests * tokens / seconds:.1f} | {seconds:.2f} s |"
 
 
-def time_generate(folder: str, requests: list[tuple[Path, str]], tokens: int, repeats: int) -> list[str]:
+def time_generate(folder: str, rounds: list[list[tuple[Path, str]]], tokens: int) -> list[str]:
     model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(folder)
     lines = []
     for batch_size in CONCURRENCIES:
         seconds = median_seconds(
-            lambda size=batch_size: generate_batches(model, processor, requests, size, tokens), repeats
+            lambda requests, size=batch_size: generate_batches(model, processor, requests, size, tokens), rounds
         )
-        lines.append(row(f"`generate`, batch {batch_size}", seconds, len(requests), tokens))
+        lines.append(row(f"`generate`, batch {batch_size}", seconds, len(rounds[0]), tokens))
     return lines
+
+
+def make_rounds(folder: Path, tag: int, requests: int, rounds: int) -> list[list[tuple[Path, str]]]:
+    """`rounds` lists of `requests` (video, question) pairs; every video new (seeded by `tag`, round and index)."""
+    return [
+        [
+            (
+                write_video(folder / f"video_{tag}_{round_index}_{index}.mp4", (tag, round_index, index)),
+                QUESTIONS[index % len(QUESTIONS)],
+            )
+            for index in range(requests)
+        ]
+        for round_index in range(rounds)
+    ]
 
 
 def main() -> None:
@@ -132,32 +149,24 @@ def main() -> None:
     args = parser.parse_args()
     import openai
 
-    folder = str(default_model_path())
+    model_folder = str(default_model_path())
     with tempfile.TemporaryDirectory() as scratch:
-        requests = [
-            (write_video(Path(scratch) / f"video_{index}.mp4", index), QUESTIONS[index % len(QUESTIONS)])
-            for index in range(args.requests)
-        ]
-        lines = ["| side | requests/s | output tokens/s | time for all requests |", "|---|---|---|---|"]
-        lines += time_generate(folder, requests, args.tokens, args.repeats)
-        argv = [
-            sys.executable,
-            "-m",
-            "transformers_merv.cli",
-            "serve",
-            folder,
-            "--port",
-            str(args.port),
-            *SERVER_FLAGS,
-        ]
-        server = ServerProcess(argv, dict(os.environ), f"http://127.0.0.1:{args.port}", Path(scratch) / "server.log")
+        scratch = Path(scratch)
+        lines = ["| side | requests/s | output tokens/s | time for one round |", "|---|---|---|---|"]
+        lines += time_generate(model_folder, make_rounds(scratch, 0, args.requests, args.repeats + 1), args.tokens)
+
+        argv = [sys.executable, "-m", "transformers_merv.cli", "serve", model_folder, "--port", str(args.port)]
+        server = ServerProcess(
+            [*argv, *SERVER_FLAGS], dict(os.environ), f"http://127.0.0.1:{args.port}", scratch / "log"
+        )
         try:
             server.wait_until_healthy(STARTUP_SECONDS)
             client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
             model_id = client.models.list().data[0].id
-            for concurrency in CONCURRENCIES:
+            for tag, concurrency in enumerate(CONCURRENCIES, start=1):  # new videos: nothing cached from before
+                rounds = make_rounds(scratch, tag, args.requests, args.repeats + 1)
                 seconds = median_seconds(
-                    lambda n=concurrency: serve_requests(client, model_id, requests, n, args.tokens), args.repeats
+                    lambda requests, n=concurrency: serve_requests(client, model_id, requests, n, args.tokens), rounds
                 )
                 lines.append(row(f"`merv serve`, {concurrency} in flight", seconds, args.requests, args.tokens))
         finally:
