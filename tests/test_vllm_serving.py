@@ -10,13 +10,9 @@ import http.server
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +27,7 @@ from transformers import AutoModel, AutoProcessor
 
 from transformers_merv import default_model_path
 from transformers_merv.evaluation import question_inputs
-from transformers_merv.serving import server_command, server_environment, serving_chat_template
+from transformers_merv.serving import ServerProcess, server_command, server_environment, serving_chat_template
 
 
 pytestmark = pytest.mark.vllm
@@ -121,66 +117,24 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class Server:
-    """A vLLM server process group on 127.0.0.1, its base URL and log."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], port: int, log_path: Path):
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self._log = log_path.open("w")
-        self.process = subprocess.Popen(
-            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-
-    def wait_until_healthy(self) -> None:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the server exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(2)
-        raise AssertionError(f"the server was not healthy within {STARTUP_SECONDS} s:\n{self.log_tail()}")
-
-    def stop(self) -> float:
-        """SIGTERM to the whole group, SIGKILL after `SHUTDOWN_SECONDS`; the seconds it took to exit."""
-        start = time.monotonic()
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=SHUTDOWN_SECONDS)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        except ProcessLookupError:
-            pass
-        finally:
-            self._log.close()
-        return time.monotonic() - start
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def client(self):
-        import openai  # only in the vLLM suite's environment
-
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", timeout=REQUEST_SECONDS, max_retries=0)
-
-
-def run_server(argv: list[str], env: dict[str, str], port: int, log_path: Path) -> Iterator[Server]:
-    server = Server(argv, env, port, log_path)
+def run_server(argv: list[str], env: dict[str, str], port: int, log_path: Path) -> Iterator[ServerProcess]:
+    server = ServerProcess(argv, env, f"http://127.0.0.1:{port}", log_path)
     try:
-        server.wait_until_healthy()
+        server.wait_until_healthy(STARTUP_SECONDS)
         yield server
     finally:
-        seconds = server.stop()
+        seconds = server.stop(SHUTDOWN_SECONDS)
         assert seconds < SHUTDOWN_SECONDS, f"the server took {seconds:.0f} s to stop:\n{server.log_tail()}"
 
 
+def client_of(server: ServerProcess):
+    import openai  # only in the vLLM suite's environment
+
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", timeout=REQUEST_SECONDS, max_retries=0)
+
+
 @pytest.fixture(scope="module")
-def default_server(tmp_path_factory) -> Iterator[Server]:
+def default_server(tmp_path_factory) -> Iterator[ServerProcess]:
     """`merv serve` on the shipped default model."""
     port = free_port()
     argv = [sys.executable, "-m", "transformers_merv.cli", "serve", str(default_model_path()), "--port", str(port)]
@@ -200,7 +154,7 @@ def converted_fixture(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fixture_server(converted_fixture, tmp_path_factory) -> Iterator[Server]:
+def fixture_server(converted_fixture, tmp_path_factory) -> Iterator[ServerProcess]:
     """vLLM's server started directly (what `vllm serve` runs) with the settings `merv serve` documents."""
     port = free_port()
     processor = AutoProcessor.from_pretrained(converted_fixture)
@@ -228,8 +182,8 @@ def reference_answer(folder: Path, video: Path, question: str) -> tuple[list[int
     return prompt, output[0, len(prompt) :].tolist()
 
 
-def ask(server: Server, url: str, question: str):
-    client = server.client()
+def ask(server: ServerProcess, url: str, question: str):
+    client = client_of(server)
     return client.chat.completions.create(
         model=client.models.list().data[0].id,
         messages=[
@@ -244,7 +198,7 @@ def ask(server: Server, url: str, question: str):
     )
 
 
-def served_answer(server: Server, url: str, question: str) -> tuple[list[int], list[int]]:
+def served_answer(server: ServerProcess, url: str, question: str) -> tuple[list[int], list[int]]:
     response = ask(server, url, question)
     return list(response.prompt_token_ids), list(response.choices[0].token_ids)
 
