@@ -32,6 +32,17 @@ def test_module_layout_follows_transformers_vlms(model):
     assert model.get_input_embeddings() is model.model.language_model.embed_tokens
 
 
+def test_tensor_parallel_plan_splits_the_language_model_like_llava(model):
+    """`tp_plan="auto"` applies `model._tp_plan`: the LLM's own plan (from `config.text_config`) under
+    `model.language_model.` plus the head, as for the Llava family; the encoders, projectors and fusion stay whole."""
+    plan = model._tp_plan
+    assert plan["lm_head"] == "colwise_gather_output"
+    text_plan = model.config.text_config.base_model_tp_plan
+    assert {f"model.language_model.{key}": value for key, value in text_plan.items()}.items() <= plan.items()
+    assert all(key == "lm_head" or key.startswith("model.language_model.") for key in plan)
+    assert model._pp_plan["lm_head"] == (["hidden_states"], ["logits"])
+
+
 def test_forward_shapes_and_fusion_weights(model):
     config = model.config
     input_ids = _prompt(config, batch_size=2)
@@ -286,7 +297,9 @@ def test_standardized_projectors_give_zero_mean_unit_variance_tokens():
     with torch.no_grad():
         for name in config.vision_encoders:
             projector = model.model.projectors[name]
-            features = model.model._encode(name, pixels[name]).unflatten(1, (config.encoder_token_grid(name)[0], -1))
+            features = model.model._encode(name, pixels[name])[0].unflatten(
+                1, (config.encoder_token_grid(name)[0], -1)
+            )
             first = projector.mlp.layers[0](projector.resampler(features)).flatten(0, 1)  # (samples, width)
             torch.testing.assert_close(first.mean(0), torch.zeros(first.shape[1]), atol=1e-4, rtol=0)
             assert 0.5 < first.std(0).mean().item() < 1.5

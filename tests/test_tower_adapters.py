@@ -50,7 +50,9 @@ def test_final_norm_is_the_one_the_tower_applies(model, name):
     adapter_input, forward_input = tower_inputs(model, name)
     with torch.no_grad():
         *_, last = adapter.hidden_states(tower, adapter_input, adapter.num_layers(tower))
-        torch.testing.assert_close(adapter.normalize(tower, last), tower(forward_input).last_hidden_state, rtol=0, atol=0)
+        torch.testing.assert_close(
+            adapter.normalize(tower, last), tower(forward_input).last_hidden_state, rtol=0, atol=0
+        )
 
 
 def test_languagebind_final_norm_is_the_one_its_pooler_applies(model):

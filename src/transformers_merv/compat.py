@@ -6,13 +6,13 @@ by feature (does the name exist, what does the signature say), not by version nu
 """
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import field, make_dataclass
 from functools import cache, wraps
 
 import torch
 from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_outputs import ModelOutput
 from transformers.utils.deprecation import deprecate_kwarg
 
 
@@ -77,7 +77,9 @@ except ImportError:  # transformers < 5.21
 
 
 CACHE_KWARG = (
-    "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else "past_key_values"
+    "cache"
+    if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    else "past_key_values"
 )
 """Name of the KV cache in forward signatures and outputs: `cache` from transformers 5.24, `past_key_values` before."""
 
@@ -104,7 +106,8 @@ def accept_legacy_cache_kwarg(forward):
 
 try:  # transformers >= 5.24
     from transformers.modeling_outputs import MultimodalBaseModelOutputWithPast, MultimodalCausalLMOutputWithPast
-except ImportError:  # transformers < 5.24: same outputs, with the cache under its old name `past_key_values`
+except ImportError:  # transformers < 5.24: the same outputs, with the cache under its old name `past_key_values`
+    MODALITY_OUTPUTS = ("image_outputs", "video_outputs", "audio_outputs")
 
     class _MultimodalOutput(ModelOutput):
         @property
@@ -115,30 +118,38 @@ except ImportError:  # transformers < 5.24: same outputs, with the cache under i
         def to_tuple(self) -> tuple:
             return tuple(value.to_tuple() if isinstance(value, ModelOutput) else value for value in self.values())
 
-    @dataclass
-    class MultimodalBaseModelOutputWithPast(_MultimodalOutput):
-        """Language-model outputs plus the encoders' outputs (transformers 5.24's class of the same name)."""
+    _OUTPUT_ARGS = """
+    Args:
+        last_hidden_state / loss / logits:
+            As in transformers' `BaseModelOutputWithPast` / `CausalLMOutputWithPast`.
+        past_key_values (`Cache`, *optional*):
+            The language model's KV cache (also readable as `cache`, its name from transformers 5.24).
+        hidden_states, attentions:
+            The language model's, when asked for.
+        image_outputs, video_outputs, audio_outputs (`BaseModelOutputWithPooling`, *optional*):
+            The outputs of each modality's encoder, `None` where it did not run.
+    """
 
-        last_hidden_state: torch.FloatTensor | None = None
-        past_key_values: Cache | None = None
-        hidden_states: tuple[torch.FloatTensor, ...] | None = None
-        attentions: tuple[torch.FloatTensor, ...] | None = None
-        image_outputs: BaseModelOutputWithPooling | None = None
-        video_outputs: BaseModelOutputWithPooling | None = None
-        audio_outputs: BaseModelOutputWithPooling | None = None
+    def _multimodal_output(name: str, leading_fields: tuple[str, ...], summary: str) -> type:
+        """transformers 5.24's output class `name`: `leading_fields`, then the cache, the language model's hidden
+        states and attentions, and one output per modality, all optional."""
+        trailing_fields = ("past_key_values", "hidden_states", "attentions", *MODALITY_OUTPUTS)
+        fields = [(field_name, object, field(default=None)) for field_name in (*leading_fields, *trailing_fields)]
+        output_class = make_dataclass(name, fields, bases=(_MultimodalOutput,))
+        output_class.__doc__ = summary + _OUTPUT_ARGS
+        output_class.__module__ = __name__
+        return output_class
 
-    @dataclass
-    class MultimodalCausalLMOutputWithPast(_MultimodalOutput):
-        """Loss, logits and the language model's and encoders' outputs (transformers 5.24's class of that name)."""
-
-        loss: torch.FloatTensor | None = None
-        logits: torch.FloatTensor | None = None
-        past_key_values: Cache | None = None
-        hidden_states: tuple[torch.FloatTensor, ...] | None = None
-        attentions: tuple[torch.FloatTensor, ...] | None = None
-        image_outputs: BaseModelOutputWithPooling | None = None
-        video_outputs: BaseModelOutputWithPooling | None = None
-        audio_outputs: BaseModelOutputWithPooling | None = None
+    MultimodalBaseModelOutputWithPast = _multimodal_output(
+        "MultimodalBaseModelOutputWithPast",
+        ("last_hidden_state",),
+        "The language model's outputs plus the encoders' outputs (transformers 5.24's class of the same name).",
+    )
+    MultimodalCausalLMOutputWithPast = _multimodal_output(
+        "MultimodalCausalLMOutputWithPast",
+        ("loss", "logits"),
+        "Loss, logits, and the language model's and encoders' outputs (transformers 5.24's class of that name).",
+    )
 
 
 # --- training --------------------------------------------------------------------------------------------------------

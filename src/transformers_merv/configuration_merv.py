@@ -3,12 +3,8 @@ settings of the authors' model registry (princetonvisualai/merv)."""
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, CLIPVisionConfig, PreTrainedConfig
-from transformers.utils import logging
 
 from .compat import SubConfigSpec, build_sub_configs, sub_config_classes
-
-
-logger = logging.get_logger(__name__)
 
 ENCODER_CONFIG_KEYS = {
     "languagebind": "languagebind_config",
@@ -31,6 +27,9 @@ FUSION_TYPES = ("cross_attention", "concat_tokens", "concat_channel", "concat_ch
 FEATURE_SELECT_STRATEGIES = ("default", "full")
 """`default` drops an encoder's prefix tokens (CLS, registers); `full` keeps them."""
 
+# merv-full's per-encoder settings: the config's defaults, and the video processor's (`MERV_FULL_ENCODER_SETTINGS`)
+MERV_FULL_IMAGE_SIZE = 224
+"""Input side of every encoder: the sub-configs' `image_size` and the video processor's resize target."""
 MERV_FULL_NUM_FRAMES = {"languagebind": 16, "dinov2": 16, "vivit": 32, "siglip": 16}
 MERV_FULL_FEATURE_LAYERS = {"languagebind": -2, "dinov2": -2, "vivit": -1, "siglip": -2}
 MERV_FULL_FEATURE_FINAL_NORM = {"languagebind": False, "dinov2": False, "vivit": True, "siglip": False}
@@ -56,20 +55,24 @@ DINOV2_LARGE_REG4_CONFIG = {
     "num_attention_heads": 16,
     "mlp_ratio": 4,
     "patch_size": 14,
-    "image_size": 224,
+    "image_size": MERV_FULL_IMAGE_SIZE,
     "num_register_tokens": 4,
     "hidden_act": "gelu",
     "layer_norm_eps": 1e-6,
     "layerscale_value": 1e-5,
 }
-VIVIT_B_16X2_CONFIG = {"image_size": 224, "num_frames": 32, "tubelet_size": [2, 16, 16]}
+VIVIT_B_16X2_CONFIG = {
+    "image_size": MERV_FULL_IMAGE_SIZE,
+    "num_frames": MERV_FULL_NUM_FRAMES["vivit"],
+    "tubelet_size": [2, 16, 16],
+}
 SIGLIP_B16_224_CONFIG = {
     "hidden_size": 768,
     "intermediate_size": 3072,
     "num_hidden_layers": 12,
     "num_attention_heads": 12,
     "patch_size": 16,
-    "image_size": 224,
+    "image_size": MERV_FULL_IMAGE_SIZE,
     # timm's SigLIP uses the exact (erf) GELU; transformers' default is the tanh approximation.
     "hidden_act": "gelu",
     "layer_norm_eps": 1e-6,
@@ -99,6 +102,7 @@ class MervLanguageBindVideoConfig(CLIPVisionConfig):
     num_hidden_layers: int = 24
     num_attention_heads: int = 16
     patch_size: int | list[int] | tuple[int, int] | None = 14
+    image_size: int | list[int] | tuple[int, int] | None = MERV_FULL_IMAGE_SIZE
     hidden_act: str = "gelu"
     temporal_group_size: int = 8
     add_time_attn: bool = True
@@ -231,13 +235,7 @@ class MervConfig(PreTrainedConfig):
 
     def _check_frames(self) -> None:
         counts = {name: self.num_frames[name] for name in self.vision_encoders}
-        decode_count = max(counts.values())
-        for name, count in counts.items():
-            if count <= 0 or decode_count % count:
-                raise ValueError(
-                    f"`num_frames[{name!r}]` = {count} must be a positive divisor of the shared decode count "
-                    f"max(num_frames) = {decode_count}; got {counts}"
-                )
+        check_frame_counts(counts, "num_frames")
         if "vivit" in counts and counts["vivit"] != self.vivit_config.num_frames:
             raise ValueError(
                 f"`num_frames['vivit']` = {counts['vivit']} must equal `vivit_config.num_frames` = "
@@ -360,6 +358,18 @@ def _check_value_ranges(config: MervConfig) -> None:
 def _check_range(field: str, value: int, low: int, high: int, reason: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ValueError(f"`{field}` = {value!r} is out of range: valid values are {low} to {high} ({reason})")
+
+
+def check_frame_counts(counts: dict[str, int], setting: str) -> None:
+    """Every encoder's frame count must be positive and divide the largest: a video is decoded once, at the largest
+    count, and each encoder takes every `max // count`-th frame (the config and the video processor both check)."""
+    decode_count = max(counts.values())
+    for name, count in counts.items():
+        if count <= 0 or decode_count % count:
+            raise ValueError(
+                f"`{setting}` of {name!r} = {count}: every encoder's frame count must divide the shared decode count "
+                f"max = {decode_count} and be positive; got {counts}"
+            )
 
 
 def _pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, logging, torch_compilable_check
+from transformers.utils import TransformersKwargs, auto_docstring, torch_compilable_check
 from transformers.utils.generic import can_return_tuple
 
 from .compat import (
@@ -34,8 +34,6 @@ from .compat import (
 from .configuration_merv import MervConfig
 from .modeling_languagebind import MervLanguageBindVideoModel
 
-
-logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100
 MAX_SHARD_SIZE = "5GB"
@@ -449,6 +447,7 @@ def _has_trainable_parameters(module: nn.Module) -> bool:
     return any(parameter.requires_grad for parameter in module.parameters())
 
 
+@auto_docstring
 class MervPreTrainedModel(PreTrainedModel):
     config: MervConfig
     base_model_prefix = "model"
@@ -519,9 +518,8 @@ class MervPreTrainedModel(PreTrainedModel):
         self._require_grads_hook = hook
 
 
+@auto_docstring(custom_intro="MERV's encoders, alignment and fusion, and the language model without its head.")
 class MervModel(MervPreTrainedModel):
-    """Encoders, alignment and fusion, and the language model without its head."""
-
     def __init__(self, config: MervConfig):
         super().__init__(config)
         self.vision_towers = nn.ModuleDict({name: build_vision_tower(config, name) for name in config.vision_encoders})
@@ -542,6 +540,7 @@ class MervModel(MervPreTrainedModel):
         return self.vision_towers if modality in ("image", "video") else super().get_encoder(modality)
 
     @can_return_tuple
+    @auto_docstring(custom_intro="Encodes videos with every encoder, aligns and fuses them into the visual tokens.")
     def get_video_features(
         self,
         pixel_values_videos: dict[str, torch.Tensor],
@@ -740,6 +739,7 @@ class MervModel(MervPreTrainedModel):
         return mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
 
     @can_return_tuple
+    @auto_docstring
     @accept_legacy_cache_kwarg
     def forward(
         self,
@@ -756,6 +756,9 @@ class MervModel(MervPreTrainedModel):
         r"""
         pixel_values_videos (`dict[str, torch.FloatTensor]`, *optional*):
             One tensor per encoder, `(num_videos, frames, channels, height, width)`; see `get_video_features`.
+        cache (`Cache`, *optional*):
+            The language model's KV cache from earlier steps (`past_key_values`, its name before transformers 5.24, is
+            accepted too).
         mm_encoder_outputs (`dict[str, MervVideoFeaturesOutput]`, *optional*):
             Precomputed `{"video": get_video_features(...)}` (used by `generate` to encode videos once).
         """
@@ -788,10 +791,14 @@ class MervModel(MervPreTrainedModel):
         return MultimodalBaseModelOutputWithPast(**outputs, video_outputs=video_outputs)
 
 
+@auto_docstring(
+    custom_intro="MERV with the language-model head: answers questions about videos (`generate`) and computes the loss."
+)
 class MervForConditionalGeneration(MervPreTrainedModel, GenerationMixin):
-    """MERV with the language-model head: answers questions about videos (`generate`) and computes the loss."""
-
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # the LLM's own plan (from `config.text_config`) is gathered under `model.language_model.` by `post_init`
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
     def __init__(self, config: MervConfig):
         super().__init__(config)
@@ -802,6 +809,7 @@ class MervForConditionalGeneration(MervPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
+    @auto_docstring(custom_intro="Encodes videos with every encoder, aligns and fuses them into the visual tokens.")
     def get_video_features(
         self,
         pixel_values_videos: dict[str, torch.Tensor],
@@ -813,10 +821,13 @@ class MervForConditionalGeneration(MervPreTrainedModel, GenerationMixin):
             One tensor per encoder, `(num_videos, frames, channels, height, width)`.
         output_encoder_features (`bool`, *optional*, defaults to `False`):
             Also return each encoder's selected tokens and projected tokens.
+        output_hidden_states (`bool`, *optional*, defaults to `False`):
+            Also return each tower's hidden states up to its feature layer (`encoder_hidden_states`).
         """
         return self.model.get_video_features(pixel_values_videos, output_encoder_features, **kwargs)
 
     @can_return_tuple
+    @auto_docstring
     @accept_legacy_cache_kwarg
     def forward(
         self,
@@ -837,6 +848,9 @@ class MervForConditionalGeneration(MervPreTrainedModel, GenerationMixin):
             One tensor per encoder, `(num_videos, frames, channels, height, width)`.
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Target ids; -100 is ignored. Positions holding the `<video>` placeholder are never scored.
+        cache (`Cache`, *optional*):
+            The language model's KV cache from earlier steps (`past_key_values`, its name before transformers 5.24, is
+            accepted too).
         mm_encoder_outputs (`dict[str, MervVideoFeaturesOutput]`, *optional*):
             Precomputed `{"video": get_video_features(...)}`.
         """

@@ -1,5 +1,6 @@
 """Video processor for MERV: each video is decoded once, then every encoder gets its own frames, resize and
-normalisation, exactly as the authors' code prepares them (`merv/models/vidlms/merv.py::MERV.generate`)."""
+normalisation, exactly as the authors' code prepares them (princetonvisualai/merv,
+`merv/models/vidlms/merv.py::MERV.generate`)."""
 
 import math
 import random
@@ -24,6 +25,7 @@ from transformers.processing_utils import Unpack, VideosKwargs
 from transformers.video_utils import VideoMetadata
 
 from .compat import VideoProcessorMixin
+from .configuration_merv import MERV_FULL_IMAGE_SIZE, MERV_FULL_NUM_FRAMES, check_frame_counts
 from .video_io import (
     RGB_CHANNELS,
     decode_in_background,
@@ -48,8 +50,8 @@ RESIZE_BACKENDS = ("pil", "torch")
 MERV_FULL_ENCODER_SETTINGS = {
     # LanguageBind: /255, normalise at full resolution, short side -> 224 (torch bilinear, no antialias), crop
     "languagebind": {
-        "num_frames": 16,
-        "size": {"shortest_edge": 224},
+        "num_frames": MERV_FULL_NUM_FRAMES["languagebind"],
+        "size": {"shortest_edge": MERV_FULL_IMAGE_SIZE},
         "crop_size": None,
         "resize_backend": "torch",
         "interpolation": "bilinear",
@@ -59,8 +61,8 @@ MERV_FULL_ENCODER_SETTINGS = {
     },
     # DINOv2, ViViT, SigLIP: per-frame PIL resize to 224x224 ("resize-naive": aspect ratio not kept), /255, normalise
     "dinov2": {
-        "num_frames": 16,
-        "size": {"height": 224, "width": 224},
+        "num_frames": MERV_FULL_NUM_FRAMES["dinov2"],
+        "size": {"height": MERV_FULL_IMAGE_SIZE, "width": MERV_FULL_IMAGE_SIZE},
         "crop_size": None,
         "resize_backend": "pil",
         "interpolation": "bicubic",
@@ -69,8 +71,8 @@ MERV_FULL_ENCODER_SETTINGS = {
         "normalize_before_resize": False,
     },
     "vivit": {
-        "num_frames": 32,
-        "size": {"height": 224, "width": 224},
+        "num_frames": MERV_FULL_NUM_FRAMES["vivit"],
+        "size": {"height": MERV_FULL_IMAGE_SIZE, "width": MERV_FULL_IMAGE_SIZE},
         "crop_size": None,
         "resize_backend": "pil",
         "interpolation": "bilinear",
@@ -79,8 +81,8 @@ MERV_FULL_ENCODER_SETTINGS = {
         "normalize_before_resize": False,
     },
     "siglip": {
-        "num_frames": 16,
-        "size": {"height": 224, "width": 224},
+        "num_frames": MERV_FULL_NUM_FRAMES["siglip"],
+        "size": {"height": MERV_FULL_IMAGE_SIZE, "width": MERV_FULL_IMAGE_SIZE},
         "crop_size": None,
         "resize_backend": "pil",
         "interpolation": "bicubic",
@@ -89,7 +91,8 @@ MERV_FULL_ENCODER_SETTINGS = {
         "normalize_before_resize": False,
     },
 }
-"""Per-encoder preprocessing of the released `merv-full` / `merv-frozen` models (reference notes §2)."""
+"""Per-encoder preprocessing of the released `merv-full` / `merv-frozen` models, as the authors' transforms do it;
+frame counts and sizes are the config's (`configuration_merv.MERV_FULL_*`)."""
 
 
 class MervVideosKwargs(VideosKwargs, total=False):
@@ -263,14 +266,8 @@ class MervVideoProcessor(VideoProcessorMixin):
     def _check_encoders(self) -> None:
         if not self.vision_encoders or len(set(self.vision_encoders)) != len(self.vision_encoders):
             raise ValueError(f"`vision_encoders` must list distinct encoders, got {self.vision_encoders}")
-        transforms = self.transforms
-        counts = {name: transform.num_frames for name, transform in transforms.items()}
-        decode_count = max(counts.values())
-        if any(decode_count % count for count in counts.values()):
-            raise ValueError(
-                f"Every encoder's num_frames must divide the shared decode count max(num_frames) = {decode_count}, "
-                f"got {counts}"
-            )
+        counts = {name: transform.num_frames for name, transform in self.transforms.items()}
+        check_frame_counts(counts, "encoder_settings[...]['num_frames']")
 
     @property
     def transforms(self) -> dict[str, EncoderTransform]:

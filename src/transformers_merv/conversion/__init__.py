@@ -26,7 +26,7 @@ from .sources import (
     RunDirectory,
     build_config,
     build_tokenizer,
-    check_model_id,
+    authors_model_id,
     encoder_names,
     load_checkpoint,
     load_weights,
@@ -65,7 +65,7 @@ def convert(
     run, llm_dir, output_dir = RunDirectory(Path(run_dir)), Path(llm_dir), Path(output_dir)
     torch_dtype = _torch_dtype(dtype)
     model_config = run.model_config
-    model_id, (template, base_model) = check_model_id(model_config), llm_backbone(model_config)
+    model_id, (template, base_model) = authors_model_id(model_config), llm_backbone(model_config)
     if not llm_dir.is_dir():
         raise FileNotFoundError(f"--llm: {llm_dir} is not a directory")
     encoder_weights = {

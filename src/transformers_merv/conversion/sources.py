@@ -12,11 +12,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
-from ..configuration_merv import MervConfig, MervLanguageBindVideoConfig
+from ..configuration_merv import MERV_FULL_IMAGE_SIZE, MervConfig, MervLanguageBindVideoConfig
 from .errors import ConversionError
 
 
-MERV_IMAGE_SIZE = 224
+MERV_IMAGE_SIZE = MERV_FULL_IMAGE_SIZE
 """Input resolution the authors build every encoder at (`default_image_size`)."""
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -280,7 +280,8 @@ class EncoderSources:
         return self.image_sizes.get(name, MERV_IMAGE_SIZE)
 
 
-def check_model_id(model_config: dict) -> str:
+def authors_model_id(model_config: dict) -> str:
+    """The run's `model_id`, checked to be one of the authors' models."""
     model_id = model_config.get("model_id")
     if model_id not in AUTHORS_MODEL_IDS:
         raise ConversionError(f"model_id {model_id!r} is not one of the authors' models: {list(AUTHORS_MODEL_IDS)}")

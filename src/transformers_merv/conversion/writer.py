@@ -11,6 +11,7 @@ from huggingface_hub import HfApi
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+from transformers.utils.hub import convert_file_size_to_int
 
 from .errors import ConversionError
 
@@ -19,14 +20,12 @@ SHARD_METADATA = {"format": "pt"}
 
 
 def parse_size(size: int | str) -> int:
-    """Bytes in `size` (an int, or a string such as "5GB", "500MB")."""
-    if isinstance(size, int):
-        return size
-    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
-    for unit, factor in units.items():
-        if size.upper().endswith(unit):
-            return int(float(size[: -len(unit)]) * factor)
-    raise ConversionError(f"cannot read size {size!r}; use a number of bytes or e.g. '5GB'")
+    """Bytes in `size` (an int, or a string such as "5GB", "500MB", "1GiB"), read by the parser `save_pretrained`
+    uses for its `max_shard_size` (huggingface_hub's own is private), so both accept the same sizes."""
+    try:
+        return convert_file_size_to_int(size)
+    except ValueError as err:
+        raise ConversionError(f"cannot read size {size!r}; use a number of bytes or e.g. '5GB'") from err
 
 
 @dataclass

@@ -28,6 +28,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 from transformers.utils import logging
 
+from ..modeling_merv import IGNORE_INDEX
 from ..processing_merv import MervProcessor
 from ..media_limits import MediaLimitError, check_regular_file
 from ..video_io import VideoDecodingError, load_image
@@ -35,7 +36,6 @@ from ..video_io import VideoDecodingError, load_image
 
 logger = logging.get_logger(__name__)
 
-IGNORE_INDEX = -100
 ROLES = {"human": "user", "gpt": "assistant"}
 MEDIA_KEYS = ("video", "image")
 PLACEHOLDER_PATTERN = re.compile(r"\s*<(?:video|image)>\s*")
