@@ -32,6 +32,7 @@ from transformers_merv.evaluation import (
     parse_judge_reply,
     pick_letter,
     summarize,
+    _open_ended_entry,
 )
 
 from conftest import MEDIA
@@ -149,6 +150,39 @@ def test_normalisation(prediction, answer):
 def test_punctuation_separates_words(text, normalised):
     """Punctuation becomes a space (so `left-hand` matches `left hand`, never `lefthand`); a decimal point stays."""
     assert normalize_answer(text) == normalised
+
+
+@pytest.mark.parametrize(
+    ("prediction", "exact", "normalized"), [("red", True, True), (" The red. ", False, True), ("blue", False, False)]
+)
+def test_open_ended_entry_scores_by_normalised_match_without_a_judge(prediction, exact, normalized):
+    item = EvalItem("7", "clip", "What color?", "What color?", "red", question_type="color")
+    assert _open_ended_entry(item, prediction, None) == {
+        "question_id": "7",
+        "question": "What color?",
+        "question_type": "color",
+        "prediction": prediction,
+        "answer": "red",
+        "exact_match": exact,
+        "normalized_match": normalized,
+        "correct": normalized,
+    }
+
+
+@pytest.mark.parametrize(("verdict", "correct"), [({"pred": "yes", "score": 4}, True), (False, False)])
+def test_open_ended_entry_takes_the_judges_verdict(verdict, correct):
+    item = EvalItem("7", "clip", "What color?", "What color?", "red")
+    calls = []
+
+    def judge(question, answer, prediction):
+        calls.append((question, answer, prediction))
+        return verdict
+
+    entry = _open_ended_entry(item, "blue", judge)  # neither match: only the judge can make it correct
+    assert calls == [("What color?", "red", "blue")]
+    assert entry["judge"] == verdict and entry["correct"] is correct and entry["normalized_match"] is False
+    if isinstance(verdict, dict):
+        assert entry["judge"] is not verdict  # a copy: later changes to the judge's dict do not reach the results
 
 
 def test_judge_results_and_the_authors_gpt_protocol():
