@@ -32,6 +32,7 @@ from transformers_merv.evaluation import (
     parse_judge_reply,
     pick_letter,
     summarize,
+    _mcq_entry,
     _open_ended_entry,
 )
 
@@ -145,7 +146,15 @@ def test_normalisation(prediction, answer):
 
 @pytest.mark.parametrize(
     ("text", "normalised"),
-    [("Left-hand", "left hand"), ("red/blue", "red blue"), ("it's", "it s"), ("3.5 m", "3.5 m"), ("end.", "end")],
+    [
+        ("Left-hand", "left hand"),
+        ("red/blue", "red blue"),
+        ("it's", "it s"),
+        ("3.5 m", "3.5 m"),
+        ("end.", "end"),
+        ("12,345,678 km", "12345678 km"),  # a thousands separator is dropped
+        ("red,blue", "red blue"),
+    ],
 )
 def test_punctuation_separates_words(text, normalised):
     """Punctuation becomes a space (so `left-hand` matches `left hand`, never `lefthand`); a decimal point stays."""
@@ -166,6 +175,25 @@ def test_open_ended_entry_scores_by_normalised_match_without_a_judge(prediction,
         "exact_match": exact,
         "normalized_match": normalized,
         "correct": normalized,
+    }
+
+
+def test_mcq_entry_records_the_option_likelihood_pick_and_the_authors_naive_check():
+    item = EvalItem("3", "clip", "Which animal?", "Which animal? ...", "B", options=("cat", "dog", "cow"))
+    letter_ids = {letter: [10 + index, 20 + index] for index, letter in enumerate("ABCDE")}
+    logits = torch.zeros(30)
+    logits[[10, 21, 12]] = torch.tensor([1.0, 3.0, 2.0])  # A's, B's second and C's tokens
+    assert _mcq_entry(item, " A. cat", logits, letter_ids) == {
+        "question_id": "3",
+        "question": "Which animal?",
+        "options": ["cat", "dog", "cow"],
+        "prediction": "B",
+        "answer": "B",
+        "answer_text": "dog",
+        "correct": True,
+        "letter_logits": {"A": 1.0, "B": 3.0, "C": 2.0},
+        "generation": " A. cat",
+        "naive_correct": False,
     }
 
 
