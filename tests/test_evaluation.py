@@ -32,6 +32,8 @@ from transformers_merv.evaluation import (
     parse_judge_reply,
     pick_letter,
     summarize,
+    _mcq_entry,
+    _open_ended_entry,
 )
 
 from conftest import MEDIA
@@ -144,11 +146,71 @@ def test_normalisation(prediction, answer):
 
 @pytest.mark.parametrize(
     ("text", "normalised"),
-    [("Left-hand", "left hand"), ("red/blue", "red blue"), ("it's", "it s"), ("3.5 m", "3.5 m"), ("end.", "end")],
+    [
+        ("Left-hand", "left hand"),
+        ("red/blue", "red blue"),
+        ("it's", "it s"),
+        ("3.5 m", "3.5 m"),
+        ("end.", "end"),
+        ("12,345,678 km", "12345678 km"),  # a thousands separator is dropped
+        ("red,blue", "red blue"),
+    ],
 )
 def test_punctuation_separates_words(text, normalised):
     """Punctuation becomes a space (so `left-hand` matches `left hand`, never `lefthand`); a decimal point stays."""
     assert normalize_answer(text) == normalised
+
+
+@pytest.mark.parametrize(
+    ("prediction", "exact", "normalized"), [("red", True, True), (" The red. ", False, True), ("blue", False, False)]
+)
+def test_open_ended_entry_scores_by_normalised_match_without_a_judge(prediction, exact, normalized):
+    item = EvalItem("7", "clip", "What color?", "What color?", "red", question_type="color")
+    assert _open_ended_entry(item, prediction, None) == {
+        "question_id": "7",
+        "question": "What color?",
+        "question_type": "color",
+        "prediction": prediction,
+        "answer": "red",
+        "exact_match": exact,
+        "normalized_match": normalized,
+        "correct": normalized,
+    }
+
+
+def test_mcq_entry_records_the_option_likelihood_pick_and_the_authors_naive_check():
+    item = EvalItem("3", "clip", "Which animal?", "Which animal? ...", "B", options=("cat", "dog", "cow"))
+    letter_ids = {letter: [10 + index, 20 + index] for index, letter in enumerate("ABCDE")}
+    logits = torch.zeros(30)
+    logits[[10, 21, 12]] = torch.tensor([1.0, 3.0, 2.0])  # A's, B's second and C's tokens
+    assert _mcq_entry(item, " A. cat", logits, letter_ids) == {
+        "question_id": "3",
+        "question": "Which animal?",
+        "options": ["cat", "dog", "cow"],
+        "prediction": "B",
+        "answer": "B",
+        "answer_text": "dog",
+        "correct": True,
+        "letter_logits": {"A": 1.0, "B": 3.0, "C": 2.0},
+        "generation": " A. cat",
+        "naive_correct": False,
+    }
+
+
+@pytest.mark.parametrize(("verdict", "correct"), [({"pred": "yes", "score": 4}, True), (False, False)])
+def test_open_ended_entry_takes_the_judges_verdict(verdict, correct):
+    item = EvalItem("7", "clip", "What color?", "What color?", "red")
+    calls = []
+
+    def judge(question, answer, prediction):
+        calls.append((question, answer, prediction))
+        return verdict
+
+    entry = _open_ended_entry(item, "blue", judge)  # neither match: only the judge can make it correct
+    assert calls == [("What color?", "red", "blue")]
+    assert entry["judge"] == verdict and entry["correct"] is correct and entry["normalized_match"] is False
+    if isinstance(verdict, dict):
+        assert entry["judge"] is not verdict  # a copy: later changes to the judge's dict do not reach the results
 
 
 def test_judge_results_and_the_authors_gpt_protocol():

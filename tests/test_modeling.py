@@ -449,12 +449,14 @@ def test_languagebind_temporal_attention_runs_within_groups_of_frames(group):
     layer = MervLanguageBindEncoderLayer(config).eval()
     torch.nn.init.normal_(layer.temporal_embedding)
     hidden = torch.randn(2 * 4, 5, 16)  # 8 frames (of 2 videos) of 5 tokens
+    mask = torch.zeros(8, 1, 5, 5)
+    mask[..., -1] = torch.finfo(mask.dtype).min  # no token attends to the last one
     with torch.no_grad():
         temporal = _authors_temporal_block(layer, hidden, group)
         torch.testing.assert_close(layer._temporal_block(hidden), temporal)
-        attended = temporal + layer.self_attn(layer.layer_norm1(temporal))[0]
+        attended = temporal + layer.self_attn(layer.layer_norm1(temporal), mask)[0]
         expected = attended + layer.mlp(layer.layer_norm2(attended))
-        torch.testing.assert_close(layer(hidden), expected)
+        torch.testing.assert_close(layer(hidden, mask), expected)
 
 
 def test_languagebind_layer_norms_use_the_configured_epsilon():
