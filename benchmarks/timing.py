@@ -21,15 +21,15 @@ class Timing:
         return f"{self.wall / other.wall:.2f}x (CPU {self.cpu / other.cpu:.2f}x)"
 
 
-def measure(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, Timing]:
-    """Time the functions in turn, `repeats` rounds after a warm-up round, so that a load change on a shared
-    machine affects all of them alike."""
+def measure(functions: dict[str, Callable[[], object]], repeats: int, warmup: bool = True) -> dict[str, Timing]:
+    """Time the functions in turn, `repeats` rounds after a warm-up round (unless `warmup=False`, for runs too long
+    to repeat), so that a load change on a shared machine affects all of them alike."""
     walls, cpus = {name: [] for name in functions}, {name: [] for name in functions}
-    for round_index in range(repeats + 1):
+    for round_index in range(repeats + warmup):
         for name, function in functions.items():
             wall, cpu = time.perf_counter(), time.process_time()
             function()
-            if round_index:  # round 0 warms up imports, caches and first-call allocations
+            if round_index or not warmup:  # round 0 warms up imports, caches and first-call allocations
                 walls[name].append(time.perf_counter() - wall)
                 cpus[name].append(time.process_time() - cpu)
     return {name: Timing(statistics.median(walls[name]), statistics.median(cpus[name])) for name in functions}

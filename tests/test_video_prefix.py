@@ -46,6 +46,13 @@ def _from_scratch(model, processor, conversation, chat_template, pixels, **gener
     return output[0, input_ids.shape[1] :].tolist()
 
 
+def _next_turn(chat: VideoChat, question: str) -> list[dict]:
+    """The conversation of `chat` with `question` asked next (the first turn carries the video)."""
+    if not chat.messages:
+        return question_conversation(question)
+    return [*chat.messages, {"role": "user", "content": [{"type": "text", "text": question}]}]
+
+
 def _from_cache(model, processor, prefix, questions, **generation) -> list[list[int]]:
     prompts = [prompt_ids(processor, question_conversation(q), prefix.chat_template) for q in questions]
     output, input_ids = generate_from_cache(model, processor, prefix.prompt, prompts, **generation)
@@ -117,9 +124,7 @@ def test_chat_turns_equal_the_whole_conversation_from_scratch(loaded):
     try:
         for question in QUESTIONS:
             fed.clear()
-            conversation = [*chat.messages, *question_conversation(question)]
-            if chat.messages:
-                conversation[-1] = {"role": "user", "content": [conversation[-1]["content"][1]]}
+            conversation = _next_turn(chat, question)
             expected = _from_scratch(model, processor, conversation, None, pixels, **NEW_TOKENS)
             fed.clear()
             answer = chat.ask(question, **NEW_TOKENS)
@@ -129,6 +134,19 @@ def test_chat_turns_equal_the_whole_conversation_from_scratch(loaded):
     finally:
         hook.remove()
     assert [message["role"] for message in chat.messages] == ["user", "assistant"] * len(QUESTIONS)
+
+
+def test_chat_with_beam_search(loaded):
+    model, processor = loaded
+    generation = {"max_new_tokens": 3, "num_beams": 2, "do_sample": False}
+    pixels = process_video(processor, VIDEO)
+    chat = VideoChat(model, processor, encode_video(model, processor, VIDEO))
+    for question in QUESTIONS[:2]:
+        conversation = _next_turn(chat, question)
+        expected = _from_scratch(model, processor, conversation, None, pixels, **generation)
+        assert (
+            chat.ask(question, **generation) == processor.tokenizer.decode(expected, skip_special_tokens=True).strip()
+        )
 
 
 def test_the_prefix_cache_keeps_the_most_recently_used_videos(loaded, tmp_path):

@@ -91,7 +91,9 @@ def prompt_ids(processor, conversation: Sequence[Mapping[str, Any]], chat_templa
 
 def shared_prefix_ids(processor, chat_template: str | None = None) -> list[int]:
     """The ids every one-video question prompt starts with: BOS, the video placeholders and the template text before
-    the question, up to the last token whose tokenization no question can change (see `PROBE_QUESTIONS`)."""
+    the question, as far as its tokenization is the same with each of `PROBE_QUESTIONS`. (A question that changes
+    it anyway is still answered exactly: `generate_from_cache` takes only the tokens a prompt shares from the
+    cache.)"""
     probes = [prompt_ids(processor, question_conversation(question), chat_template) for question in PROBE_QUESTIONS]
     length = min(_common_prefix_length(probes[0], ids) for ids in probes[1:])
     return probes[0][:length]
@@ -210,8 +212,9 @@ class VideoChat:
         ids = prompt_ids(self.processor, messages, self.chat_template)
         output, input_ids = generate_from_cache(self.model, self.processor, self._cached, [ids], **generation)
         answer = self.processor.batch_decode(output.sequences, prompt_ids=input_ids, skip_special_tokens=True)[0]
-        cache = output.cache
-        self._cached = CachedPrompt(output.sequences[:, : cache.get_seq_length()], cache)
+        if _rows_per_prompt(self.model, generation) == 1:  # beams leave a cache of several rows: keep the last one
+            cache = output.cache
+            self._cached = CachedPrompt(output.sequences[:, : cache.get_seq_length()], cache)
         self.messages = [*messages, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
         return answer
 

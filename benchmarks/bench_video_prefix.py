@@ -1,0 +1,229 @@
+"""Many questions per video: encode once and answer from the cached prefix vs the authors' per-question protocol
+(results: benchmarks/README.md).
+
+Sections (`--sections`, comma-separated):
+- `eval`: `evaluate` throughput (questions/s), grouped by video and answered from the cached prefix vs
+  `per_question=True`, `QUESTIONS_PER_VIDEO` questions per video, batch 8, 8 new tokens each, on the default model
+  (synthetic test videos) and on the merv-full-shaped model (bench_inference.py; the pancake clip through merv-full's
+  preprocessing, the fixture LLM's tokenizer); the predictions of both are compared.
+- `ask`: `merv ask VIDEO` with 5 questions in one call vs 5 separate calls (default model, subprocesses).
+- `chat`: `VideoChat` turn latency after the first vs answering the same conversation from scratch, both models.
+
+    python benchmarks/bench_video_prefix.py [--repeats 3] [--sections eval,ask,chat] [--small-only]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoProcessor
+
+from transformers_merv import MervForConditionalGeneration, default_model_path
+from transformers_merv.conversion import build_processor
+from transformers_merv.conversion.sources import build_tokenizer
+from transformers_merv.data.synthetic import generate_dataset
+from transformers_merv.evaluation import OPEN_ENDED, evaluate, load_items
+from transformers_merv.video_prefix import VideoChat, encode_video, prompt_ids, question_conversation
+
+from bench_inference import EXAMPLE_VIDEO, PANCAKE, merv_full_shaped_config, report
+from timing import measure
+
+
+SECTIONS = ("eval", "ask", "chat")
+QUESTIONS_PER_VIDEO = 20
+SMALL_MODEL_VIDEOS = 4
+NEW_TOKENS = 8
+ASK_QUESTIONS = 5
+CHAT_TURNS = 5
+BATCH_SIZE = 8
+FIXTURE_LLM = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference" / "llm"
+
+
+# ---------------------------------------------------------------- models
+
+
+def small_model():
+    folder = default_model_path()
+    return AutoModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+
+
+def merv_full_shaped_model():
+    """The merv-full-shaped model of bench_inference.py with a processor: merv-full's preprocessing, the fixture
+    LLM's tokenizer (its `<video>` and pad ids set in the config); generation limited to that tokenizer's ids."""
+    config = merv_full_shaped_config()
+    tokenizer = build_tokenizer(FIXTURE_LLM, config.text_config.vocab_size)
+    config.video_token_id = tokenizer.convert_tokens_to_ids("<video>")
+    config.text_config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(0)
+    model = MervForConditionalGeneration(config).eval()
+    model.generation_config.suppress_tokens = list(range(len(tokenizer), config.text_config.vocab_size))
+    return model, build_processor(config, tokenizer, "pure")
+
+
+# ---------------------------------------------------------------- eval
+
+
+def question_files(directory: Path, video_names: list[str], wordings: list[str]) -> list:
+    """`QUESTIONS_PER_VIDEO` questions per video (cycling through `wordings`), answer files alongside."""
+    questions = [
+        {"question_id": f"{name}-{index}", "video_name": name, "question": wordings[index % len(wordings)]}
+        for name in video_names
+        for index in range(QUESTIONS_PER_VIDEO)
+    ]
+    (directory / "q.json").write_text(json.dumps(questions))
+    (directory / "a.json").write_text(
+        json.dumps([{"question_id": q["question_id"], "answer": "-"} for q in questions])
+    )
+    return load_items(directory / "q.json", directory / "a.json", OPEN_ENDED)
+
+
+def bench_eval_model(label: str, model, processor, items, video_dir: Path, repeats: int, warmup: bool) -> dict:
+    predictions = {}
+
+    def run(per_question: bool, chosen=items):
+        output = evaluate(
+            model,
+            processor,
+            chosen,
+            video_dir,
+            OPEN_ENDED,
+            batch_size=BATCH_SIZE,
+            generation_kwargs={"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS},
+            progress=False,
+            per_question=per_question,
+        )
+        predictions[per_question] = [entry["prediction"] for entry in output["results"]]
+
+    if not warmup:  # the first calls' one-off costs, on one question
+        run(False, items[:1]), run(True, items[:1])
+    with torch.inference_mode():
+        timings = measure({"grouped": lambda: run(False), "per-question": lambda: run(True)}, repeats, warmup)
+    grouped, per_question = timings["grouped"], timings["per-question"]
+    rows = {
+        "questions": f"{len(items)} ({QUESTIONS_PER_VIDEO} per video, batch {BATCH_SIZE}, {NEW_TOKENS} new tokens)",
+        "grouped, cached prefix": f"{len(items) / grouped.wall:.2f} questions/s ({grouped})",
+        "--per-question (authors' protocol)": f"{len(items) / per_question.wall:.2f} questions/s ({per_question})",
+        "speed-up": per_question.ratio(grouped),
+        "identical predictions": predictions[False] == predictions[True],
+    }
+    report(f"eval throughput, {label}", rows)
+    return rows
+
+
+def bench_eval(repeats: int, small_only: bool) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        data = Path(directory)
+        generate_dataset(data / "synthetic", {"test": SMALL_MODEL_VIDEOS}, seed=1)
+        wordings = sorted({q["question"] for q in json.loads((data / "synthetic" / "test_q.json").read_text())})
+        videos = sorted(path.stem for path in (data / "synthetic" / "videos").iterdir())
+        items = question_files(data, videos, wordings)
+        bench_eval_model("default model", *small_model(), items, data / "synthetic" / "videos", repeats, True)
+        if small_only:
+            return
+        (data / "pancake").mkdir()
+        shutil.copy(PANCAKE, data / "pancake" / PANCAKE.name)
+        items = question_files(data, [PANCAKE.stem], wordings)
+        bench_eval_model("merv-full-shaped", *merv_full_shaped_model(), items, data / "pancake", 1, False)
+
+
+# ---------------------------------------------------------------- merv ask
+
+
+def bench_ask(repeats: int) -> None:
+    questions = [f"What is the color of object {index + 1}?" for index in range(ASK_QUESTIONS)]
+    command = [sys.executable, "-m", "transformers_merv.cli", "ask", str(EXAMPLE_VIDEO)]
+    flags = ["--max-new-tokens", str(NEW_TOKENS), "--device", "cpu", "--dtype", "float32"]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    answers = {}
+
+    def ask(label: str, *question_lists: list[str]) -> None:
+        answers[label] = []
+        for chosen in question_lists:
+            done = subprocess.run([*command, *chosen, *flags], capture_output=True, text=True, env=environment)
+            done.check_returncode()
+            answers[label] += done.stdout.splitlines()
+
+    timings = measure(
+        {
+            "one call": lambda: ask("one call", questions),
+            "separate calls": lambda: ask("separate calls", *[[question] for question in questions]),
+        },
+        repeats,
+        warmup=False,
+    )
+    one, separate = timings["one call"], timings["separate calls"]
+    report(
+        f"merv ask, default model, {ASK_QUESTIONS} questions ({NEW_TOKENS} new tokens; whole processes)",
+        {
+            f"one call with {ASK_QUESTIONS} questions": str(one),
+            f"{ASK_QUESTIONS} separate calls": str(separate),
+            "speed-up": separate.ratio(one),
+            "same answers": answers["one call"] == answers["separate calls"],
+        },
+    )
+
+
+# ---------------------------------------------------------------- merv chat
+
+
+def bench_chat(label: str, model, processor, video: Path) -> None:
+    """Each turn after the first: `VideoChat.ask` vs `generate` over the whole conversation with the video
+    (alternating, turn by turn)."""
+    settings = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False}
+    pixels = processor.video_processor([str(video)])["pixel_values_videos"]
+    start = time.perf_counter()
+    chat = VideoChat(model, processor, encode_video(model, processor, video))
+    chat.ask("What is shown?", **settings)
+    first = time.perf_counter() - start
+    cached, scratch = [], []
+    for turn in range(2, CHAT_TURNS + 1):
+        question = f"And what happens in part {turn}?"
+        conversation = [*chat.messages, {"role": "user", "content": [{"type": "text", "text": question}]}]
+        input_ids = torch.tensor([prompt_ids(processor, conversation)])
+        start = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(input_ids=input_ids, pixel_values_videos=pixels, **settings)
+        scratch.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        chat.ask(question, **settings)
+        cached.append(time.perf_counter() - start)
+    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
+    report(
+        f"merv chat turn latency, {label} ({NEW_TOKENS} new tokens per answer)",
+        {
+            "first turn (encode + prefix + answer)": f"{first * 1000:.0f} ms",
+            f"turns 2-{CHAT_TURNS}, reusing the cache (median)": f"{median(cached) * 1000:.0f} ms",
+            f"turns 2-{CHAT_TURNS}, whole conversation from scratch (median)": f"{median(scratch) * 1000:.0f} ms",
+            "speed-up": f"{median(scratch) / median(cached):.1f}x",
+            "prompt tokens at the last turn": len(prompt_ids(processor, chat.messages)),
+        },
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--small-only", action="store_true", help="skip the merv-full-shaped model")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    sections = args.sections.split(",")
+    if "ask" in sections:
+        bench_ask(args.repeats)
+    if "chat" in sections:
+        bench_chat("default model", *small_model(), EXAMPLE_VIDEO)
+        if not args.small_only:
+            bench_chat("merv-full-shaped", *merv_full_shaped_model(), PANCAKE)
+    if "eval" in sections:
+        bench_eval(args.repeats, args.small_only)
+
+
+if __name__ == "__main__":
+    main()
