@@ -8,8 +8,8 @@ count). Every round asks about new videos, so vLLM's processor, encoder and pref
 round's work.
 `generate` side: each request preprocessed by `MervProcessor`, then `generate` on batches of 1 or 8 (left-padded).
 Server side: the same requests as OpenAI chat completions with `file://` video URLs, 1 or 8 in flight at a time.
-Both run the shipped default model in float32; the two are timed one after the other (the server is stopped while
-`generate` runs). Reported: requests/s and output tokens/s (medians of `--repeats` rounds after a warm-up round).
+Both run the shipped default model in float32 with torch on `VLLM_CPU_TORCH_THREADS` threads; the two are timed one
+after the other (the server is not running while `generate` is). Reported: requests/s and output tokens/s (medians of `--repeats` rounds after a warm-up round).
 """
 
 import argparse
@@ -34,6 +34,9 @@ from transformers_merv.serving import ServerProcess
 CONCURRENCIES = (1, 8)
 QUESTIONS = ("What color is the square?", "Which way does the square move?", "How fast does the square move?")
 SERVER_FLAGS = ("--dtype", "float32", "--kv-cache-memory-bytes", str(256 * 2**20), "--allowed-local-media-path", "/")
+VLLM_CPU_TORCH_THREADS = 1
+"""vLLM's CPU worker runs torch on one thread per core it binds, keeping one core for its API server (on 2 cores:
+1 thread); `generate` gets the same, so both sides compute on one core."""
 STARTUP_SECONDS = 900
 STOP_SECONDS = 60
 VIDEO_SIDE, VIDEO_FRAMES, SQUARE_SIDE = 64, 32, 16
@@ -115,6 +118,7 @@ def row(label: str, seconds: float, requests: int, tokens: int) -> str:
 
 
 def time_generate(folder: str, rounds: list[list[tuple[Path, str]]], tokens: int) -> list[str]:
+    torch.set_num_threads(VLLM_CPU_TORCH_THREADS)
     model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(folder)
     lines = []
