@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -17,6 +18,8 @@ from transformers_merv import MervConfig  # noqa: E402
 from transformers_merv.conversion import EncoderSources, convert  # noqa: E402
 
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(EXAMPLES))  # the synthetic-data generator and tokenizer builder live with the build script
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURES = SHARED / "fixtures" / "reference"
 MEDIA = SHARED / "media"
