@@ -59,7 +59,8 @@ learning rates are for a pretrained 7B LLM; this LLM starts from scratch, so it 
 
 def small_config(tokenizer, encoders: list[str]) -> MervConfig:
     """A MERV with all of the authors' structure at toy size: 32 px inputs, 2-layer encoders, 2x2 tokens per frame
-    (16 frames -> 64 visual tokens), a 4-layer Llama on the tokenizer's vocabulary."""
+    (16 frames -> 64 visual tokens), a 4-layer Llama on the tokenizer's vocabulary. (Not `tiny_config`: this is the
+    shipped model's architecture, sized for what it has to learn, not a test fixture's.)"""
     vocab = -(-len(tokenizer) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
     vision = {
         "hidden_size": ENCODER_WIDTH,
