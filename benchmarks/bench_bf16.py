@@ -12,6 +12,7 @@ Sections (`--sections`, comma-separated):
     python benchmarks/bench_bf16.py [--repeats 3] [--sections capability,speed,accuracy,logits]
 """
 
+import sys
 import argparse
 import copy
 import tempfile
@@ -24,7 +25,8 @@ from transformers import AutoModel, AutoProcessor
 
 from transformers_merv import default_model_path
 from transformers_merv.conversion import EncoderSources, convert
-from transformers_merv.data.synthetic import DEFAULT_NUM_VIDEOS, generate_dataset
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the synthetic-data generator
+from synthetic_video_qa import DEFAULT_NUM_VIDEOS, generate_dataset  # noqa: E402
 from transformers_merv.evaluation import OPEN_ENDED, evaluate, load_items
 from transformers_merv.precision import cpu_capabilities, cpu_has_native_bf16
 

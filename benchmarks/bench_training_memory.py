@@ -30,6 +30,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from transformers_merv import MervConfig, MervForConditionalGeneration
 from transformers_merv.compat import enable_activation_checkpointing
+from transformers_merv.testing_utils import tiny_config
 from transformers_merv.training import set_trainable
 
 
@@ -40,9 +41,10 @@ VIDEO_TOKEN_ID = 4001
 
 
 def bench_config() -> MervConfig:
-    return MervConfig(
+    """`tiny_config` widened until activations dominate memory."""
+    encoder = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4)  # MLPs 4x wide, as DINOv2's ratio
+    return tiny_config(
         text_config=dict(
-            model_type="llama",
             vocab_size=4096,
             hidden_size=512,
             intermediate_size=1376,
@@ -50,44 +52,11 @@ def bench_config() -> MervConfig:
             num_attention_heads=8,
             num_key_value_heads=8,
             pad_token_id=4000,
-            bos_token_id=1,
-            eos_token_id=2,
         ),
-        languagebind_config=dict(
-            hidden_size=128,
-            intermediate_size=512,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            image_size=64,
-            patch_size=8,
-            temporal_group_size=8,
-        ),
-        dinov2_config=dict(
-            hidden_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            patch_size=14,
-            image_size=112,
-            mlp_ratio=4,
-        ),
-        vivit_config=dict(
-            hidden_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            intermediate_size=512,
-            image_size=64,
-            tubelet_size=[2, 8, 8],
-            num_frames=32,
-        ),
-        siglip_config=dict(
-            hidden_size=128,
-            intermediate_size=512,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            patch_size=16,
-            image_size=128,
-            vision_use_head=False,
-        ),
+        languagebind_config=dict(encoder, intermediate_size=512, image_size=64, patch_size=8),
+        dinov2_config=dict(encoder, image_size=112),
+        vivit_config=dict(encoder, intermediate_size=512, image_size=64, tubelet_size=[2, 8, 8]),
+        siglip_config=dict(encoder, intermediate_size=512, image_size=128),
         alignment_tokens_per_frame=16,
         fusion_hidden_size=128,
         video_token_id=VIDEO_TOKEN_ID,

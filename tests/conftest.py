@@ -3,6 +3,7 @@
 import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -15,9 +16,12 @@ from safetensors.torch import load_file
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from transformers_merv import MervConfig  # noqa: E402
+from transformers_merv.testing_utils import tiny_config  # noqa: E402, F401  (re-exported to the tests)
 from transformers_merv.conversion import EncoderSources, convert  # noqa: E402
 
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(EXAMPLES))  # the synthetic-data generator and tokenizer builder live with the build script
 SHARED = next(
     (folder / "shared" for folder in Path(__file__).resolve().parents if (folder / "shared" / "fixtures").is_dir()),
     Path(__file__).resolve().parents[1].parent / "shared",
@@ -29,65 +33,6 @@ TINY_FULL = FIXTURES / "tiny-merv-full"
 VARIANTS = FIXTURES / "tiny-merv-variants"
 FIXTURE_IMAGE_SIZES = {"languagebind": 32, "dinov2": 56, "vivit": 28, "siglip": 64}
 """The tiny fixtures were built with the authors' `default_image_size` patched to these values."""
-
-
-def tiny_config(**overrides) -> MervConfig:
-    """A MERV config small enough for CPU tests (same tiny shapes as the shared fixtures)."""
-    settings = dict(
-        text_config=dict(
-            model_type="llama",
-            vocab_size=1024,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            pad_token_id=1000,
-            bos_token_id=1,
-            eos_token_id=2,
-        ),
-        languagebind_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=2,
-            temporal_group_size=8,
-        ),
-        dinov2_config=dict(
-            hidden_size=40,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            patch_size=14,
-            image_size=56,
-            mlp_ratio=4,
-        ),
-        vivit_config=dict(
-            hidden_size=48,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            intermediate_size=96,
-            image_size=28,
-            tubelet_size=[2, 2, 2],
-            num_frames=32,
-        ),
-        siglip_config=dict(
-            hidden_size=24,
-            intermediate_size=96,
-            num_hidden_layers=3,
-            num_attention_heads=2,
-            patch_size=16,
-            image_size=64,
-            vision_use_head=False,
-            hidden_act="gelu",
-        ),
-        alignment_tokens_per_frame=4,
-        fusion_hidden_size=24,
-        video_token_id=1001,
-    )
-    settings.update(overrides)
-    return MervConfig(**settings)
 
 
 def random_pixels(config: MervConfig, batch_size: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -148,7 +93,6 @@ def fake_hub(tmp_path) -> Path:
         yield uploaded
 
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXAMPLE_VIDEO = EXAMPLES / "example.mp4"
 """The README's example video: a red circle moving fast to the right."""
 

@@ -11,7 +11,7 @@ from transformers import AutoModel, AutoProcessor
 
 from transformers_merv import default_model_path
 from transformers_merv.cli import main
-from transformers_merv.data.synthetic import ANSWER_VOCABULARY, generate_dataset
+from synthetic_video_qa import ANSWER_VOCABULARY, generate_dataset
 from transformers_merv.evaluation import (
     DEFAULT_MAX_NEW_TOKENS,
     MCQ,

@@ -8,9 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoProcessor, AutoTokenizer
+from transformers.testing_utils import CaptureLogger
+from transformers.utils import logging
 
 from transformers_merv import MervProcessor, MervVideoProcessor, processing_merv
-from transformers_merv.processing_merv import MERV_CHAT_TEMPLATES, MERV_SYSTEM_PROMPT, VICUNA_SYSTEM_PROMPT
+from transformers_merv.processing_merv import PROMPT_FORMATS
 
 from conftest import SHARED
 
@@ -24,6 +26,15 @@ NUM_VIDEO_TOKENS = 64  # the tiny fixture model's visual token count
 PAD_ID, VIDEO_ID = 1000, 1001
 QUESTION = "What is happening in this video?"
 IGNORE_INDEX = -100
+# the authors' system prompts (`merv/models/backbones/llm/prompting/`), which the chat templates must reproduce
+MERV_SYSTEM_PROMPT = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content that the user "
+    "provides, and assist the user with a variety of tasks using natural language."
+)
+VICUNA_SYSTEM_PROMPT = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, "
+    "and polite answers to the user's questions."
+)
 
 
 def _tokenizer(with_video_token: bool = True):
@@ -148,7 +159,7 @@ def test_assistant_mask_marks_the_tokens_the_authors_train_on(processor):
     assert mask == [0] * (1 + NUM_VIDEO_TOKENS) + [int(label != IGNORE_INDEX) for label in labels[1:]]
 
 
-@pytest.mark.parametrize("prompt_format", list(MERV_CHAT_TEMPLATES))
+@pytest.mark.parametrize("prompt_format", PROMPT_FORMATS)
 def test_every_prompt_format_renders_like_the_authors_builder(processor, prompt_format):
     turns = ["  Describe <image>the clip. ", "A pancake flips.", "Then?"]
     conversation = [_user(turns[0], video=PANCAKE), _assistant(turns[1]), _user(turns[2])]
@@ -181,6 +192,25 @@ def test_batch_pads_left_by_default_and_right_on_request(processor):
     right = processor(text=texts, videos=[VIDEO_0, PANCAKE], return_tensors="pt", padding_side="right")
     assert right["input_ids"][0, -padding:].tolist() == [PAD_ID] * padding
     assert right["pixel_values_videos"]["dinov2"].shape[0] == 2
+
+
+@pytest.mark.parametrize("padding_kwargs", [{"padding": True}, {"text_kwargs": {"padding": True}}])
+def test_padding_as_users_pass_it_prints_no_warning(processor, padding_kwargs, capsys, recwarn):
+    texts = ["<video>In: Hi\nOut:", "<video>In: What is happening here?\nOut:"]
+    with CaptureLogger(logging.get_logger("transformers")) as captured:
+        inputs = processor(text=texts, videos=[VIDEO_0, VIDEO_0], return_tensors="pt", **padding_kwargs)
+    assert inputs["input_ids"][0, 0] == PAD_ID  # padded, on the left (the default side)
+    assert captured.out == "" and capsys.readouterr().err == ""
+    assert [str(warning.message) for warning in recwarn] == []
+
+
+def test_post_process_image_text_to_text_decodes_like_batch_decode(processor):
+    prompt = processor(text=["<video>In: Hi\nOut:"], videos=[VIDEO_0], return_tensors="pt")["input_ids"]
+    answer = processor.tokenizer(" a red circle</s>", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    generated = torch.cat([prompt, answer], dim=1)
+    assert processor.post_process_image_text_to_text(generated, prompt_ids=prompt) == ["a red circle"]
+    full = processor.post_process_image_text_to_text(generated)
+    assert full == processor.batch_decode(generated, skip_special_tokens=True) and full[0].endswith("a red circle")
 
 
 def test_sampling_kwargs_reach_the_video_processor(processor):

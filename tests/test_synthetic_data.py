@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from transformers_merv.data import synthetic
-from transformers_merv.data.synthetic import (
+import synthetic_video_qa as synthetic
+from conftest import EXAMPLES
+from synthetic_video_qa import (
     ANSWER_VOCABULARY,
     ANSWERS,
     COLORS,
@@ -34,7 +35,7 @@ from transformers_merv.data.synthetic import (
     scene_questions,
     split_of,
 )
-from transformers_merv.data.tokenizer import (
+from small_tokenizer import (
     BOS_TOKEN_ID,
     EOS_TOKEN_ID,
     PAD_TOKEN_ID,
@@ -323,7 +324,7 @@ def test_cli_generates_a_dataset(tmp_path, capsys):
 def test_cli_refuses_a_non_empty_directory(tmp_path):
     (tmp_path / "something").write_text("keep me")
     result = subprocess.run(
-        [sys.executable, "-m", "transformers_merv.data.synthetic", "--output-dir", str(tmp_path)],
+        [sys.executable, str(EXAMPLES / "synthetic_video_qa.py"), "--output-dir", str(tmp_path)],
         capture_output=True,
         text=True,
     )

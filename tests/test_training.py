@@ -39,37 +39,10 @@ from conftest import MEDIA, tiny_config
 
 ENCODER_IMAGE_SIZES = {"languagebind": 16, "dinov2": 28, "vivit": 16, "siglip": 32}
 FAST_ENCODERS = dict(
-    languagebind_config=dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=16,
-        patch_size=4,
-        temporal_group_size=4,
-    ),
-    dinov2_config=dict(
-        hidden_size=40, num_hidden_layers=2, num_attention_heads=4, patch_size=14, image_size=28, mlp_ratio=4
-    ),
-    vivit_config=dict(
-        hidden_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=96,
-        image_size=16,
-        tubelet_size=[2, 8, 8],
-        num_frames=16,
-    ),
-    siglip_config=dict(
-        hidden_size=24,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        patch_size=16,
-        image_size=32,
-        vision_use_head=False,
-        hidden_act="gelu",
-    ),
+    languagebind_config=dict(num_hidden_layers=2, image_size=16, patch_size=4, temporal_group_size=4),
+    dinov2_config=dict(num_hidden_layers=2, image_size=28),
+    vivit_config=dict(num_hidden_layers=2, image_size=16, tubelet_size=[2, 8, 8], num_frames=16),
+    siglip_config=dict(num_hidden_layers=2, image_size=32),
     num_frames={"languagebind": 8, "dinov2": 8, "vivit": 16, "siglip": 8},
 )
 """`tiny_config` with fewer frames and pixels (32 visual tokens): a training step of 4 examples takes ~30 ms on 2

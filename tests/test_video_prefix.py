@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoProcessor
 
-from transformers_merv import MERV_CHAT_TEMPLATES, default_model_path
+from transformers_merv import PROMPT_FORMATS, default_model_path
 from transformers_merv.video_prefix import (
     VideoChat,
     VideoPrefixCache,
@@ -26,7 +26,7 @@ from conftest import MEDIA
 
 VIDEO = MEDIA / "flipping_a_pancake.mkv"
 QUESTIONS = ["What is shown?", "What color is the object in the middle of the clip?", "How many?"]
-TEMPLATES = [None, *(name for name in MERV_CHAT_TEMPLATES if name != "pure")]
+TEMPLATES = [None, *(name for name in PROMPT_FORMATS if name != "pure")]
 """`None` is the processor's default ("pure" for both models)."""
 NEW_TOKENS = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False}
 """Every answer has its full length (no early end), so every generated id is compared."""

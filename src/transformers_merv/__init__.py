@@ -17,7 +17,7 @@ from .modeling_merv import (
     MervVideoFeaturesOutput,
 )
 from .precision import auto_dtype, cpu_has_native_bf16
-from .processing_merv import MERV_CHAT_TEMPLATES, MervProcessor, merv_chat_templates
+from .processing_merv import PROMPT_FORMATS, MervProcessor, merv_chat_templates
 from .video_io import VideoDecodingError, open_video, read_video
 from .video_prefix import VideoChat, VideoPrefix, VideoPrefixCache, answer_questions, encode_video
 from .video_processing_merv import MERV_FULL_ENCODER_SETTINGS, MervBatchFeature, MervVideoProcessor
@@ -59,7 +59,7 @@ __all__ = [
     "MervProcessor",
     "MervBatchFeature",
     "MERV_FULL_ENCODER_SETTINGS",
-    "MERV_CHAT_TEMPLATES",
+    "PROMPT_FORMATS",
     "merv_chat_templates",
     "VideoDecodingError",
     "open_video",

@@ -1,13 +1,14 @@
 """Processor for MERV: tokenizer + video processor + the authors' prompt formats as chat templates."""
 
 from collections.abc import Sequence
+from importlib.resources import files
 
 import torch
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
 from transformers.utils import logging
 
 from .video_io import make_batched_video_inputs
-from .video_processing_merv import MervBatchFeature, MervVideoProcessor
+from .video_processing_merv import MervBatchFeature, MervVideoProcessor, MervVideosKwargs
 
 
 logger = logging.get_logger(__name__)
@@ -15,130 +16,33 @@ logger = logging.get_logger(__name__)
 DEFAULT_NUM_VIDEO_TOKENS = 1024
 ANSWER_CUE_SENTINEL = "QUESTION"
 """Stands in for a question when `MervProcessor.answer_cue` renders the chat template to find what follows it."""
-DEFAULT_TEXT_KWARGS = {"padding": True, "padding_side": "left"}
-"""Pad batches, on the left as generation needs; either can be overridden per call."""
 
-MERV_SYSTEM_PROMPT = (
-    "You are a helpful language and vision assistant. You are able to understand the visual content that the user "
-    "provides, and assist the user with a variety of tasks using natural language."
-)
-VICUNA_SYSTEM_PROMPT = (
-    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, "
-    "and polite answers to the user's questions."
-)
-
-# Pieces shared by every template. Every video placeholder goes first, right after the BOS token the tokenizer adds:
-# the authors splice the visual tokens there whatever the prompt says (`MERV.forward`). Assistant turns sit in
-# `{% generation %}` blocks so that `return_assistant_tokens_mask=True` marks the tokens the authors train on.
-_TEXT_OF = r"""
-{%- macro text_of(message) -%}
-{%- if message['content'] is string -%}{{ message['content'] }}
-{%- else -%}{{ message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('\n') }}
-{%- endif -%}
-{%- endmacro -%}
-{%- for message in messages if message['content'] is not string -%}
-{%- for block in message['content'] if block['type'] == 'video' -%}{{ video_token | default('<video>') }}{%- endfor -%}
-{%- endfor -%}
-"""
-_SYSTEM = r"""
-{%- set system = DEFAULT_SYSTEM -%}
-{%- if messages and messages[0]['role'] == 'system' -%}{%- set system = text_of(messages[0]) -%}{%- endif -%}
-"""
-_UNKNOWN_ROLE = r"""
-{%- else -%}{{- raise_exception('Unsupported role in this prompt format: ' + message['role']) -}}
-{%- endif -%}
-{%- endfor -%}
-"""
-
-PURE_CHAT_TEMPLATE = (
-    _TEXT_OF
-    + r"""
-{#- PurePromptBuilder: "In: {question}\nOut:" per user turn, " {answer}</s>" per assistant turn, no system prompt -#}
-{%- for message in messages -%}
-{%- set text = text_of(message) | replace('<image>', '') | trim -%}
-{%- if message['role'] == 'user' -%}{{- 'In: ' + text + '\nOut:' -}}
-{%- elif message['role'] == 'assistant' -%}{%- generation -%}{{- ' ' + text + '</s>' -}}{%- endgeneration -%}
-"""
-    + _UNKNOWN_ROLE
-)
-
-VICUNA_CHAT_TEMPLATE = (
-    _TEXT_OF
-    + _SYSTEM.replace("DEFAULT_SYSTEM", repr(VICUNA_SYSTEM_PROMPT))
-    + r"""
-{#- VicunaV15ChatPromptBuilder: "{system} USER: {question} ASSISTANT:" then " {answer}</s>" -#}
-{{- system | trim + ' ' -}}
-{%- for message in messages if message['role'] != 'system' -%}
-{%- set text = text_of(message) | replace('<image>', '') | trim -%}
-{%- if message['role'] == 'user' -%}{{- 'USER: ' + text + ' ASSISTANT:' -}}
-{%- elif message['role'] == 'assistant' -%}{%- generation -%}{{- ' ' + text + '</s>' -}}{%- endgeneration -%}
-"""
-    + _UNKNOWN_ROLE
-)
-
-LLAMA2_CHAT_TEMPLATE = (
-    _TEXT_OF
-    + _SYSTEM.replace("DEFAULT_SYSTEM", repr(MERV_SYSTEM_PROMPT))
-    + r"""
-{#- LLaMa2ChatPromptBuilder, its "<<SYS>" opening tag (one ">") included; later turns restate "<s>" -#}
-{%- for message in messages if message['role'] != 'system' -%}
-{%- set text = text_of(message) | replace('<image>', '') | trim -%}
-{%- if message['role'] == 'user' and loop.first -%}
-{{- '[INST] <<SYS>\n' + system | trim + '\n<</SYS>>\n\n' + text + ' [/INST]' -}}
-{%- elif message['role'] == 'user' -%}{{- '<s>[INST] ' + text + ' [/INST]' -}}
-{%- elif message['role'] == 'assistant' -%}{%- generation -%}{{- ' ' + text + '</s>' -}}{%- endgeneration -%}
-"""
-    + _UNKNOWN_ROLE
-)
-
-LLAMA31_CHAT_TEMPLATE = (
-    _TEXT_OF
-    + _SYSTEM.replace("DEFAULT_SYSTEM", repr(MERV_SYSTEM_PROMPT))
-    + r"""
-{#- LLaMa31PromptBuilder (messages are not stripped; the tokenizer adds <|begin_of_text|>) -#}
-{{- '<|start_header_id|>system<|end_header_id|>\n\n' + system + '<|eot_id|>' -}}
-{%- for message in messages if message['role'] != 'system' -%}
-{%- if message['role'] == 'user' -%}
-{{- '<|start_header_id|>user<|end_header_id|>\n\n' + text_of(message) + '<|eot_id|>' -}}
-{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
-{%- elif message['role'] == 'assistant' -%}
-{%- generation -%}{{- text_of(message) + '<|eot_id|>' -}}{%- endgeneration -%}
-"""
-    + _UNKNOWN_ROLE
-)
-
-QWEN2_CHAT_TEMPLATE = (
-    _TEXT_OF
-    + _SYSTEM.replace("DEFAULT_SYSTEM", repr(MERV_SYSTEM_PROMPT))
-    + r"""
-{#- Qwen2PromptBuilder (messages are not stripped; no BOS, so the video placeholders come first) -#}
-{{- '<|im_start|>system\n' + system + '<|im_end|>\n' -}}
-{%- for message in messages if message['role'] != 'system' -%}
-{%- if message['role'] == 'user' -%}
-{{- '<|im_start|>user\n' + text_of(message) + '<|im_end|>\n<|im_start|>assistant\n' -}}
-{%- elif message['role'] == 'assistant' -%}
-{%- generation -%}{{- text_of(message) + '<|im_end|>' -}}{%- endgeneration -%}
-"""
-    + _UNKNOWN_ROLE
-)
-
-MERV_CHAT_TEMPLATES = {
-    "pure": PURE_CHAT_TEMPLATE,
-    "vicuna": VICUNA_CHAT_TEMPLATE,
-    "llama2-chat": LLAMA2_CHAT_TEMPLATE,
-    "llama3.1-chat": LLAMA31_CHAT_TEMPLATE,
-    "qwen2": QWEN2_CHAT_TEMPLATE,
-}
-"""The authors' prompt builders (`merv/models/backbones/llm/prompting/`), by the name of their LLM family suffix."""
+PROMPT_FORMATS = ("pure", "vicuna", "llama2-chat", "llama3.1-chat", "qwen2")
+"""The authors' prompt builders (`merv/models/backbones/llm/prompting/` in princetonvisualai/merv), by the name of
+their LLM family suffix."""
 
 
+# The templates are the `.jinja` files a saved processor carries, kept as such in the package (`chat_templates/`). In
+# every one, the video placeholders go first, right after the BOS token the tokenizer adds: the authors splice the
+# visual tokens there whatever the prompt says (`MERV.forward`). Assistant turns sit in `{% generation %}` blocks so
+# that `return_assistant_tokens_mask=True` marks the tokens the authors train on.
 def merv_chat_templates(default: str = "pure") -> dict[str, str]:
     """All prompt formats as named templates, `default` under the name "default" (the one `apply_chat_template`
     uses when no `chat_template` is given). The released MERV models use "pure"."""
-    if default not in MERV_CHAT_TEMPLATES:
-        raise ValueError(f"Unknown prompt format {default!r}; choose one of {list(MERV_CHAT_TEMPLATES)}")
-    others = {name: template for name, template in MERV_CHAT_TEMPLATES.items() if name != default}
-    return {"default": MERV_CHAT_TEMPLATES[default], **others}
+    if default not in PROMPT_FORMATS:
+        raise ValueError(f"Unknown prompt format {default!r}; choose one of {list(PROMPT_FORMATS)}")
+    templates = files(__package__) / "chat_templates"
+    named = {name: (templates / f"{name}.jinja").read_text(encoding="utf-8") for name in PROMPT_FORMATS}
+    return {"default": named.pop(default), **named}
+
+
+class MervProcessorKwargs(ProcessingKwargs, total=False):
+    """Call options of `MervProcessor`: the tokenizer's, and the video processor's sampling options. Batches are
+    padded, on the left as generation needs; either can be overridden per call. (`_defaults` is honoured by every
+    supported transformers release; processor class attributes, its successor, only from 5.23.)"""
+
+    videos_kwargs: MervVideosKwargs
+    _defaults = {"text_kwargs": {"padding": True, "padding_side": "left"}}
 
 
 class MervProcessor(ProcessorMixin):
@@ -168,6 +72,7 @@ class MervProcessor(ProcessorMixin):
     """
 
     _auto_class = "AutoProcessor"  # saved processors carry `auto_map` and these files, for `trust_remote_code=True`
+    valid_processor_kwargs = MervProcessorKwargs
 
     def __init__(
         self,
@@ -231,18 +136,16 @@ class MervProcessor(ProcessorMixin):
                 "SentencePiece tokenizers, load or save them with `legacy=True`."
             )
 
-    def __call__(self, text: str | list[str] | None = None, videos: object = None, **kwargs) -> MervBatchFeature:
+    def __call__(
+        self, text: str | list[str] | None = None, videos: object = None, **kwargs: Unpack[MervProcessorKwargs]
+    ) -> MervBatchFeature:
         """Tokenize `text` (each `<video>` expanded) and process `videos` (see [`MervVideoProcessor`]).
 
         Text kwargs (`padding`, `padding_side`, `truncation`, ...) go to the tokenizer, sampling kwargs
-        (`clip_start_sec`, `clip_end_sec`, `end_frame`, `fps`) to the video processor.
+        (`clip_start_sec`, `clip_end_sec`, `end_frame`, `fps`) to the video processor. This is
+        `ProcessorMixin.__call__`, returning a [`MervBatchFeature`] so that `.to(...)` also moves `pixel_values_videos`.
         """
-        user_text_kwargs = kwargs.get("text_kwargs", {})
-        for key, value in DEFAULT_TEXT_KWARGS.items():
-            if key not in kwargs and key not in user_text_kwargs:
-                kwargs[key] = value
-        outputs = super().__call__(text=text, videos=videos, **kwargs)
-        return MervBatchFeature(outputs.data)
+        return MervBatchFeature(super().__call__(text=text, videos=videos, **kwargs).data)
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs) -> None:
         """Check that the text has exactly one `<video>` marker per video, naming both counts."""
@@ -262,6 +165,8 @@ class MervProcessor(ProcessorMixin):
             )
 
     def _process_videos(self, videos: object, **kwargs) -> tuple[MervBatchFeature, list[str]]:
+        # The hook in-tree processors override too (qwen2_5_vl): the base counts videos with transformers'
+        # `make_batched_videos`, which does not know every input `video_io` reads; the video processor's output does.
         processed = self.video_processor(videos, **kwargs)
         num_videos = next(iter(processed["pixel_values_videos"].values())).shape[0]
         return processed, [self.replace_video_token(processed, index) for index in range(num_videos)]
@@ -290,10 +195,21 @@ class MervProcessor(ProcessorMixin):
         answers = self.tokenizer.batch_decode(sequences[..., prompt_length:], **kwargs)
         return [answer.strip() for answer in answers]
 
-    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs):
-        """Decode prompts or prompts + answers without the space the prompt format puts before an answer
-        (`" {answer}</s>"`): transformers' image-text-to-text pipeline cuts the decoded prompt off the decoded
+    def post_process_image_text_to_text(
+        self,
+        generated_outputs: torch.Tensor | Sequence[Sequence[int]],
+        skip_special_tokens: bool = True,
+        prompt_ids: torch.Tensor | Sequence[Sequence[int]] | None = None,
+        **kwargs,
+    ) -> list[str]:
+        """Decode `generate` outputs to text, as in-tree processors do (pipelines call this). With `prompt_ids`, only
+        the answers (see `batch_decode`). Without, prompts + answers lose the space the prompt format puts before an
+        answer (`" {answer}</s>"`): transformers' image-text-to-text pipeline cuts the decoded prompt off the decoded
         sequence, so its answers then equal `batch_decode(..., prompt_ids=...)`'s."""
+        if prompt_ids is not None:
+            return self.batch_decode(
+                generated_outputs, prompt_ids=prompt_ids, skip_special_tokens=skip_special_tokens, **kwargs
+            )
         sequences = torch.as_tensor(generated_outputs)
         texts = self.tokenizer.batch_decode(
             sequences.reshape(-1, sequences.shape[-1]), skip_special_tokens=skip_special_tokens, **kwargs
@@ -316,4 +232,4 @@ def _strip_after_last(text: str, cue: str) -> str:
     return head + found + tail.lstrip() if found else text
 
 
-__all__ = ["MervProcessor", "MERV_CHAT_TEMPLATES", "merv_chat_templates"]
+__all__ = ["MervProcessor", "MervProcessorKwargs", "PROMPT_FORMATS", "merv_chat_templates"]

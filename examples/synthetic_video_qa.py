@@ -25,7 +25,7 @@ Output directory (`generate_dataset`):
     {split}_mcq_q.json, {split}_mcq_a.json  the authors' multiple-choice evaluation files (validation, test)
     dataset_info.json                       settings, question counts and majority-class baselines
 
-Run `python -m transformers_merv.data.synthetic --output-dir DIR` to generate a dataset.
+Run `python examples/synthetic_video_qa.py --output-dir DIR` to generate a dataset.
 """
 
 import argparse
@@ -636,7 +636,7 @@ def _count(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m transformers_merv.data.synthetic",
+        prog="python examples/synthetic_video_qa.py",
         description="Generate the synthetic video QA dataset (videos and the authors' JSON files).",
     )
     parser.add_argument("--output-dir", type=Path, required=True, help="new or empty directory to write to")

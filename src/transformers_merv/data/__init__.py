@@ -1,1 +1,0 @@
-"""Synthetic video QA data for the small default MERV model, and its tokenizer."""
