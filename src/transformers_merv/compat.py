@@ -89,6 +89,11 @@ def cache_kwargs(cache: Cache | None) -> dict[str, Cache | None]:
     return {CACHE_KWARG: cache}
 
 
+def output_cache(output: ModelOutput) -> Cache | None:
+    """The KV cache of a `generate` output (`cache` from transformers 5.24, `past_key_values` before)."""
+    return getattr(output, CACHE_KWARG)
+
+
 def accept_legacy_cache_kwarg(forward):
     """Decorator for a `forward(..., cache=...)`: also accept `past_key_values`, the name generation passes before
     transformers 5.24 (silently there; with transformers' own deprecation warning from 5.24 on)."""
@@ -198,6 +203,7 @@ __all__ = [
     "build_sub_configs",
     "cache_kwargs",
     "enable_activation_checkpointing",
+    "output_cache",
     "slice_logits_to_keep",
     "sub_config_classes",
 ]

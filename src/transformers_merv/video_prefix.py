@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache
 
+from .compat import cache_kwargs, output_cache
 from .modeling_merv import MervVideoFeaturesOutput
 
 
@@ -158,7 +159,7 @@ def generate_from_cache(model, processor, cached: CachedPrompt, prompts: Sequenc
     output = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        cache=cache,
+        **cache_kwargs(cache),
         return_dict_in_generate=True,
         **generation,
     )
@@ -213,7 +214,7 @@ class VideoChat:
         output, input_ids = generate_from_cache(self.model, self.processor, self._cached, [ids], **generation)
         answer = self.processor.batch_decode(output.sequences, prompt_ids=input_ids, skip_special_tokens=True)[0]
         if _rows_per_prompt(self.model, generation) == 1:  # beams leave a cache of several rows: keep the last one
-            cache = output.cache
+            cache = output_cache(output)
             self._cached = CachedPrompt(output.sequences[:, : cache.get_seq_length()], cache)
         self.messages = [*messages, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
         return answer
