@@ -307,6 +307,7 @@ def test_open_ended_summary_with_judge_scores():
         },
     ]
     summary = summarize(results, OPEN_ENDED)
+    assert summary["mode"] == OPEN_ENDED and summary["total"] == 2 and summary["skipped"] == 0
     assert summary["accuracy"] == 0.5 and summary["exact_match_accuracy"] == 0.0
     assert summary["judge_average_score"] == 3.5 and "per_question_type" not in summary
 
