@@ -256,6 +256,12 @@ def test_every_option_letter_has_tokens_in_the_tiny_tokenizer(tiny):
     assert all(processor.tokenizer.decode([index]).strip() == letter for letter in ids for index in ids[letter])
 
 
+def test_option_letters_without_tokens_are_an_error(tiny):
+    _, processor = tiny
+    with pytest.raises(EvaluationInputError, match=r"no token for the option letters \['A', 'B'\]"):
+        letter_token_ids(processor.tokenizer, "AB", vocab_size=3)  # only <unk>, <s>, </s>
+
+
 def test_naive_check_reads_the_first_character():
     assert naive_mcq_correct(" b. a cat", "B") and not naive_mcq_correct("The answer is B", "B")
 
@@ -301,6 +307,7 @@ def test_open_ended_summary_with_judge_scores():
         },
     ]
     summary = summarize(results, OPEN_ENDED)
+    assert summary["mode"] == OPEN_ENDED and summary["total"] == 2 and summary["skipped"] == 0
     assert summary["accuracy"] == 0.5 and summary["exact_match_accuracy"] == 0.0
     assert summary["judge_average_score"] == 3.5 and "per_question_type" not in summary
 

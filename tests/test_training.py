@@ -348,6 +348,18 @@ def test_caption_format_drops_the_question_and_learns_caption_and_eos(media_root
     assert ids[-1] == processor.tokenizer.eos_token_id
 
 
+def test_caption_without_a_video_is_the_caption_and_eos_alone(media_root, processor, tmp_path):
+    entry = {"id": "text", "conversations": conversation("Describe.", "A plain caption.")}
+    dataset = VideoLlavaDataset(
+        write_json(tmp_path / "caption.json", [entry]), media_root, processor, data_format="caption"
+    )
+    item = dataset[0]
+    ids = processor.tokenizer("A plain caption.</s>")["input_ids"]
+    assert "pixel_values_videos" not in item
+    assert item["input_ids"].tolist() == ids
+    assert item["labels"].tolist() == [IGNORE_INDEX, *ids[1:]]
+
+
 def test_max_length_truncates_after_the_visual_tokens_and_must_leave_room_for_text(media_root, processor):
     length = processor.num_video_tokens + 4
     item = chat_dataset(media_root, processor, max_length=length)[0]
