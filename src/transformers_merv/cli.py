@@ -47,7 +47,7 @@ BAR_WIDTH = 40
 """Characters of the longest text bar in `merv explain`."""
 CHAT_PROMPT = "> "
 CHAT_EXIT_WORDS = ("exit", "quit")
-"""Characters of the longest text bar in `merv explain`."""
+"""A `merv chat` line that is one of these (any case) ends the chat."""
 
 # Fusion chart (PNG).
 CHART_WIDTH = 720
