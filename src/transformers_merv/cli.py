@@ -65,7 +65,7 @@ BAR_WIDTH = 40
 """Characters of the longest text bar in `merv explain`."""
 CHAT_PROMPT = "> "
 CHAT_EXIT_WORDS = ("exit", "quit")
-"""Words that end `merv chat` (as does the end of input)."""
+"""A `merv chat` line that is one of these (any case) ends the chat."""
 
 # Fusion chart (PNG).
 CHART_WIDTH = 720
