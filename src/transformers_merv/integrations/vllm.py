@@ -13,7 +13,8 @@ the default install stays free of vLLM. What runs where:
 * **LLM**: vLLM's own Llama (paged KV cache, prefix caching, continuous batching, tensor and pipeline parallelism).
 * **Fetching** (`MervMediaConnector`, selected by `VLLM_MEDIA_CONNECTOR=merv`, which `merv serve` sets): a video URL
   (`file://`, `http(s)://`, `data:video/...;base64,`) that cannot be read or decoded is a 400 error naming the URL,
-  checked before the request is queued; the bytes are decoded once, by `MervVideoProcessor`.
+  checked before the request is queued (by decoding the frames merv-full samples; `MervVideoProcessor` then decodes
+  them again).
 """
 
 import posixpath
@@ -100,7 +101,7 @@ class MervVideoMediaIO(MediaIO[MediaWithBytes]):
     processor samples (`PROBED_FRAMES`) are decoded once here, so a video that fails is reported by its URL.
 
     The media vLLM carries is the byte string itself (a uint8 array over it), so vLLM's processor cache keys on the
-    exact bytes and `MervMultiModalProcessor` decodes them once, with `MervVideoProcessor`.
+    exact bytes and `MervMultiModalProcessor` hands them to `MervVideoProcessor`.
     """
 
     def load_bytes(self, data: bytes) -> MediaWithBytes:
