@@ -421,7 +421,7 @@ def test_languagebind_tower_forward_equals_the_layer_by_layer_run(model):
     tower = model.model.vision_towers["languagebind"]
     with torch.no_grad():
         output = tower(pixel_values=pixels, output_hidden_states=True)
-        selected = model.model._encode("languagebind", pixels)
+        selected, _ = model.model._encode("languagebind", pixels)
     layer = config.vision_feature_layer["languagebind"]
     expected = output.hidden_states[layer][:, 1:].reshape(2, -1, tower.config.hidden_size)
     torch.testing.assert_close(selected, expected, atol=1e-6, rtol=1e-6)
