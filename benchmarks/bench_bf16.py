@@ -25,6 +25,7 @@ from transformers import AutoModel, AutoProcessor
 
 from transformers_merv import default_model_path
 from transformers_merv.conversion import EncoderSources, convert
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the synthetic-data generator
 from synthetic_video_qa import DEFAULT_NUM_VIDEOS, generate_dataset  # noqa: E402
 from transformers_merv.evaluation import OPEN_ENDED, evaluate, load_items
