@@ -148,10 +148,15 @@ def test_end_frame_zero_samples_the_first_frame_only():
 
 
 @pytest.mark.parametrize(
-    "window", [{"clip_start_sec": 2.0, "clip_end_sec": 2.0}, {"clip_start_sec": 20.0}, {"clip_end_sec": 0.0}]
+    ("window", "reason"),
+    [
+        ({"clip_start_sec": 2.0, "clip_end_sec": 2.0}, "the clip window ends before it starts"),
+        ({"clip_start_sec": 20.0}, "holds no frame of this video"),
+        ({"clip_end_sec": 0.0}, "the clip window ends before it starts"),
+    ],
 )
-def test_rate_sampling_of_an_empty_window_is_rejected(window):
-    with pytest.raises(ValueError, match="holds no frame of this video"):
+def test_rate_sampling_of_an_empty_window_is_rejected(window, reason):
+    with pytest.raises(ValueError, match=reason):
         sample_frame_indices_at_rate(310, 30.0, 2.0, **window)
 
 
