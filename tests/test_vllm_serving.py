@@ -9,11 +9,12 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import FIXTURES, MEDIA, TINY_FULL, convert_fixture
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from transformers_merv import default_model_path
 from transformers_merv.evaluation import question_inputs
@@ -54,6 +55,18 @@ SERVER_FLAGS = [
     "--allowed-local-media-path",
     "/",
 ]
+PREFILL_CHUNK_TOKENS = 32
+"""`--max-num-batched-tokens` of the default model's server: fewer than a video's 64 tokens, so every prompt's
+prefill is split into chunks and a video's tokens span several."""
+CHUNKED_PREFILL_FLAGS = [
+    "--max-num-batched-tokens",
+    str(PREFILL_CHUNK_TOKENS),
+    "--max-num-seqs",
+    "8",  # vLLM needs `--max-num-batched-tokens` >= `--max-num-seqs`
+    "--log-level",
+    "DEBUG",  # the plugin logs each encoder run ("MERV encoded N videos") at debug level
+]
+ENCODED_VIDEOS = re.compile(r"MERV encoded (\d+) videos")
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
 QUESTIONS = ["What color is the square?", "Which way does the square move?", "How fast does the square move?"]
 
@@ -136,11 +149,13 @@ def client_of(server: ServerProcess):
 
 @pytest.fixture(scope="module")
 def default_server(tmp_path_factory) -> Iterator[ServerProcess]:
-    """`merv serve` on the shipped default model."""
+    """`merv serve` on the shipped default model, prefilling in chunks of `PREFILL_CHUNK_TOKENS` and logging its
+    encoder runs."""
     port = free_port()
     argv = [sys.executable, "-m", "transformers_merv.cli", "serve", str(default_model_path()), "--port", str(port)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    yield from run_server(argv + SERVER_FLAGS, env, port, tmp_path_factory.mktemp("logs") / "default.log")
+    log = tmp_path_factory.mktemp("logs") / "default.log"
+    yield from run_server([*argv, *SERVER_FLAGS, *CHUNKED_PREFILL_FLAGS], env, port, log)
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +242,12 @@ def file_url(path: Path) -> str:
     return path.resolve().as_uri()
 
 
+def served_answers(server: ServerProcess, pairs: list[tuple[Path, str]]) -> list[tuple[list[int], list[int]]]:
+    """`served_answer` of every (video, question) pair, all in flight at once."""
+    with ThreadPoolExecutor(len(pairs)) as pool:
+        return list(pool.map(lambda pair: served_answer(server, file_url(pair[0]), pair[1]), pairs))
+
+
 # --- parity -------------------------------------------------------------------------------------------------------
 
 
@@ -240,9 +261,7 @@ def test_single_request_equals_generate_on_the_default_model(default_server):
 def test_concurrent_requests_equal_generate_on_the_default_model(default_server, media_dir):
     pairs = requests_of(media_dir)
     expected = [reference_answer(default_model_path(), video, question) for video, question in pairs]
-    with ThreadPoolExecutor(len(pairs)) as pool:
-        served = list(pool.map(lambda pair: served_answer(default_server, file_url(pair[0]), pair[1]), pairs))
-    assert served == expected
+    assert served_answers(default_server, pairs) == expected
 
 
 def test_http_and_data_urls_give_the_file_url_answer(default_server, media_dir, media_server):
@@ -266,17 +285,47 @@ def test_single_and_concurrent_requests_equal_generate_on_a_converted_fixture(
     pairs = requests_of(media_dir)
     expected = [reference_answer(converted_fixture, video, question) for video, question in pairs]
     assert served_answer(fixture_server, file_url(pairs[0][0]), pairs[0][1]) == expected[0]
-    with ThreadPoolExecutor(len(pairs)) as pool:
-        served = list(pool.map(lambda pair: served_answer(fixture_server, file_url(pair[0]), pair[1]), pairs))
-    assert served == expected
+    assert served_answers(fixture_server, pairs) == expected
 
 
 def test_tensor_parallel_answers_equal_generate(tensor_parallel_server, media_dir):
     pairs = requests_of(media_dir)
     expected = [reference_answer(default_model_path(), video, question) for video, question in pairs]
-    with ThreadPoolExecutor(len(pairs)) as pool:
-        served = list(pool.map(lambda pair: served_answer(tensor_parallel_server, file_url(pair[0]), pair[1]), pairs))
-    assert served == expected
+    assert served_answers(tensor_parallel_server, pairs) == expected
+
+
+# --- encoder runs ---------------------------------------------------------------------------------------------
+
+
+def videos_encoded_while(server: ServerProcess, requests: Callable[[], object]) -> int:
+    """Videos the server's workers encoded while `requests()` ran (the plugin's debug lines in the server's log)."""
+    start = server.log_path.stat().st_size
+    requests()
+    with server.log_path.open("rb") as log:
+        log.seek(start)
+        return sum(int(count) for count in ENCODED_VIDEOS.findall(log.read().decode(errors="replace")))
+
+
+def test_each_video_is_encoded_once_per_request_across_prefill_chunks(default_server, tmp_path):
+    """The four encoders run once per video although its tokens span several prefill chunks (vLLM's encoder cache
+    serves the later chunks). The encoder cache holds max(`--max-num-batched-tokens`, a video's tokens) = one video
+    here: a video asked about again while it is cached is not encoded again (CPU KV blocks are 128 tokens, longer
+    than these prompts, so prefix caching does not come into it); once another video took its place, it is."""
+    num_video_tokens = AutoConfig.from_pretrained(default_model_path()).num_video_tokens
+    assert num_video_tokens > PREFILL_CHUNK_TOKENS
+    pairs = [
+        (write_moving_square(tmp_path / f"{name}_{step}.mp4", color, step), QUESTIONS[step % len(QUESTIONS)])
+        for name, color in COLORS.items()
+        for step in (6, -6)
+    ]  # videos no other test sent: nothing cached
+    assert videos_encoded_while(default_server, lambda: served_answers(default_server, pairs)) == len(pairs)
+
+    (video, question), (other_video, _) = pairs[:2]
+    assert videos_encoded_while(default_server, lambda: ask(default_server, file_url(video), question)) == 1
+    assert videos_encoded_while(default_server, lambda: ask(default_server, file_url(video), question)) == 0
+    assert videos_encoded_while(default_server, lambda: ask(default_server, file_url(video), QUESTIONS[0])) == 0
+    assert videos_encoded_while(default_server, lambda: ask(default_server, file_url(other_video), question)) == 1
+    assert videos_encoded_while(default_server, lambda: ask(default_server, file_url(video), question)) == 1
 
 
 # --- bad input ----------------------------------------------------------------------------------------------------
