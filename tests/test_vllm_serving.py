@@ -51,10 +51,12 @@ SERVER_FLAGS = [
     "float32",  # our `generate` runs the saved float32; vLLM would downcast to bfloat16 on the CPU
     "--kv-cache-memory-bytes",
     str(KV_CACHE_BYTES),  # a fixed KV cache instead of 92% of the machine's memory
-    "--enforce-eager",  # no torch.compile: a CI run starts each server once
     "--allowed-local-media-path",
     "/",
 ]
+EAGER_FLAGS = ["--enforce-eager"]
+"""No torch.compile: a CI run starts each server once (all but the pipeline-parallel one, which needs the warm-up
+forward pass that vLLM 0.32's CPU worker skips under `--enforce-eager`, see `pipeline_parallel_server`)."""
 PREFILL_CHUNK_TOKENS = 32
 """`--max-num-batched-tokens` of the default model's server: fewer than a video's 64 tokens, so every prompt's
 prefill is split into chunks and a video's tokens span several."""
@@ -155,14 +157,11 @@ def default_server(tmp_path_factory) -> Iterator[ServerProcess]:
     argv = [sys.executable, "-m", "transformers_merv.cli", "serve", str(default_model_path()), "--port", str(port)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     log = tmp_path_factory.mktemp("logs") / "default.log"
-    yield from run_server([*argv, *SERVER_FLAGS, *CHUNKED_PREFILL_FLAGS], env, port, log)
+    yield from run_server([*argv, *SERVER_FLAGS, *EAGER_FLAGS, *CHUNKED_PREFILL_FLAGS], env, port, log)
 
 
-@pytest.fixture(scope="module")
-def tensor_parallel_server(tmp_path_factory) -> Iterator[ServerProcess]:
-    """`merv serve` on the default model with its LLM split over 2 CPU processes by tensor parallelism (its 4 heads
-    divide by 2), each bound to one of the 2 cores CI has. (Pipeline parallelism is not tested: vLLM 0.32's CPU
-    runner fails on the second stage, see README "Serving".)"""
+def parallel_server(tmp_path_factory, flags: list[str], name: str) -> Iterator[ServerProcess]:
+    """`merv serve` on the default model over `PARALLEL_SIZE` CPU processes, each bound to one of the 2 cores CI has."""
     port = free_port()
     argv = [sys.executable, "-m", "transformers_merv.cli", "serve", str(default_model_path()), "--port", str(port)]
     env = {
@@ -171,8 +170,22 @@ def tensor_parallel_server(tmp_path_factory) -> Iterator[ServerProcess]:
         "VLLM_CPU_OMP_THREADS_BIND": "0|1",
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
     }
-    log = tmp_path_factory.mktemp("logs") / "tensor-parallel.log"
-    yield from run_server([*argv, *SERVER_FLAGS, "--tensor-parallel-size", str(PARALLEL_SIZE)], env, port, log)
+    yield from run_server([*argv, *SERVER_FLAGS, *flags], env, port, tmp_path_factory.mktemp("logs") / f"{name}.log")
+
+
+@pytest.fixture(scope="module")
+def tensor_parallel_server(tmp_path_factory) -> Iterator[ServerProcess]:
+    """The default model's LLM split over 2 processes by tensor parallelism (its 4 heads divide by 2)."""
+    flags = [*EAGER_FLAGS, "--tensor-parallel-size", str(PARALLEL_SIZE)]
+    yield from parallel_server(tmp_path_factory, flags, "tensor-parallel")
+
+
+@pytest.fixture(scope="module")
+def pipeline_parallel_server(tmp_path_factory) -> Iterator[ServerProcess]:
+    """The default model's LLM split into 2 pipeline stages (2 of its 4 layers each). Not eager: vLLM 0.32's CPU
+    runner allocates a later stage's input buffer (`make_empty_intermediate_tensors`) only in the warm-up forward
+    pass, which its CPU worker skips under `--enforce-eager`, and the stage then fails on the first request."""
+    yield from parallel_server(tmp_path_factory, ["--pipeline-parallel-size", str(PARALLEL_SIZE)], "pipeline-parallel")
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +205,11 @@ def fixture_server(converted_fixture, tmp_path_factory) -> Iterator[ServerProces
     serve` documents."""
     port = free_port()
     processor = AutoProcessor.from_pretrained(converted_fixture)
-    flags = [*SERVER_FLAGS, "--trust-remote-code"]  # the converted folder carries its code and `auto_map`
+    flags = [
+        *SERVER_FLAGS,
+        *EAGER_FLAGS,
+        "--trust-remote-code",
+    ]  # the converted folder carries its code and `auto_map`
     argv = server_command(str(converted_fixture), "127.0.0.1", port, serving_chat_template(processor), flags)
     env = {**server_environment(), "HF_HUB_OFFLINE": "1"}
     yield from run_server(argv, env, port, tmp_path_factory.mktemp("logs") / "fixture.log")
@@ -288,10 +305,11 @@ def test_single_and_concurrent_requests_equal_generate_on_a_converted_fixture(
     assert served_answers(fixture_server, pairs) == expected
 
 
-def test_tensor_parallel_answers_equal_generate(tensor_parallel_server, media_dir):
+@pytest.mark.parametrize("server", ["tensor_parallel_server", "pipeline_parallel_server"])
+def test_parallel_answers_equal_generate(server, media_dir, request):
     pairs = requests_of(media_dir)
     expected = [reference_answer(default_model_path(), video, question) for video, question in pairs]
-    assert served_answers(tensor_parallel_server, pairs) == expected
+    assert served_answers(request.getfixturevalue(server), pairs) == expected
 
 
 # --- encoder runs ---------------------------------------------------------------------------------------------
