@@ -19,8 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import av
-import numpy as np
 import pytest
 import torch
 from conftest import FIXTURES, MEDIA, TINY_FULL, convert_fixture
@@ -29,6 +27,7 @@ from transformers import AutoConfig, AutoModel, AutoProcessor
 from transformers_merv import default_model_path
 from transformers_merv.evaluation import question_inputs
 from transformers_merv.serving import ServerProcess, server_command, server_environment, serving_chat_template
+from transformers_merv.testing_utils import write_moving_square
 
 
 pytestmark = pytest.mark.vllm
@@ -74,21 +73,6 @@ QUESTIONS = ["What color is the square?", "Which way does the square move?", "Ho
 
 
 # --- media --------------------------------------------------------------------------------------------------------
-
-
-def write_moving_square(path: Path, color: tuple[int, int, int], step: int, frames: int = 32, side: int = 64) -> Path:
-    """An h264 mp4 of a square crossing the frame `step` pixels per frame (negative: right to left)."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=8)
-        stream.width = stream.height = side
-        stream.pix_fmt = "yuv420p"
-        for index in range(frames):
-            image = np.full((side, side, 3), 245, dtype=np.uint8)
-            left = (index * step) % (side - 16)
-            image[24:40, left : left + 16] = color
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-    return path
 
 
 @pytest.fixture(scope="module")
