@@ -21,7 +21,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from transformers import AutoModel, AutoProcessor
@@ -29,6 +28,7 @@ from transformers import AutoModel, AutoProcessor
 from transformers_merv import default_model_path
 from transformers_merv.evaluation import question_inputs
 from transformers_merv.serving import ServerProcess
+from transformers_merv.testing_utils import write_moving_square
 
 
 CONCURRENCIES = (1, 8)
@@ -39,24 +39,13 @@ VLLM_CPU_TORCH_THREADS = 1
 1 thread); `generate` gets the same, so both sides compute on one core."""
 STARTUP_SECONDS = 900
 STOP_SECONDS = 60
-VIDEO_SIDE, VIDEO_FRAMES, SQUARE_SIDE = 64, 32, 16
 
 
 def write_video(path: Path, seed: tuple[int, ...]) -> Path:
     """A square of a random colour crossing the frame at a random speed (h264 mp4)."""
     generator = np.random.default_rng(seed)
     color, step = generator.integers(0, 256, 3), int(generator.integers(1, 5)) * generator.choice([-1, 1])
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=8)
-        stream.width = stream.height = VIDEO_SIDE
-        stream.pix_fmt = "yuv420p"
-        for index in range(VIDEO_FRAMES):
-            image = np.full((VIDEO_SIDE, VIDEO_SIDE, 3), 245, dtype=np.uint8)
-            left = (index * step) % (VIDEO_SIDE - SQUARE_SIDE)
-            image[24 : 24 + SQUARE_SIDE, left : left + SQUARE_SIDE] = color
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-    return path
+    return write_moving_square(path, tuple(color), int(step))
 
 
 def generate_batches(model, processor, requests: list[tuple[Path, str]], batch_size: int, tokens: int) -> None:

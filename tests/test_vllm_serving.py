@@ -9,25 +9,25 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import av
-import numpy as np
 import pytest
 import torch
 from conftest import FIXTURES, MEDIA, TINY_FULL, convert_fixture
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from transformers_merv import default_model_path
 from transformers_merv.evaluation import question_inputs
 from transformers_merv.serving import ServerProcess, server_command, server_environment, serving_chat_template
+from transformers_merv.testing_utils import write_moving_square
 
 
 pytestmark = pytest.mark.vllm
@@ -50,30 +50,29 @@ SERVER_FLAGS = [
     "float32",  # our `generate` runs the saved float32; vLLM would downcast to bfloat16 on the CPU
     "--kv-cache-memory-bytes",
     str(KV_CACHE_BYTES),  # a fixed KV cache instead of 92% of the machine's memory
-    "--enforce-eager",  # no torch.compile: a CI run starts each server once
     "--allowed-local-media-path",
     "/",
 ]
+EAGER_FLAGS = ["--enforce-eager"]
+"""No torch.compile: a CI run starts each server once (all but the pipeline-parallel one, which needs the warm-up
+forward pass that vLLM 0.32's CPU worker skips under `--enforce-eager`, see `pipeline_parallel_server`)."""
+PREFILL_CHUNK_TOKENS = 32
+"""`--max-num-batched-tokens` of the default model's server: fewer than a video's 64 tokens, so every prompt's
+prefill is split into chunks and a video's tokens span several."""
+CHUNKED_PREFILL_FLAGS = [
+    "--max-num-batched-tokens",
+    str(PREFILL_CHUNK_TOKENS),
+    "--max-num-seqs",
+    "8",  # vLLM needs `--max-num-batched-tokens` >= `--max-num-seqs`
+    "--log-level",
+    "DEBUG",  # the plugin logs each encoder run ("MERV encoded N videos") at debug level
+]
+ENCODED_VIDEOS = re.compile(r"MERV encoded (\d+) videos")
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
 QUESTIONS = ["What color is the square?", "Which way does the square move?", "How fast does the square move?"]
 
 
 # --- media --------------------------------------------------------------------------------------------------------
-
-
-def write_moving_square(path: Path, color: tuple[int, int, int], step: int, frames: int = 32, side: int = 64) -> Path:
-    """An h264 mp4 of a square crossing the frame `step` pixels per frame (negative: right to left)."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=8)
-        stream.width = stream.height = side
-        stream.pix_fmt = "yuv420p"
-        for index in range(frames):
-            image = np.full((side, side, 3), 245, dtype=np.uint8)
-            left = (index * step) % (side - 16)
-            image[24:40, left : left + 16] = color
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -136,18 +135,17 @@ def client_of(server: ServerProcess):
 
 @pytest.fixture(scope="module")
 def default_server(tmp_path_factory) -> Iterator[ServerProcess]:
-    """`merv serve` on the shipped default model."""
+    """`merv serve` on the shipped default model, prefilling in chunks of `PREFILL_CHUNK_TOKENS` and logging its
+    encoder runs."""
     port = free_port()
     argv = [sys.executable, "-m", "transformers_merv.cli", "serve", str(default_model_path()), "--port", str(port)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    yield from run_server(argv + SERVER_FLAGS, env, port, tmp_path_factory.mktemp("logs") / "default.log")
+    log = tmp_path_factory.mktemp("logs") / "default.log"
+    yield from run_server([*argv, *SERVER_FLAGS, *EAGER_FLAGS, *CHUNKED_PREFILL_FLAGS], env, port, log)
 
 
-@pytest.fixture(scope="module")
-def tensor_parallel_server(tmp_path_factory) -> Iterator[ServerProcess]:
-    """`merv serve` on the default model with its LLM split over 2 CPU processes by tensor parallelism (its 4 heads
-    divide by 2), each bound to one of the 2 cores CI has. (Pipeline parallelism is not tested: vLLM 0.32's CPU
-    runner fails on the second stage, see README "Serving".)"""
+def parallel_server(tmp_path_factory, flags: list[str], name: str) -> Iterator[ServerProcess]:
+    """`merv serve` on the default model over `PARALLEL_SIZE` CPU processes, each bound to one of the 2 cores CI has."""
     port = free_port()
     argv = [sys.executable, "-m", "transformers_merv.cli", "serve", str(default_model_path()), "--port", str(port)]
     env = {
@@ -156,8 +154,22 @@ def tensor_parallel_server(tmp_path_factory) -> Iterator[ServerProcess]:
         "VLLM_CPU_OMP_THREADS_BIND": "0|1",
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
     }
-    log = tmp_path_factory.mktemp("logs") / "tensor-parallel.log"
-    yield from run_server([*argv, *SERVER_FLAGS, "--tensor-parallel-size", str(PARALLEL_SIZE)], env, port, log)
+    yield from run_server([*argv, *SERVER_FLAGS, *flags], env, port, tmp_path_factory.mktemp("logs") / f"{name}.log")
+
+
+@pytest.fixture(scope="module")
+def tensor_parallel_server(tmp_path_factory) -> Iterator[ServerProcess]:
+    """The default model's LLM split over 2 processes by tensor parallelism (its 4 heads divide by 2)."""
+    flags = [*EAGER_FLAGS, "--tensor-parallel-size", str(PARALLEL_SIZE)]
+    yield from parallel_server(tmp_path_factory, flags, "tensor-parallel")
+
+
+@pytest.fixture(scope="module")
+def pipeline_parallel_server(tmp_path_factory) -> Iterator[ServerProcess]:
+    """The default model's LLM split into 2 pipeline stages (2 of its 4 layers each). Not eager: vLLM 0.32's CPU
+    runner allocates a later stage's input buffer (`make_empty_intermediate_tensors`) only in the warm-up forward
+    pass, which its CPU worker skips under `--enforce-eager`, and the stage then fails on the first request."""
+    yield from parallel_server(tmp_path_factory, ["--pipeline-parallel-size", str(PARALLEL_SIZE)], "pipeline-parallel")
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +189,11 @@ def fixture_server(converted_fixture, tmp_path_factory) -> Iterator[ServerProces
     serve` documents."""
     port = free_port()
     processor = AutoProcessor.from_pretrained(converted_fixture)
-    flags = [*SERVER_FLAGS, "--trust-remote-code"]  # the converted folder carries its code and `auto_map`
+    flags = [
+        *SERVER_FLAGS,
+        *EAGER_FLAGS,
+        "--trust-remote-code",
+    ]  # the converted folder carries its code and `auto_map`
     argv = server_command(str(converted_fixture), "127.0.0.1", port, serving_chat_template(processor), flags)
     env = {**server_environment(), "HF_HUB_OFFLINE": "1"}
     yield from run_server(argv, env, port, tmp_path_factory.mktemp("logs") / "fixture.log")
@@ -227,6 +243,12 @@ def file_url(path: Path) -> str:
     return path.resolve().as_uri()
 
 
+def served_answers(server: ServerProcess, pairs: list[tuple[Path, str]]) -> list[tuple[list[int], list[int]]]:
+    """`served_answer` of every (video, question) pair, all in flight at once."""
+    with ThreadPoolExecutor(len(pairs)) as pool:
+        return list(pool.map(lambda pair: served_answer(server, file_url(pair[0]), pair[1]), pairs))
+
+
 # --- parity -------------------------------------------------------------------------------------------------------
 
 
@@ -240,9 +262,7 @@ def test_single_request_equals_generate_on_the_default_model(default_server):
 def test_concurrent_requests_equal_generate_on_the_default_model(default_server, media_dir):
     pairs = requests_of(media_dir)
     expected = [reference_answer(default_model_path(), video, question) for video, question in pairs]
-    with ThreadPoolExecutor(len(pairs)) as pool:
-        served = list(pool.map(lambda pair: served_answer(default_server, file_url(pair[0]), pair[1]), pairs))
-    assert served == expected
+    assert served_answers(default_server, pairs) == expected
 
 
 def test_http_and_data_urls_give_the_file_url_answer(default_server, media_dir, media_server):
@@ -266,17 +286,48 @@ def test_single_and_concurrent_requests_equal_generate_on_a_converted_fixture(
     pairs = requests_of(media_dir)
     expected = [reference_answer(converted_fixture, video, question) for video, question in pairs]
     assert served_answer(fixture_server, file_url(pairs[0][0]), pairs[0][1]) == expected[0]
-    with ThreadPoolExecutor(len(pairs)) as pool:
-        served = list(pool.map(lambda pair: served_answer(fixture_server, file_url(pair[0]), pair[1]), pairs))
-    assert served == expected
+    assert served_answers(fixture_server, pairs) == expected
 
 
-def test_tensor_parallel_answers_equal_generate(tensor_parallel_server, media_dir):
+@pytest.mark.parametrize("server", ["tensor_parallel_server", "pipeline_parallel_server"])
+def test_parallel_answers_equal_generate(server, media_dir, request):
     pairs = requests_of(media_dir)
     expected = [reference_answer(default_model_path(), video, question) for video, question in pairs]
-    with ThreadPoolExecutor(len(pairs)) as pool:
-        served = list(pool.map(lambda pair: served_answer(tensor_parallel_server, file_url(pair[0]), pair[1]), pairs))
-    assert served == expected
+    assert served_answers(request.getfixturevalue(server), pairs) == expected
+
+
+# --- encoder runs ---------------------------------------------------------------------------------------------
+
+
+def videos_encoded_while(server: ServerProcess, requests: Callable[[], object]) -> int:
+    """Videos the server's workers encoded while `requests()` ran (the plugin's debug lines in the server's log)."""
+    start = server.log_path.stat().st_size
+    requests()
+    with server.log_path.open("rb") as log:
+        log.seek(start)
+        return sum(int(count) for count in ENCODED_VIDEOS.findall(log.read().decode(errors="replace")))
+
+
+def test_each_video_is_encoded_once_per_request_across_prefill_chunks(default_server, tmp_path):
+    """The four encoders run once per video although its tokens span several prefill chunks (vLLM's encoder cache
+    serves the later chunks). The encoder cache holds max(`--max-num-batched-tokens`, a video's tokens) = one video
+    here: a video asked about again while it is cached is not encoded again (CPU KV blocks are 128 tokens, longer
+    than these prompts, so prefix caching does not come into it); once another video took its place, it is."""
+    num_video_tokens = AutoConfig.from_pretrained(default_model_path()).num_video_tokens
+    assert num_video_tokens > PREFILL_CHUNK_TOKENS
+    pairs = [
+        (write_moving_square(tmp_path / f"{name}_{step}.mp4", color, step), QUESTIONS[step % len(QUESTIONS)])
+        for name, color in COLORS.items()
+        for step in (6, -6)
+    ]  # videos no other test sent: nothing cached
+    assert videos_encoded_while(default_server, lambda: served_answers(default_server, pairs)) == len(pairs)
+
+    (video, question), (other_video, _) = pairs[:2]
+    assert videos_encoded_while(default_server, lambda: ask(default_server, file_url(video), question)) == 1
+    assert videos_encoded_while(default_server, lambda: ask(default_server, file_url(video), question)) == 0
+    assert videos_encoded_while(default_server, lambda: ask(default_server, file_url(video), QUESTIONS[0])) == 0
+    assert videos_encoded_while(default_server, lambda: ask(default_server, file_url(other_video), question)) == 1
+    assert videos_encoded_while(default_server, lambda: ask(default_server, file_url(video), question)) == 1
 
 
 # --- bad input ----------------------------------------------------------------------------------------------------

@@ -1,5 +1,10 @@
-"""A tiny MERV config for tests, benchmarks and examples (in the package so that scripts outside `tests/` import it
-the same way, as `transformers.testing_utils` serves transformers' own)."""
+"""A tiny MERV config and synthetic videos for tests, benchmarks and examples (in the package so that scripts outside
+`tests/` import them the same way, as `transformers.testing_utils` serves transformers' own)."""
+
+from pathlib import Path
+
+import av
+import numpy as np
 
 from .configuration_merv import MervConfig
 
@@ -66,4 +71,27 @@ def tiny_config(**overrides) -> MervConfig:
     return MervConfig(**settings)
 
 
-__all__ = ["tiny_config"]
+MOVING_SQUARE_BACKGROUND = 245
+MOVING_SQUARE_TOP = 24
+MOVING_SQUARE_FPS = 8
+
+
+def write_moving_square(
+    path: Path, color: tuple[int, int, int], step: int, frames: int = 32, side: int = 64, square: int = 16
+) -> Path:
+    """An h264 mp4 of a `square`-pixel square of `color` crossing a light `side`-pixel frame `step` pixels per frame
+    (negative: right to left, wrapping around), `frames` frames long."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=MOVING_SQUARE_FPS)
+        stream.width = stream.height = side
+        stream.pix_fmt = "yuv420p"
+        for index in range(frames):
+            image = np.full((side, side, 3), MOVING_SQUARE_BACKGROUND, dtype=np.uint8)
+            left = (index * step) % (side - square)
+            image[MOVING_SQUARE_TOP : MOVING_SQUARE_TOP + square, left : left + square] = color
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+__all__ = ["tiny_config", "write_moving_square"]

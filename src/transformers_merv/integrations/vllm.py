@@ -61,7 +61,8 @@ from ..video_io import open_video, sample_frame_indices
 from ..video_processing_merv import MERV_FULL_ENCODER_SETTINGS
 
 
-logger = init_logger(__name__)
+logger = init_logger(f"vllm.{__name__}")
+"""A child of vLLM's `vllm` logger, so vLLM's logging settings apply (`--log-level DEBUG` shows each encoder run)."""
 
 ARCHITECTURE = "MervForConditionalGeneration"
 """`config.architectures[0]` of saved MERV models: the name vLLM looks the model class up by."""
@@ -283,14 +284,17 @@ class MervForConditionalGenerationVllm(nn.Module, SupportsMultiModal, SupportsPP
         self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
-        """The fused visual tokens of every video in the batch, one `(num_video_tokens, hidden)` tensor each."""
+        """The fused visual tokens of every video in the batch, one `(num_video_tokens, hidden)` tensor each (logged
+        at debug level: vLLM calls this once per video, however many prefill chunks the video's tokens span)."""
         pixels = {name: kwargs.get(PIXEL_FIELD_PREFIX + name) for name in self.config.vision_encoders}
         if any(value is None for value in pixels.values()):
             return []
         pixels = {
             name: torch.stack(list(value)) if isinstance(value, list) else value for name, value in pixels.items()
         }
-        return tuple(self.video_model.get_video_features(pixels).pooler_output)
+        features = tuple(self.video_model.get_video_features(pixels).pooler_output)
+        logger.debug("MERV encoded %d videos", len(features))
+        return features
 
     def forward(
         self,
