@@ -117,13 +117,27 @@ def test_every_alignment_and_fusion_variant_runs(overrides):
 def test_placeholder_count_mismatch_names_both_numbers(model):
     config = model.config
     input_ids = with_placeholders(torch.tensor([[1, 5, 6, 7]]), 54, config.video_token_id)
-    with pytest.raises(ValueError, match=r"holds 54 video placeholder.*give 64 visual tokens"):
+    with pytest.raises(
+        ValueError, match=r"holds 54 video placeholder.*give 64 visual tokens.*\(MervProcessor does this\)"
+    ):
         model(input_ids=input_ids, pixel_values_videos=random_pixels(config))
 
 
 def test_placeholders_without_video_are_rejected(model):
     with pytest.raises(ValueError, match="holds 64 video placeholder"):
         model(input_ids=_prompt(model.config))
+
+
+def test_inputs_embeds_without_ids_mark_the_placeholders_by_their_embedding(model):
+    """Without `input_ids`, the placeholders are the positions holding the `<video>` token's embedding."""
+    config = model.config
+    input_ids = _prompt(config, batch_size=2)
+    pixels = random_pixels(config, batch_size=2)
+    with torch.no_grad():
+        by_ids = model(input_ids=input_ids, pixel_values_videos=pixels).logits
+        inputs_embeds = model.get_input_embeddings()(input_ids)
+        by_embeddings = model(inputs_embeds=inputs_embeds, pixel_values_videos=pixels).logits
+    torch.testing.assert_close(by_embeddings, by_ids, atol=0, rtol=0)
 
 
 def test_text_only_prompt(model):
