@@ -21,6 +21,7 @@ from transformers_merv.conversion import (
     load_checkpoint,
     parse_arch_specifier,
 )
+from transformers_merv.conversion.key_maps import FUSION_KEYS, map_tensors
 from transformers_merv.conversion.sources import _timm_config, load_weights
 
 from conftest import FIXTURE_IMAGE_SIZES, FIXTURES, MEDIA, TINY_FULL, convert_fixture, fixture_pixels
@@ -122,6 +123,21 @@ def test_missing_target_parameters_are_listed(tmp_path):
         ConversionError, match=r"no source tensor for model weights \[.model.language_model.norm.weight.\]"
     ):
         convert_fixture(_copy_run(tmp_path, edit_weights=drop), tmp_path / "out")
+
+
+def test_a_fused_tensor_that_does_not_split_into_its_targets_is_refused():
+    """A fused q/k/v bias splits into one piece per target; `chunk(3)` of 4 entries gives two pieces, and the rule must
+    not map q and k and drop v."""
+    fusion_keys = FUSION_KEYS["cross_attention"]
+    fused = torch.arange(6.0)
+    mapped = dict(map_tensors({"attention.in_proj_bias": fused}, fusion_keys, "", "fusion"))
+    assert [mapped[f"model.fusion.{part}_proj.bias"].tolist() for part in ("query", "key", "value")] == [
+        fused[:2].tolist(),
+        fused[2:4].tolist(),
+        fused[4:].tolist(),
+    ]
+    with pytest.raises(ValueError):
+        dict(map_tensors({"attention.in_proj_bias": torch.arange(4.0)}, fusion_keys, "", "fusion"))
 
 
 @pytest.mark.parametrize(
