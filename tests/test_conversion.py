@@ -136,7 +136,7 @@ def test_a_fused_tensor_that_does_not_split_into_its_targets_is_refused():
         fused[2:4].tolist(),
         fused[4:].tolist(),
     ]
-    with pytest.raises(ValueError):
+    with pytest.raises(ConversionError, match=r"attention.in_proj_bias of shape \(4,\) does not split into its 3"):
         dict(map_tensors({"attention.in_proj_bias": torch.arange(4.0)}, fusion_keys, "", "fusion"))
 
 
