@@ -18,7 +18,7 @@ Sections (`--sections`, comma-separated):
 - `feature-layer`: stopping each encoder at its feature layer vs the authors' full run, at full depth (few frames).
 - `gpu` (needs CUDA): merv-full with random weights in bf16: time to first token, decode tokens/s and peak memory
   at batch 1 and 8 against the compute floor (FLOPs counted with `FlopCounterMode`) and the weight-bandwidth floor
-  of decoding; encoders sequential vs concurrent (CUDA streams).
+  of decoding; encoders sequential vs concurrent (CUDA streams) at each batch size.
 
     python benchmarks/bench_inference.py [--repeats 3] [--sections stages,throughput] [--small-only]
 """
@@ -477,9 +477,15 @@ def bench_gpu(label: str, config: MervConfig, device: torch.device, dtype: torch
             f"peak memory {peak_memory:.1f} GiB"
         )
     report(f"{label}, random weights, {dtype}, {device}", rows)
-    results["encoders"] = bench_concurrency(
-        f"{label} on {device}", model, random_request(config, 1, device, dtype), repeats
-    )
+    results["encoders"] = {
+        batch_size: bench_concurrency(
+            f"{label} on {device}, batch {batch_size}",
+            model,
+            random_request(config, batch_size, device, dtype),
+            repeats,
+        )
+        for batch_size in GPU_BATCHES
+    }
     return results
 
 

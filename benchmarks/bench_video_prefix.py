@@ -10,6 +10,8 @@ Sections (`--sections`, comma-separated):
   number of questions per video, and a whole run takes most of an hour on 2 cores.
 - `ask`: `merv ask VIDEO` with 5 questions in one call vs 5 separate calls (default model, subprocesses).
 - `chat`: `VideoChat` turn latency after the first vs answering the same conversation from scratch, both models.
+- `gpu` (needs CUDA): `eval` on merv-full itself (random weights, bfloat16 and float32): both protocols on every
+  question.
 
     python benchmarks/bench_video_prefix.py [--repeats 3] [--sections eval,ask,chat] [--small-only]
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoProcessor
 
-from transformers_merv import MervForConditionalGeneration, default_model_path
+from transformers_merv import MervConfig, MervForConditionalGeneration, default_model_path
 from transformers_merv.conversion import build_processor
 from transformers_merv.conversion.sources import build_tokenizer
 from transformers_merv.evaluation import OPEN_ENDED, evaluate, load_items
@@ -40,13 +42,15 @@ from bench_inference import EXAMPLE_VIDEO, PANCAKE, merv_full_shaped_config, rep
 from timing import measure
 
 
-SECTIONS = ("eval", "ask", "chat")
+SECTIONS = ("eval", "ask", "chat", "gpu")
 QUESTIONS_PER_VIDEO = 20
 SMALL_MODEL_VIDEOS = 4
 NEW_TOKENS = 8
 ASK_QUESTIONS = 5
 CHAT_TURNS = 5
 BATCH_SIZE = 8
+GPU_DTYPES = (torch.bfloat16, torch.float32)
+"""bfloat16 is what merv-full is served in; float32 shows whether the two protocols' predictions differ by rounding."""
 FIXTURE_LLM = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference" / "llm"
 
 
@@ -58,17 +62,25 @@ def small_model():
     return AutoModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
 
 
-def merv_full_shaped_model():
-    """The merv-full-shaped model of bench_inference.py with a processor: merv-full's preprocessing, the fixture
-    LLM's tokenizer (its `<video>` and pad ids set in the config); generation limited to that tokenizer's ids."""
-    config = merv_full_shaped_config()
+def random_weight_model(
+    config: MervConfig, device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32
+):
+    """A random-weight model of `config` built on `device` in `dtype`, with a processor: merv-full's preprocessing,
+    the fixture LLM's tokenizer (its `<video>` and pad ids set in the config); generation limited to that
+    tokenizer's ids."""
     tokenizer = build_tokenizer(FIXTURE_LLM, config.text_config.vocab_size)
     config.video_token_id = tokenizer.convert_tokens_to_ids("<video>")
     config.text_config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(0)
-    model = MervForConditionalGeneration(config).eval()
+    with torch.device(device):
+        model = MervForConditionalGeneration._from_config(config, dtype=dtype).eval()
     model.generation_config.suppress_tokens = list(range(len(tokenizer), config.text_config.vocab_size))
     return model, build_processor(config, tokenizer, "pure")
+
+
+def merv_full_shaped_model():
+    """The merv-full-shaped model of bench_inference.py (random weights, float32, CPU)."""
+    return random_weight_model(merv_full_shaped_config())
 
 
 # ---------------------------------------------------------------- eval
@@ -130,21 +142,48 @@ def bench_eval_model(
     return rows
 
 
+def synthetic_questions(data: Path) -> list[str]:
+    """The synthetic test split (`SMALL_MODEL_VIDEOS` videos, under `data / "synthetic"`) and its question wordings."""
+    generate_dataset(data / "synthetic", {"test": SMALL_MODEL_VIDEOS}, seed=1)
+    return sorted({q["question"] for q in json.loads((data / "synthetic" / "test_q.json").read_text())})
+
+
+def pancake_questions(data: Path, wordings: list[str]) -> list:
+    """`QUESTIONS_PER_VIDEO` questions about the pancake clip, copied to `data / "pancake"`."""
+    (data / "pancake").mkdir()
+    shutil.copy(PANCAKE, data / "pancake" / PANCAKE.name)
+    return question_files(data, [PANCAKE.stem], wordings)
+
+
 def bench_eval(repeats: int, small_only: bool) -> None:
     with tempfile.TemporaryDirectory() as directory:
         data = Path(directory)
-        generate_dataset(data / "synthetic", {"test": SMALL_MODEL_VIDEOS}, seed=1)
-        wordings = sorted({q["question"] for q in json.loads((data / "synthetic" / "test_q.json").read_text())})
+        wordings = synthetic_questions(data)
         videos = sorted(path.stem for path in (data / "synthetic" / "videos").iterdir())
         items = question_files(data, videos, wordings)
         videos_dir = data / "synthetic" / "videos"
         bench_eval_model("default model", *small_model(), items, videos_dir, repeats, True, len(items))
         if small_only:
             return
-        (data / "pancake").mkdir()
-        shutil.copy(PANCAKE, data / "pancake" / PANCAKE.name)
-        items = question_files(data, [PANCAKE.stem], wordings)
+        items = pancake_questions(data, wordings)
         bench_eval_model("merv-full-shaped", *merv_full_shaped_model(), items, data / "pancake", 1, False, BATCH_SIZE)
+
+
+def bench_eval_gpu(repeats: int) -> None:
+    """Grouped vs per-question evaluation of merv-full itself (random weights) on a CUDA device, every question
+    through both protocols, in each of `GPU_DTYPES`."""
+    if not torch.cuda.is_available():
+        print("\n## eval throughput, merv-full on a GPU: pending (no CUDA device on this machine)")
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        data = Path(directory)
+        items = pancake_questions(data, synthetic_questions(data))
+        for dtype in GPU_DTYPES:
+            model, processor = random_weight_model(MervConfig(), torch.device("cuda"), dtype)
+            label = f"merv-full, random weights, {dtype}, {torch.cuda.get_device_name()}"
+            bench_eval_model(label, model, processor, items, data / "pancake", repeats, True, len(items))
+            del model
+            torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------- merv ask
@@ -237,6 +276,8 @@ def main() -> None:
             bench_chat("merv-full-shaped", *merv_full_shaped_model(), PANCAKE)
     if "eval" in sections:
         bench_eval(args.repeats, args.small_only)
+    if "gpu" in sections:
+        bench_eval_gpu(args.repeats)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from transformers import AutoModel, LlamaModel
 from transformers_merv import MervForConditionalGeneration, MervModel
 from transformers_merv.configuration_merv import MervLanguageBindVideoConfig
 from transformers_merv.modeling_languagebind import MervLanguageBindEncoderLayer, MervLanguageBindVideoModel
+from transformers_merv.modeling_merv import MervProjectorMLP, MervVisualProjector
 
 from conftest import random_pixels, tiny_config, with_placeholders
 
@@ -112,6 +113,33 @@ def test_every_alignment_and_fusion_variant_runs(overrides):
     with torch.no_grad():
         output = model(input_ids=_prompt(config), pixel_values_videos=random_pixels(config))
     assert output.video_outputs.pooler_output.shape[1] == config.num_video_tokens
+
+
+@pytest.mark.parametrize(("pooling", "stride"), [("3davg", 2), ("3dconv", 2), ("avg", 1), ("conv", 1)])
+def test_resamplers_pool_to_the_configured_token_grid(pooling, stride):
+    """Each pooled frame is a sqrt(alignment_tokens_per_frame)-sided square (9 tokens: 3x3), and the 3D poolings keep
+    one frame in `alignment_temporal_stride`."""
+    config = tiny_config(
+        alignment_pooling=pooling,
+        alignment_tokens_per_frame=9,
+        alignment_temporal_stride=stride,
+        vision_encoders=["siglip"],
+    )
+    frames, height, width = config.encoder_token_grid("siglip")
+    features = torch.randn(1, frames, height * width, config.siglip_config.hidden_size)
+    with torch.no_grad():
+        pooled = MervVisualProjector(config, "siglip")(features)
+    assert pooled.shape == (1, frames // stride * 9, config.text_config.hidden_size)
+
+
+@pytest.mark.parametrize(
+    ("kind", "widths"),
+    [("linear", [(8, 6)]), ("gelu-mlp", [(8, 6), (6, 6)]), ("fused-gelu-mlp", [(8, 32), (32, 6), (6, 6)])],
+)
+def test_projector_mlp_layer_widths_follow_the_authors(kind, widths):
+    """`FusedMLPProjector` widens to 4x its input first: Linear(in, 4 in), GELU, Linear(4 in, out), GELU, Linear."""
+    mlp = MervProjectorMLP(8, 6, kind)
+    assert [(layer.in_features, layer.out_features) for layer in mlp.layers] == widths
 
 
 def test_placeholder_count_mismatch_names_both_numbers(model):

@@ -148,8 +148,9 @@ class MervConfig(PreTrainedConfig):
     fusion_hidden_size (`int`, *optional*, defaults to 3072):
         Width of the learnable query of the cross-attention fusion.
     concurrent_encoders (`bool`, *optional*, defaults to `False`):
-        Run the encoders (each with its projector) concurrently, one thread (and CUDA stream) per encoder: a speed-up
-        when they sit on different GPUs or leave one GPU idle; outputs are identical to sequential execution.
+        Run the encoders (each with its projector) concurrently, one thread (and CUDA stream) per encoder, for
+        encoders placed on different GPUs; outputs are identical to sequential execution. On one GPU it is slower
+        (1.6-6x on an H200, benchmarks/README.md), as on a CPU.
     video_token_id (`int`, *optional*, defaults to 32001):
         Id of the `<video>` placeholder whose embeddings are replaced by the visual tokens. MERV keeps it in one
         of the unused padded vocabulary rows so the vocabulary (and every logit) stays the authors'.
