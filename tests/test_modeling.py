@@ -12,6 +12,7 @@ from transformers_merv.modeling_languagebind import MervLanguageBindEncoderLayer
 from transformers_merv.modeling_merv import MervProjectorMLP, MervVisualProjector
 
 from conftest import random_pixels, tiny_config, with_placeholders
+from test_integration import HALF_PRECISION_ULPS
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +167,23 @@ def test_inputs_embeds_without_ids_mark_the_placeholders_by_their_embedding(mode
         inputs_embeds = model.get_input_embeddings()(input_ids)
         by_embeddings = model(inputs_embeds=inputs_embeds, pixel_values_videos=pixels).logits
     torch.testing.assert_close(by_embeddings, by_ids, atol=0, rtol=0)
+
+
+def test_encoders_in_half_precision_feed_projectors_in_float32(model):
+    """Frozen towers loaded in bfloat16 beside float32 projectors (a memory saving while training the projectors):
+    each tower's features are cast to its projector's dtype."""
+    config = model.config
+    pixels = random_pixels(config)
+    with torch.no_grad():
+        reference = model.get_video_features(pixels).pooler_output
+        model.model.vision_towers.to(torch.bfloat16)
+        try:
+            mixed = model.get_video_features(pixels).pooler_output
+        finally:
+            model.model.vision_towers.to(torch.float32)
+    assert mixed.dtype == torch.float32
+    atol = HALF_PRECISION_ULPS * torch.finfo(torch.bfloat16).eps * reference.abs().max().item()
+    torch.testing.assert_close(mixed, reference, atol=atol, rtol=0)
 
 
 def test_text_only_prompt(model):
