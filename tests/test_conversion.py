@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from huggingface_hub import HfApi
+from torch import nn
 from transformers import AutoModel
 from unittest import mock
 
@@ -21,9 +22,11 @@ from transformers_merv.conversion import (
     load_checkpoint,
     parse_arch_specifier,
 )
+from transformers_merv.conversion.key_maps import FUSION_KEYS, map_tensors, projector_keys, resample_grid
 from transformers_merv.conversion.sources import _timm_config, load_weights
+from transformers_merv.modeling_merv import MervVisualProjector
 
-from conftest import FIXTURE_IMAGE_SIZES, FIXTURES, MEDIA, TINY_FULL, convert_fixture, fixture_pixels
+from conftest import FIXTURE_IMAGE_SIZES, FIXTURES, MEDIA, TINY_FULL, convert_fixture, fixture_pixels, tiny_config
 
 CONVERTER = Path(__file__).resolve().parents[1] / "conversion" / "convert_merv_to_hf.py"
 
@@ -106,12 +109,66 @@ def test_older_key_names_adapter_and_single_projector(tmp_path):
     torch.testing.assert_close(features.pooler_output, expected, atol=1e-5, rtol=0)
 
 
-def test_unmapped_source_keys_are_listed(tmp_path):
-    def extra(weights):
-        weights["projectors"]["0.extra.weight"] = torch.zeros(2)
+@pytest.mark.parametrize("part", ["projectors", "llm_backbone", "feature_fusion", "siglip"])
+def test_unmapped_source_keys_are_listed_with_the_part_they_came_from(tmp_path, part):
+    """The error names the checkpoint and its group, or the flag of the encoder folder, that holds the key."""
+    extra = torch.zeros(2)
+    if part in FIXTURE_IMAGE_SIZES:
+        folder = shutil.copytree(FIXTURES / "encoders" / part, tmp_path / part)
+        save_file(load_file(folder / "model.safetensors") | {"extra.weight": extra}, folder / "model.safetensors")
+        run, origin, encoders = TINY_FULL / "run", f"--{part}", _encoder_sources({part: folder})
+    else:
+        prefix = "0." if part == "projectors" else ""  # projector keys start with their encoder's index
+        run = _copy_run(tmp_path, edit_weights=lambda weights: weights[part].update({prefix + "extra.weight": extra}))
+        origin, encoders = f"{run / 'checkpoints' / 'latest-checkpoint.pt'} {part}", _encoder_sources()
+    with pytest.raises(ConversionError) as error:
+        convert(run, FIXTURES / "llm", encoders, tmp_path / "out", progress=False)
+    assert str(error.value) == f"{origin}: no mapping for source keys ['extra.weight']"
 
-    with pytest.raises(ConversionError, match=r"no mapping for source keys \['extra.weight'\]"):
-        convert_fixture(_copy_run(tmp_path, edit_weights=extra), tmp_path / "out")
+
+@pytest.mark.parametrize("index", ["4", "siglip", ""])
+def test_a_projector_key_without_an_encoder_index_is_an_error_naming_it(tmp_path, index):
+    """Projector keys start with the position of their encoder (0 to 3 in tiny-merv-full's four encoders)."""
+    key = f"{index}.projector.projector.weight"
+    run = _copy_run(tmp_path, edit_weights=lambda weights: weights["projectors"].update({key: torch.zeros(2)}))
+    with pytest.raises(ConversionError) as error:
+        convert_fixture(run, tmp_path / "out")
+    checkpoint = run / "checkpoints" / "latest-checkpoint.pt"
+    assert str(error.value) == f"{checkpoint}: projector key {key!r} does not belong to one of 4 encoders"
+
+
+@pytest.mark.parametrize("kind", ["linear", "gelu-mlp", "fused-gelu-mlp"])
+def test_projectors_without_a_resampler_are_one_level_deep(kind):
+    """Without a resampler the authors' projector is `get_mlp_projector(...)` itself, so its Linear or Sequential is
+    `projector` (`projectors.{i}.projector.weight`), not the resampler's `projector.projector`."""
+    config = tiny_config(alignment_pooling="none", alignment_projector=kind, vision_encoders=["siglip"])
+    in_dim, out_dim = config.siglip_config.hidden_size, config.text_config.hidden_size
+    torch.manual_seed(0)
+    authors = {
+        "linear": lambda: nn.Linear(in_dim, out_dim),
+        "gelu-mlp": lambda: nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim)),
+        "fused-gelu-mlp": lambda: nn.Sequential(
+            nn.Linear(in_dim, 4 * in_dim),
+            nn.GELU(),
+            nn.Linear(4 * in_dim, out_dim),
+            nn.GELU(),
+            nn.Linear(out_dim, out_dim),
+        ),
+    }[kind]()
+    source = {f"projector.{key}": value for key, value in authors.state_dict().items()}
+    projector = MervVisualProjector(config, "siglip")
+    projector.load_state_dict(dict(map_tensors(source, projector_keys("none", kind), "", "projectors")))
+    features = torch.randn(1, 2, 16, in_dim)  # (batch, frames, tokens, dim)
+    with torch.no_grad():
+        torch.testing.assert_close(projector(features), authors(features.flatten(1, 2)))
+
+
+def test_a_resampled_position_table_keeps_its_dtype():
+    """The table is resampled in float32 (as timm does) and cast back: bfloat16 in, bfloat16 out."""
+    table = torch.randn(1, 16, 8).to(torch.bfloat16)
+    resampled = resample_grid(table, (3, 3))
+    assert resampled.dtype == torch.bfloat16
+    assert torch.equal(resampled, resample_grid(table.float(), (3, 3)).to(torch.bfloat16))
 
 
 def test_missing_target_parameters_are_listed(tmp_path):
@@ -122,6 +179,21 @@ def test_missing_target_parameters_are_listed(tmp_path):
         ConversionError, match=r"no source tensor for model weights \[.model.language_model.norm.weight.\]"
     ):
         convert_fixture(_copy_run(tmp_path, edit_weights=drop), tmp_path / "out")
+
+
+def test_a_fused_tensor_that_does_not_split_into_its_targets_is_refused():
+    """A fused q/k/v bias splits into one piece per target; `chunk(3)` of 4 entries gives two pieces, and the rule must
+    not map q and k and drop v."""
+    fusion_keys = FUSION_KEYS["cross_attention"]
+    fused = torch.arange(6.0)
+    mapped = dict(map_tensors({"attention.in_proj_bias": fused}, fusion_keys, "", "fusion"))
+    assert [mapped[f"model.fusion.{part}_proj.bias"].tolist() for part in ("query", "key", "value")] == [
+        fused[:2].tolist(),
+        fused[2:4].tolist(),
+        fused[4:].tolist(),
+    ]
+    with pytest.raises(ConversionError, match=r"attention.in_proj_bias of shape \(4,\) does not split into its 3"):
+        dict(map_tensors({"attention.in_proj_bias": torch.arange(4.0)}, fusion_keys, "", "fusion"))
 
 
 @pytest.mark.parametrize(

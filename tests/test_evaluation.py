@@ -289,6 +289,17 @@ def test_summary_per_question_type_and_skipped_videos():
     assert summary["skipped_questions"] == [{"question_id": "4", "video_name": "v", "reason": "no video"}]
 
 
+def test_summary_without_evaluated_questions_has_no_accuracies():
+    results = [
+        {"question_id": "1", "question_type": "color", "video_name": "v", "correct": None, "skipped": "no video"},
+        {"question_id": "2", "question_type": "count", "video_name": "w", "correct": None, "skipped": "no video"},
+    ]
+    summary = summarize(results, MCQ)
+    no_rates = {"evaluated": 0, "correct": 0, "accuracy": None, "naive_accuracy": None}
+    assert {name: summary[name] for name in no_rates} == no_rates
+    assert summary["per_question_type"] == {"color": no_rates, "count": no_rates}
+
+
 def test_open_ended_summary_with_judge_scores():
     results = [
         {

@@ -9,8 +9,10 @@ from transformers import AutoModel, LlamaModel
 from transformers_merv import MervForConditionalGeneration, MervModel
 from transformers_merv.configuration_merv import MervLanguageBindVideoConfig
 from transformers_merv.modeling_languagebind import MervLanguageBindEncoderLayer, MervLanguageBindVideoModel
+from transformers_merv.modeling_merv import MervProjectorMLP, MervVisualProjector
 
 from conftest import random_pixels, tiny_config, with_placeholders
+from test_integration import HALF_PRECISION_ULPS
 
 
 @pytest.fixture(scope="module")
@@ -114,16 +116,74 @@ def test_every_alignment_and_fusion_variant_runs(overrides):
     assert output.video_outputs.pooler_output.shape[1] == config.num_video_tokens
 
 
+@pytest.mark.parametrize(("pooling", "stride"), [("3davg", 2), ("3dconv", 2), ("avg", 1), ("conv", 1)])
+def test_resamplers_pool_to_the_configured_token_grid(pooling, stride):
+    """Each pooled frame is a sqrt(alignment_tokens_per_frame)-sided square (9 tokens: 3x3), and the 3D poolings keep
+    one frame in `alignment_temporal_stride`."""
+    config = tiny_config(
+        alignment_pooling=pooling,
+        alignment_tokens_per_frame=9,
+        alignment_temporal_stride=stride,
+        vision_encoders=["siglip"],
+    )
+    frames, height, width = config.encoder_token_grid("siglip")
+    features = torch.randn(1, frames, height * width, config.siglip_config.hidden_size)
+    with torch.no_grad():
+        pooled = MervVisualProjector(config, "siglip")(features)
+    assert pooled.shape == (1, frames // stride * 9, config.text_config.hidden_size)
+
+
+@pytest.mark.parametrize(
+    ("kind", "widths"),
+    [("linear", [(8, 6)]), ("gelu-mlp", [(8, 6), (6, 6)]), ("fused-gelu-mlp", [(8, 32), (32, 6), (6, 6)])],
+)
+def test_projector_mlp_layer_widths_follow_the_authors(kind, widths):
+    """`FusedMLPProjector` widens to 4x its input first: Linear(in, 4 in), GELU, Linear(4 in, out), GELU, Linear."""
+    mlp = MervProjectorMLP(8, 6, kind)
+    assert [(layer.in_features, layer.out_features) for layer in mlp.layers] == widths
+
+
 def test_placeholder_count_mismatch_names_both_numbers(model):
     config = model.config
     input_ids = with_placeholders(torch.tensor([[1, 5, 6, 7]]), 54, config.video_token_id)
-    with pytest.raises(ValueError, match=r"holds 54 video placeholder.*give 64 visual tokens"):
+    with pytest.raises(
+        ValueError, match=r"holds 54 video placeholder.*give 64 visual tokens.*\(MervProcessor does this\)"
+    ):
         model(input_ids=input_ids, pixel_values_videos=random_pixels(config))
 
 
 def test_placeholders_without_video_are_rejected(model):
     with pytest.raises(ValueError, match="holds 64 video placeholder"):
         model(input_ids=_prompt(model.config))
+
+
+def test_inputs_embeds_without_ids_mark_the_placeholders_by_their_embedding(model):
+    """Without `input_ids`, the placeholders are the positions holding the `<video>` token's embedding."""
+    config = model.config
+    input_ids = _prompt(config, batch_size=2)
+    pixels = random_pixels(config, batch_size=2)
+    with torch.no_grad():
+        by_ids = model(input_ids=input_ids, pixel_values_videos=pixels).logits
+        inputs_embeds = model.get_input_embeddings()(input_ids)
+        by_embeddings = model(inputs_embeds=inputs_embeds, pixel_values_videos=pixels).logits
+    torch.testing.assert_close(by_embeddings, by_ids, atol=0, rtol=0)
+
+
+def test_encoders_in_half_precision_feed_projectors_in_float32(model):
+    """Frozen towers loaded in bfloat16 beside float32 projectors (a memory saving while training the projectors):
+    each tower's features are cast to its projector's dtype."""
+    config = model.config
+    pixels = random_pixels(config)
+    with torch.no_grad():
+        reference = model.get_video_features(pixels).pooler_output
+        model.model.vision_towers.to(torch.bfloat16)
+        try:
+            mixed = model.get_video_features(pixels).pooler_output
+        finally:
+            model.model.vision_towers.to(torch.float32)
+    assert mixed.dtype == torch.float32
+    atol = HALF_PRECISION_ULPS * torch.finfo(torch.bfloat16).eps * reference.abs().max().item()
+    torch.testing.assert_close(mixed, reference, atol=atol, rtol=0)
 
 
 def test_text_only_prompt(model):

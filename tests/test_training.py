@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoProcessor, Trainer, TrainerCallback, TrainingArguments
 from transformers.testing_utils import CaptureLogger
 
-from transformers_merv import MervForConditionalGeneration, MervProcessor, MervVideoProcessor
+from transformers_merv import MervForConditionalGeneration, MervProcessor, MervVideoProcessor, merv_chat_templates
 from transformers_merv.compat import activation_checkpointing_argument
 from transformers_merv.precision import native_bf16
 from transformers_merv.training import (
@@ -186,6 +187,28 @@ def chat_dataset(media_root: Path, processor: MervProcessor, name: str = "chat.j
     return VideoLlavaDataset(media_root / name, media_root, processor, **kwargs)
 
 
+def rendered_ids(processor: MervProcessor, turns: list[str], chat_template: str) -> list[int]:
+    """The processor's own tokenization of a text-only conversation of `turns` through `chat_template`."""
+    messages = [
+        {"role": "user" if index % 2 == 0 else "assistant", "content": [{"type": "text", "text": text}]}
+        for index, text in enumerate(turns)
+    ]
+    rendered = processor.apply_chat_template(messages, chat_template=chat_template, tokenize=True, return_dict=True)
+    return rendered["input_ids"][0]
+
+
+INLINE_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- set text -%}{%- for block in message['content'] -%}"
+    "{{ video_token if block['type'] == 'video' else block['text'] }}"
+    "{%- endfor -%}{%- endset -%}"
+    "{%- if message['role'] == 'assistant' -%}{%- generation -%}{{ ' ' + text + '</s>' }}{%- endgeneration -%}"
+    "{%- else -%}{{ text + '\\n' }}{%- endif -%}"
+    "{%- endfor -%}"
+)
+"""A chat template that renders each message's blocks where they are (MERV's templates put every video first)."""
+
+
 # --- the authors' tokenization (FinetuneVideoDataset / AlignVideoDataset with the pure prompt), restated -------------
 
 
@@ -333,6 +356,42 @@ def test_text_only_example_has_no_video_and_labels_on_the_answer(media_root, pro
     assert item["labels"].tolist() == labels  # BOS unlabelled (the authors label it here, but it is never a target)
 
 
+def test_a_named_chat_template_renders_the_conversation(media_root, processor):
+    item = chat_dataset(media_root, processor, chat_template="vicuna")[4]
+    turns = ["What is two plus two?", "Four."]
+    assert item["input_ids"].tolist() == rendered_ids(processor, turns, "vicuna")
+    assert "USER: What is two plus two? ASSISTANT:" in processor.tokenizer.decode(item["input_ids"])
+    assert processor.tokenizer.decode(item["input_ids"][item["labels"] != IGNORE_INDEX]) == "Four.</s>"
+
+
+def test_turns_without_a_placeholder_reach_the_template_verbatim(media_root, processor, tmp_path):
+    """The authors' Llama-3.1 and Qwen2 prompt builders do not strip turns; only a placeholder's turn loses the
+    whitespace around it."""
+    turns = ["  What is two plus two?\n", "Four. "]
+    entry = {"id": "spaced", "conversations": conversation(*turns)}
+    path = write_json(tmp_path / "spaced.json", [entry])
+    item = VideoLlavaDataset(path, media_root, processor, chat_template="llama3.1-chat")[0]
+    verbatim = rendered_ids(processor, turns, "llama3.1-chat")
+    assert verbatim != rendered_ids(processor, [turn.strip() for turn in turns], "llama3.1-chat")
+    assert item["input_ids"].tolist() == verbatim
+
+
+def test_the_video_is_the_first_block_of_the_first_user_message(media_root, processor):
+    """Even through a template that renders blocks in place, the visual tokens come right after BOS."""
+    templates = {**merv_chat_templates(), "inline": INLINE_TEMPLATE}
+    inline = MervProcessor(
+        processor.video_processor,
+        processor.tokenizer,
+        chat_template=templates,
+        num_video_tokens=processor.num_video_tokens,
+        video_token=processor.video_token,
+    )
+    item = chat_dataset(media_root, inline, chat_template="inline")[0]
+    positions = (item["input_ids"] == processor.video_token_id).nonzero().flatten().tolist()
+    assert positions == list(range(1, 1 + processor.num_video_tokens))
+    assert processor.tokenizer.decode(item["input_ids"][positions[-1] + 1 :]).startswith("What colour is the square?")
+
+
 def test_image_example_is_a_one_frame_video_repeated(media_root, processor):
     item = chat_dataset(media_root, processor)[6]
     assert (item["input_ids"] == processor.video_token_id).sum() == processor.num_video_tokens
@@ -391,6 +450,36 @@ def test_malformed_entries_and_missing_files_fail_up_front_naming_them(media_roo
     ]
     dataset = VideoLlavaDataset(path, media_root, processor, on_bad_example="skip")
     assert len(dataset) == 1 and len(dataset.skipped) == 3
+
+
+@pytest.mark.parametrize(
+    ("entry", "data_format", "problem"),
+    [
+        (
+            {"id": "system", "conversations": [{"from": "system", "value": "Be brief."}, *conversation("Hi", "Hi.")]},
+            "chat",
+            """turn 0 must be {"from": "human" | "gpt", "value": str}, got {'from': 'system', 'value': 'Be brief.'}""",
+        ),
+        (
+            {"id": "bare", "conversations": ["What is it?", {"from": "gpt", "value": "A cat."}]},
+            "chat",
+            """turn 0 must be {"from": "human" | "gpt", "value": str}, got 'What is it?'""",
+        ),
+        (
+            {"id": "answer", "video": "red.mp4", "conversations": conversation("What colour?", "<video>\nRed.")},
+            "chat",
+            "the answer in turn 1 holds a <video>/<image> placeholder",
+        ),
+        (video_chat("red"), "caption", "the caption format takes one human turn and one caption, got 4 turns"),
+    ],
+    ids=["unknown-role", "turn-not-an-object", "placeholder-in-the-answer", "caption-of-four-turns"],
+)
+def test_malformed_turns_are_refused_naming_the_entry_and_the_problem(
+    media_root, processor, tmp_path, entry, data_format, problem
+):
+    path = write_json(tmp_path / "turns.json", [entry])
+    with pytest.raises(BadExampleError, match=re.escape(f"entry 0 (id {entry['id']!r}): {problem}")):
+        VideoLlavaDataset(path, media_root, processor, data_format=data_format, on_bad_example="error")
 
 
 @pytest.fixture()

@@ -2,6 +2,7 @@
 
 import io
 import json
+import math
 import threading
 from pathlib import Path
 
@@ -112,6 +113,35 @@ def test_clip_window_outside_the_video_is_rejected(window):
         sample_frame_indices(310, 30.0, 4, **window)
 
 
+def test_uniform_sampling_stops_a_window_past_the_video_at_its_last_frame():
+    assert sample_frame_indices(10, 1.0, 4, end_frame=1000).tolist() == [0, 3, 6, 9]
+    assert sample_frame_indices(10, 1.0, 4, clip_start_sec=3.0, clip_end_sec=100.0).tolist() == [3, 5, 7, 9]
+
+
+def test_a_window_starting_at_the_last_frames_end_is_rejected():
+    """310 frames at 31 fps last exactly 10 s: a window from 10 s asks for frame 310, one past the last."""
+    with pytest.raises(ValueError, match="asks for frames 309..310, outside this video's 310 frames"):
+        sample_frame_indices(310, 31.0, 4, clip_start_sec=10.0)
+
+
+def test_an_out_of_range_window_is_named_in_the_error():
+    with pytest.raises(ValueError, match=r"\(clip_start_sec=20\.0, clip_end_sec=30\.0, end_frame=-1\)"):
+        sample_frame_indices(310, 30.0, 4, clip_start_sec=20.0, clip_end_sec=30.0, end_frame=-1)
+
+
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [({"clip_start_sec": math.inf}, "must be a finite number"), ({"clip_end_sec": math.inf}, "must be finite")],
+)
+@pytest.mark.parametrize("at_rate", [False, True], ids=["uniform", "at-rate"])
+def test_infinite_clip_times_are_rejected(at_rate, window, message):
+    with pytest.raises(ValueError, match=message):
+        if at_rate:
+            sample_frame_indices_at_rate(310, 30.0, 2.0, **window)
+        else:
+            sample_frame_indices(310, 30.0, 4, **window)
+
+
 def test_rate_sampling_equals_transformers_over_the_whole_video():
     metadata = VideoMetadata(total_num_frames=310, fps=30.0)
     ours = sample_frame_indices_at_rate(310, 30.0, 2.0)
@@ -158,6 +188,19 @@ def test_end_frame_zero_samples_the_first_frame_only():
 def test_rate_sampling_of_an_empty_window_is_rejected(window, reason):
     with pytest.raises(ValueError, match=reason):
         sample_frame_indices_at_rate(310, 30.0, 2.0, **window)
+
+
+def test_rate_sampling_at_the_videos_own_rate_takes_every_frame():
+    assert sample_frame_indices_at_rate(10, 25.0, 25.0).tolist() == list(range(10))
+    assert sample_frame_indices_at_rate(310, 30.0, 30.0, clip_start_sec=1.0, clip_end_sec=2.0).tolist() == list(
+        range(30, 60)
+    )
+
+
+def test_rate_sampling_of_a_window_shorter_than_a_frame_is_rejected():
+    """1.0-1.01 s at 30 fps: frames 30..int(30.3) - 1, none."""
+    with pytest.raises(ValueError, match="holds no frame of this video"):
+        sample_frame_indices_at_rate(310, 30.0, 2.0, clip_start_sec=1.0, clip_end_sec=1.01)
 
 
 @pytest.mark.parametrize("rate", [0.0, -1.0])

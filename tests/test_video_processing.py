@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers.video_utils import VideoMetadata
 
 from transformers_merv import MERV_FULL_ENCODER_SETTINGS, MervVideoProcessor, VideoDecodingError
-from transformers_merv.video_io import open_video
+from transformers_merv.video_io import open_video, sample_frame_indices_at_rate
 from transformers_merv.video_processing_merv import EncoderTransform
 
 from conftest import FIXTURES, MEDIA
@@ -205,6 +205,13 @@ def test_fps_sampling_gives_each_encoder_evenly_spaced_sampled_frames(processor,
     assert plan.indices.tolist() == sorted(set(sixteen) | set(thirty_two))  # each source frame decoded once
 
 
+def test_fps_sampling_plans_frames_inside_the_clip_window(processor):
+    window = {"clip_start_sec": 2.0, "clip_end_sec": 4.0}
+    plan = processor.frame_plan(VideoMetadata(total_num_frames=310, fps=30.0), fps=4.0, **window)
+    # 8 frames at 4 fps in the window, fewer than every encoder takes: all of them are used
+    assert plan.indices.tolist() == sample_frame_indices_at_rate(310, 30.0, 4.0, **window).tolist()
+
+
 def test_fps_sampled_frames_reach_each_encoder(processor):
     """The pixels of each encoder are those of the planned source frames, in order."""
     outputs = processor(PANCAKE, fps=4.0, return_metadata=True)
@@ -266,6 +273,21 @@ def test_centre_crop_takes_the_middle_pixels(encoder):
     pixels = processor(frame)["pixel_values_videos"][encoder][0, 0]
     expected = torch.from_numpy(columns[4:8].astype(np.float32) / np.float32(255)).expand(3, 4, 4)
     assert torch.equal(pixels, expected)
+
+
+def test_normalising_after_the_torch_resize_equals_normalising_before():
+    """A bilinear resize is a weighted mean (weights summing to 1), so it commutes with the per-channel affine
+    normalisation: LanguageBind's two orders differ by float32 rounding only."""
+    pixels = {}
+    for before in (True, False):
+        settings = {"languagebind": {"normalize_before_resize": before}}
+        processor = MervVideoProcessor(vision_encoders=("languagebind",), encoder_settings=settings)
+        pixels[before] = processor(VIDEO_0)["pixel_values_videos"]["languagebind"]
+    torch.testing.assert_close(pixels[False], pixels[True], atol=1e-5, rtol=0)
+
+
+def test_metadata_is_returned_only_when_asked(processor):
+    assert list(processor(VIDEO_0)) == ["pixel_values_videos"]
 
 
 def test_encoder_subset_and_partial_settings():

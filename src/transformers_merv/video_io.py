@@ -131,7 +131,7 @@ def sample_frame_indices_at_rate(
     else:
         stop = min(total_num_frames, int(clip_end_sec * video_fps))
     span = stop - first
-    if first >= total_num_frames or span <= 0:
+    if span <= 0:  # also when the window starts at or after the end (`stop` never exceeds the frame count)
         raise ValueError(
             f"The clip window (clip_start_sec={clip_start_sec}, clip_end_sec={clip_end_sec}, end_frame={end_frame}) "
             f"holds no frame of this video ({total_num_frames} frames at {video_fps:g} fps)"

@@ -434,15 +434,11 @@ def _torch_transform(frame: np.ndarray, transform: EncoderTransform) -> np.ndarr
     if transform.normalize_before_resize:
         pixels = _normalize(pixels, transform)
     height, width = transform.resized_size(*frame.shape[:2])
-    align_corners = None if transform.interpolation == "nearest" else False
     # (C, 1, H, W): each channel plane on its own, as in the authors' (C, T, H, W) clip; a (1, C, H, W) batch takes
     # another kernel path whose float32 results differ in the last bit on one thread
-    resized = F.interpolate(
-        torch.from_numpy(pixels)[:, None],
-        size=(height, width),
-        mode=transform.interpolation,
-        align_corners=align_corners,
-    )[:, 0].numpy()
+    # align_corners left unset: False for the linear modes, as the authors' call, and the only value "nearest" takes
+    resized = F.interpolate(torch.from_numpy(pixels)[:, None], size=(height, width), mode=transform.interpolation)
+    resized = resized[:, 0].numpy()
     box = transform.crop_box(height, width)
     if box is not None:
         top, left, crop_height, crop_width = box

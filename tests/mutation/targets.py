@@ -12,7 +12,7 @@ class Target:
     tests: tuple[str, ...]
 
 
-MODELING_TESTS = ("tests/test_modeling.py", "tests/test_parity.py")
+MODELING_TESTS = ("tests/test_modeling.py", "tests/test_parity.py", "tests/test_tower_adapters.py")
 
 TARGETS = {
     "transformers_merv.modeling_merv": Target(

@@ -32,7 +32,12 @@ class KeyRule:
         if match is None:
             return None
         outputs = self.transform(tensor) if self.transform else [tensor]
-        return {match.expand(target): output for target, output in zip(self.targets, outputs, strict=True)}
+        if len(outputs) != len(self.targets):
+            raise ConversionError(
+                f"{key} of shape {tuple(tensor.shape)} does not split into its {len(self.targets)} targets "
+                f"{[match.expand(target) for target in self.targets]}"
+            )
+        return {match.expand(target): output for target, output in zip(self.targets, outputs)}
 
 
 def rename(pattern: str, target: str) -> KeyRule:
