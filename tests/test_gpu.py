@@ -1,8 +1,8 @@
 """The model on a CUDA device (marker `gpu`, deselected by default; run where a GPU is: `pytest -m gpu
 tests/test_gpu.py`): parity with the authors' outputs when loaded with `device_map="auto"` and with the encoders
-offloaded to the CPU (accelerate streams their weights to the GPU), half precision, the cached video prefix, batched
-generation and encoders on CUDA streams. The last run on a GPU: tests/README.md. `MERV_TEST_ACCELERATOR=cpu` runs
-the same checks on the CPU."""
+offloaded to the CPU (accelerate streams their weights to the GPU), `inputs_embeds` without ids, half precision, the
+cached video prefix, batched generation and encoders on CUDA streams. The last run on a GPU: tests/README.md.
+`MERV_TEST_ACCELERATOR=cpu` runs the same checks on the CPU."""
 
 import os
 
@@ -71,6 +71,19 @@ def test_fixture_parity_on_the_accelerator(converted_full, device_map):
     logits, greedy = _logits_and_greedy_ids(model, _fixture_request(), new_tokens)
     assert (logits - expected["logits"]).abs().max().item() <= ATOL
     assert greedy == expected["generate.0.new_tokens"][0].tolist()
+
+
+def test_inputs_embeds_without_ids_on_the_accelerator(converted_full):
+    """The `<video>` embedding the placeholders are found by is looked up on the accelerator."""
+    model = AutoModel.from_pretrained(converted_full, device_map=ACCELERATOR).eval()
+    request = _fixture_request()
+    input_ids = with_placeholders(request["input_ids"], model.config.num_video_tokens, model.config.video_token_id)
+    input_ids = input_ids.to(ACCELERATOR)
+    with torch.inference_mode():
+        by_ids = model(input_ids=input_ids, pixel_values_videos=request["pixel_values_videos"]).logits
+        inputs_embeds = model.get_input_embeddings()(input_ids)
+        by_embeddings = model(inputs_embeds=inputs_embeds, pixel_values_videos=request["pixel_values_videos"]).logits
+    torch.testing.assert_close(by_embeddings, by_ids, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

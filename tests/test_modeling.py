@@ -186,6 +186,42 @@ def test_encoders_in_half_precision_feed_projectors_in_float32(model):
     torch.testing.assert_close(mixed, reference, atol=atol, rtol=0)
 
 
+def _input_devices(model: MervForConditionalGeneration) -> dict[str, set[str]]:
+    """Device types of the inputs each tower (its patch embeddings) and projector receives in `get_video_features`."""
+    devices = {}
+    for name in model.config.vision_encoders:
+        for part, module in (
+            ("tower", model.model.vision_towers[name].embeddings),
+            ("projector", model.model.projectors[name]),
+        ):
+            module.register_forward_pre_hook(
+                lambda module, args, key=f"{part} {name}": devices.setdefault(key, set()).add(args[0].device.type)
+            )
+    model.model.get_video_features(random_pixels(model.config))  # pixels on the CPU
+    return devices
+
+
+def test_inputs_move_to_each_modules_device():
+    """Towers, projectors and the placeholder mask get their inputs on the device each runs on. The meta device
+    stands in for a second device: CPU tensors mix with meta ones without error, so only these moves put the inputs
+    there."""
+    config = tiny_config()
+    on_meta = MervForConditionalGeneration(config).to("meta")
+    assert _input_devices(on_meta) == {
+        f"{part} {name}": {"meta"} for name in config.vision_encoders for part in ("tower", "projector")
+    }
+    split = MervForConditionalGeneration(config)  # towers on the CPU, projectors and fusion on the meta device
+    split.model.projectors.to("meta")
+    split.model.fusion.to("meta")
+    assert {key: devices for key, devices in _input_devices(split).items() if key.startswith("projector")} == {
+        f"projector {name}": {"meta"} for name in config.vision_encoders
+    }
+    input_ids = _prompt(config)  # on the CPU, the embeddings on the meta device
+    inputs_embeds = on_meta.get_input_embeddings()(input_ids.to("meta"))
+    features = torch.zeros(1, config.num_video_tokens, config.text_config.hidden_size, device="meta")
+    assert on_meta.model.get_placeholder_mask(input_ids, inputs_embeds, features).device.type == "meta"
+
+
 def test_text_only_prompt(model):
     with torch.no_grad():
         output = model(input_ids=torch.tensor([[1, 5, 6, 7]]))
