@@ -147,7 +147,9 @@ def test_placeholder_count_mismatch_names_both_numbers(model):
     config = model.config
     input_ids = with_placeholders(torch.tensor([[1, 5, 6, 7]]), 54, config.video_token_id)
     with pytest.raises(
-        ValueError, match=r"holds 54 video placeholder.*give 64 visual tokens.*\(MervProcessor does this\)"
+        ValueError,
+        match=r"holds 54 video placeholder.*give 64 visual tokens.*; each `<video>` must be expanded to "
+        r"`config.num_video_tokens` placeholders \(MervProcessor does this\)$",
     ):
         model(input_ids=input_ids, pixel_values_videos=random_pixels(config))
 
