@@ -14,17 +14,19 @@ directory). The output loads with `AutoModel.from_pretrained(OUT)` after `import
 import argparse
 import sys
 
-from transformers_merv.cli import add_convert_arguments, run_convert
+from transformers_merv.cli import add_convert_arguments, run_convert, run_reporting_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_convert_arguments(parser)
+    parser.set_defaults(run=run_convert)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_convert(build_parser().parse_args(argv))
+    """Errors as `merv convert` reports them: one `error:` line naming the file (`--debug`: the traceback)."""
+    return run_reporting_errors(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 from unittest import mock
 
@@ -23,6 +24,7 @@ from conftest import EXAMPLE_VIDEO, FIXTURE_IMAGE_SIZES, FIXTURES, TINY_FULL
 VIDEO = EXAMPLE_VIDEO
 QUESTION = "What color is the circle?"
 SUBPROCESS_TIMEOUT_S = 120
+CONVERTER_SCRIPT = Path(__file__).resolve().parents[1] / "conversion" / "convert_merv_to_hf.py"
 """Far below the ~145 s of download retries an unreachable Hub used to cost; a guard, not a timing test."""
 
 
@@ -89,7 +91,16 @@ def test_broken_model_folders_are_one_line_naming_the_file(corrupt, tmp_path, ca
     assert line.startswith(f"error: cannot load model {str(folder)!r}: ") and expected in line
 
 
-def test_truncated_encoder_weights_in_convert_name_the_file(tmp_path, capsys):
+def _converter_script_main(argv: list[str]) -> int:
+    """conversion/convert_merv_to_hf.py's `main`, given `merv convert`'s arguments."""
+    spec = spec_from_file_location("convert_merv_to_hf", CONVERTER_SCRIPT)
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv[1:])
+
+
+@pytest.mark.parametrize("entry", [main, _converter_script_main], ids=["merv convert", "convert_merv_to_hf.py"])
+def test_truncated_encoder_weights_in_convert_name_the_file(tmp_path, capsys, entry):
     encoders = tmp_path / "encoders"
     shutil.copytree(FIXTURES / "encoders", encoders)
     weights = encoders / "dinov2" / "model.safetensors"  # the file the converter reads (not the extra table)
@@ -98,8 +109,20 @@ def test_truncated_encoder_weights_in_convert_name_the_file(tmp_path, capsys):
     sizes = [f"{name}={size}" for name, size in FIXTURE_IMAGE_SIZES.items()]
     argv = ["convert", "--run-dir", str(TINY_FULL / "run"), "--llm", str(FIXTURES / "llm"), *flags,
             "--image-size", *sizes, "--output-dir", str(tmp_path / "out")]  # fmt: skip
-    assert main(argv) == 1
+    assert entry(argv) == 1
     assert f"error: {weights} is not a readable safetensors file: " in _error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("entry", [main, _converter_script_main], ids=["merv convert", "convert_merv_to_hf.py"])
+def test_unexpected_convert_failures_are_one_line_unless_debugging(monkeypatch, capsys, entry):
+    monkeypatch.setattr(cli, "convert", mock.Mock(side_effect=RuntimeError("the shard writer broke\nsecond line")))
+    argv = ["convert", "--run-dir", str(TINY_FULL / "run"), "--llm", str(FIXTURES / "llm"), "--output-dir", "out"]
+    assert entry(argv) == 1
+    assert _error_line(capsys.readouterr().err) == (
+        "error: RuntimeError: the shard writer broke (--debug or MERV_DEBUG=1 shows the traceback)"
+    )
+    with pytest.raises(RuntimeError, match="the shard writer broke"):
+        entry([*argv, "--debug"])
 
 
 def test_malformed_evaluation_json_names_the_file(tmp_path, capsys):

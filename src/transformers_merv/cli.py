@@ -347,25 +347,21 @@ def _run_eval(args, items, judge, model_id: str, processes: Processes, device: t
 
 def run_convert(args: argparse.Namespace) -> int:
     """Convert an authors' run; flags of `add_convert_arguments` (shared with conversion/convert_merv_to_hf.py)."""
-    try:
-        encoders = EncoderSources(
-            directories={name: getattr(args, name) for name in ENCODER_CONFIG_KEYS},
-            image_sizes=parse_image_sizes(args.image_size),
-        )
-        report = convert(
-            args.run_dir,
-            args.llm,
-            encoders,
-            args.output_dir,
-            dtype=args.dtype,
-            max_shard_size=args.max_shard_size,
-            verify=args.verify,
-            push_to_hub=args.push_to_hub,
-            private=args.private,
-        )
-    except (ConversionError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_ERROR
+    encoders = EncoderSources(
+        directories={name: getattr(args, name) for name in ENCODER_CONFIG_KEYS},
+        image_sizes=parse_image_sizes(args.image_size),
+    )
+    report = convert(
+        args.run_dir,
+        args.llm,
+        encoders,
+        args.output_dir,
+        dtype=args.dtype,
+        max_shard_size=args.max_shard_size,
+        verify=args.verify,
+        push_to_hub=args.push_to_hub,
+        private=args.private,
+    )
     print(
         f"converted {args.run_dir} -> {report.output_dir} ({report.num_tensors} tensors, {len(report.shards)} shards)"
     )
@@ -647,10 +643,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if vllm_args and not getattr(args, "takes_vllm_args", False):
         parser.error(f"unrecognized arguments: {' '.join(vllm_args)}")
     args.vllm_args = vllm_args
+    return run_reporting_errors(args)
+
+
+def run_reporting_errors(args: argparse.Namespace) -> int:
+    """`args.run(args)`, a failure reported as one `error:` line with exit status 1 (`--debug` or MERV_DEBUG=1:
+    the traceback); also the entry of conversion/convert_merv_to_hf.py."""
     try:
         return args.run(args)
     except Exception as err:  # noqa: BLE001 - every failure is one line unless debugging
-        if args.debug or os.environ.get(DEBUG_ENVIRONMENT_VARIABLE, "0") not in ("", "0"):
+        if getattr(args, "debug", False) or os.environ.get(DEBUG_ENVIRONMENT_VARIABLE, "0") not in ("", "0"):
             raise
         print(f"error: {_error_message(err)}", file=sys.stderr)
         return EXIT_ERROR
