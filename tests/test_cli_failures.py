@@ -91,6 +91,25 @@ def test_broken_model_folders_are_one_line_naming_the_file(corrupt, tmp_path, ca
     assert line.startswith(f"error: cannot load model {str(folder)!r}: ") and expected in line
 
 
+@pytest.mark.parametrize(("extra_key", "shown"), [(False, False), (True, True)], ids=["failed-load", "loaded"])
+def test_the_loaders_report_is_shown_only_when_the_model_loads(tmp_path, extra_key, shown):
+    """A failed load is one `error:` line, without transformers' load report before it; a load that succeeds with a
+    report (an unexpected tensor here) still shows it."""
+    folder = tmp_path / "model"
+    shutil.copytree(default_model_path(), folder)
+    weights = load_file(folder / "model.safetensors")
+    if extra_key:
+        weights["extra.weight"] = torch.zeros(2)
+    else:
+        weights["lm_head.weight"] = torch.zeros(3, 3)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    result = _run("ask", VIDEO, QUESTION, "--model", folder)  # a process of its own: transformers' log handler
+    assert result.returncode == (0 if extra_key else 1), result.stderr
+    assert ("LOAD REPORT" in result.stderr) is shown and ("extra.weight | UNEXPECTED" in result.stderr) is shown
+    if not extra_key:
+        assert _error_line(result.stderr).startswith("error: cannot load model")
+
+
 def _converter_script_main(argv: list[str]) -> int:
     """conversion/convert_merv_to_hf.py's `main`, given `merv convert`'s arguments."""
     spec = spec_from_file_location("convert_merv_to_hf", CONVERTER_SCRIPT)

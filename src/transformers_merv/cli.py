@@ -14,10 +14,12 @@ flags exit with status 2.
 """
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
+from logging.handlers import MemoryHandler
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +143,8 @@ def load_model(model_id: str, device: torch.device, dtype: str):
 
     try:
         dtype = auto_dtype(device) if dtype == AUTO else DTYPES[dtype]
-        model = AutoModel.from_pretrained(model_id, dtype=dtype, **check_model_id(model_id))
+        with transformers_logs_shown_on_success():
+            model = AutoModel.from_pretrained(model_id, dtype=dtype, **check_model_id(model_id))
     except Exception as err:  # noqa: BLE001 - any loading failure becomes one line naming the file
         raise _load_error(model_id, err) from err
     if device.type == "cpu" and not cpu_has_native(model.dtype):
@@ -151,6 +154,27 @@ def load_model(model_id: str, device: torch.device, dtype: str):
             file=sys.stderr,
         )
     return model.to(device).eval()
+
+
+@contextmanager
+def transformers_logs_shown_on_success() -> Iterator[None]:
+    """Hold back what transformers logs inside the block (a load report, say) and show it only if the block succeeds:
+    a failed load is reported by one `error:` line, not by the loader's report followed by that line."""
+    from transformers.utils import logging as transformers_logging
+
+    library_logger = transformers_logging.get_logger("transformers")
+    shown_by = list(library_logger.handlers), library_logger.propagate
+    held = MemoryHandler(capacity=sys.maxsize, flushLevel=logging.CRITICAL + 1)
+    library_logger.handlers, library_logger.propagate = [held], False
+    try:
+        yield
+    except BaseException:
+        held.buffer.clear()
+        raise
+    finally:
+        library_logger.handlers, library_logger.propagate = shown_by
+        for record in held.buffer:
+            library_logger.handle(record)
 
 
 def _load_error(model_id: str, err: Exception) -> CliError:
