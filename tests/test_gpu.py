@@ -12,11 +12,11 @@ from conftest import MEDIA, TINY_FULL, fixture_pixels, with_placeholders
 from safetensors.torch import load_file
 from test_integration import HALF_PRECISION_ULPS
 from test_parity import ATOL
-from test_video_prefix import NEW_TOKENS, QUESTIONS, _from_cache
+from test_video_prefix import NEW_TOKENS, QUESTIONS, _from_cache, _from_scratch
 from transformers import AutoModel, AutoProcessor
 
 from transformers_merv import default_model_path
-from transformers_merv.video_prefix import encode_video, process_video, prompt_ids, question_conversation
+from transformers_merv.video_prefix import encode_video, process_video, question_conversation
 
 ACCELERATOR = torch.device(os.environ.get("MERV_TEST_ACCELERATOR", "cuda"))
 pytestmark = [
@@ -36,20 +36,22 @@ def full_float32_matmuls():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def _fixture_request() -> dict:
-    inputs = load_file(TINY_FULL / "inputs.safetensors")
-    return {"input_ids": inputs["input_ids"], "pixel_values_videos": fixture_pixels()}
-
-
-def _logits_and_greedy_ids(model, request: dict, new_tokens: int) -> tuple[torch.Tensor, list[int]]:
-    """The fixture prompt's logits and greedy ids; the inputs stay on the CPU (the model moves them)."""
-    input_ids = with_placeholders(request["input_ids"], model.config.num_video_tokens, model.config.video_token_id)
+def _fixture_request(model) -> dict:
+    """The fixture prompt with `model`'s video placeholders, its ids on the embeddings' device; the pixels stay on the
+    CPU (the model moves them)."""
+    ids = load_file(TINY_FULL / "inputs.safetensors")["input_ids"]
+    input_ids = with_placeholders(ids, model.config.num_video_tokens, model.config.video_token_id)
     device = model.get_input_embeddings().weight.device
-    inputs = {"input_ids": input_ids.to(device), "pixel_values_videos": request["pixel_values_videos"]}
+    return {"input_ids": input_ids.to(device), "pixel_values_videos": fixture_pixels()}
+
+
+def _logits_and_greedy_ids(model, new_tokens: int) -> tuple[torch.Tensor, list[int]]:
+    """The fixture prompt's logits and greedy ids."""
+    inputs = _fixture_request(model)
     with torch.inference_mode():
         logits = model(**inputs).logits
         generated = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
-    return logits.float().cpu(), generated[0, input_ids.shape[1] :].tolist()
+    return logits.float().cpu(), generated[0, inputs["input_ids"].shape[1] :].tolist()
 
 
 @pytest.mark.parametrize(
@@ -68,7 +70,7 @@ def test_fixture_parity_on_the_accelerator(converted_full, device_map):
     devices = {parameter.device.type for parameter in model.model.language_model.parameters()}
     assert devices == {ACCELERATOR.type}
     new_tokens = expected["generate.0.new_tokens"].shape[1]
-    logits, greedy = _logits_and_greedy_ids(model, _fixture_request(), new_tokens)
+    logits, greedy = _logits_and_greedy_ids(model, new_tokens)
     assert (logits - expected["logits"]).abs().max().item() <= ATOL
     assert greedy == expected["generate.0.new_tokens"][0].tolist()
 
@@ -76,12 +78,10 @@ def test_fixture_parity_on_the_accelerator(converted_full, device_map):
 def test_inputs_embeds_without_ids_on_the_accelerator(converted_full):
     """The `<video>` embedding the placeholders are found by is looked up on the accelerator."""
     model = AutoModel.from_pretrained(converted_full, device_map=ACCELERATOR).eval()
-    request = _fixture_request()
-    input_ids = with_placeholders(request["input_ids"], model.config.num_video_tokens, model.config.video_token_id)
-    input_ids = input_ids.to(ACCELERATOR)
+    request = _fixture_request(model)
     with torch.inference_mode():
-        by_ids = model(input_ids=input_ids, pixel_values_videos=request["pixel_values_videos"]).logits
-        inputs_embeds = model.get_input_embeddings()(input_ids)
+        by_ids = model(**request).logits
+        inputs_embeds = model.get_input_embeddings()(request["input_ids"])
         by_embeddings = model(inputs_embeds=inputs_embeds, pixel_values_videos=request["pixel_values_videos"]).logits
     torch.testing.assert_close(by_embeddings, by_ids, atol=0, rtol=0)
 
@@ -90,7 +90,7 @@ def test_inputs_embeds_without_ids_on_the_accelerator(converted_full):
 def test_half_precision_on_the_accelerator(converted_full, dtype):
     expected = load_file(TINY_FULL / "outputs.safetensors")["logits"]
     model = AutoModel.from_pretrained(converted_full, dtype=dtype, device_map=ACCELERATOR).eval()
-    logits, _ = _logits_and_greedy_ids(model, _fixture_request(), new_tokens=1)
+    logits, _ = _logits_and_greedy_ids(model, new_tokens=1)
     atol = HALF_PRECISION_ULPS * torch.finfo(dtype).eps * expected.abs().max().item()
     torch.testing.assert_close(logits, expected, atol=atol, rtol=0)
 
@@ -104,12 +104,9 @@ def default_model():
 def test_cached_prefix_answers_equal_generation_from_scratch(default_model):
     model, processor = default_model
     pixels = process_video(processor, VIDEO)
-    expected = []
-    for question in QUESTIONS:
-        input_ids = torch.tensor([prompt_ids(processor, question_conversation(question), None)], device=ACCELERATOR)
-        with torch.inference_mode():
-            output = model.generate(input_ids=input_ids, pixel_values_videos=pixels, **NEW_TOKENS)
-        expected.append(output[0, input_ids.shape[1] :].tolist())
+    expected = [
+        _from_scratch(model, processor, question_conversation(q), None, pixels, **NEW_TOKENS) for q in QUESTIONS
+    ]
     prefix = encode_video(model, processor, VIDEO)
     assert prefix.prompt.cache.layers[0].keys.device.type == ACCELERATOR.type
     assert _from_cache(model, processor, prefix, QUESTIONS, **NEW_TOKENS) == expected

@@ -40,7 +40,7 @@ def loaded(request):
 
 def _from_scratch(model, processor, conversation, chat_template, pixels, **generation) -> list[int]:
     """Generated ids for one whole prompt, the video encoded inside `generate`."""
-    input_ids = torch.tensor([prompt_ids(processor, conversation, chat_template)])
+    input_ids = torch.tensor([prompt_ids(processor, conversation, chat_template)], device=model.device)
     with torch.inference_mode():
         output = model.generate(input_ids=input_ids, pixel_values_videos=pixels, **generation)
     return output[0, input_ids.shape[1] :].tolist()
