@@ -5,6 +5,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from types import ModuleType
 from unittest import mock
 
 import pytest
@@ -97,10 +98,18 @@ EXAMPLE_VIDEO = EXAMPLES / "example.mp4"
 """The README's example video: a red circle moving fast to the right."""
 
 
-@pytest.fixture(scope="module")
-def train_script():
-    """examples/train.py as a module."""
-    spec = importlib.util.spec_from_file_location("merv_train_example", EXAMPLES / "train.py")
+CONVERTER_SCRIPT = Path(__file__).resolve().parents[1] / "conversion" / "convert_merv_to_hf.py"
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """A script (an example, the converter) imported as module `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def train_script():
+    """examples/train.py as a module."""
+    return load_script(EXAMPLES / "train.py", "merv_train_example")

@@ -2,7 +2,6 @@
 CLI and `evaluate` take the model's generation config, and multiple choice generates only what the naive check
 reads."""
 
-import importlib.util
 from unittest import mock
 
 import pytest
@@ -22,7 +21,7 @@ from transformers_merv.evaluation import (
     load_items,
 )
 
-from conftest import EXAMPLES, MEDIA
+from conftest import EXAMPLES, MEDIA, load_script
 
 REAL_VIDEOS = [MEDIA / "flipping_a_pancake.mkv", MEDIA / "video_0.mov"]
 
@@ -33,11 +32,7 @@ def shipped():
 
 
 def _build_script():
-    path = EXAMPLES / "build_default_model.py"
-    spec = importlib.util.spec_from_file_location("build_default_model", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLES / "build_default_model.py", "build_default_model")
 
 
 def test_shipped_generation_config_stops_after_the_longest_trained_answer(shipped):

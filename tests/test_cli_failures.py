@@ -6,7 +6,6 @@ import shutil
 import socket
 import subprocess
 import sys
-from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 from unittest import mock
 
@@ -19,12 +18,11 @@ from transformers_merv import cli
 from transformers_merv.cli import main
 from transformers_merv.hub import hub_reachable
 
-from conftest import EXAMPLE_VIDEO, FIXTURE_IMAGE_SIZES, FIXTURES, TINY_FULL
+from conftest import CONVERTER_SCRIPT, EXAMPLE_VIDEO, FIXTURE_IMAGE_SIZES, FIXTURES, TINY_FULL, load_script
 
 VIDEO = EXAMPLE_VIDEO
 QUESTION = "What color is the circle?"
 SUBPROCESS_TIMEOUT_S = 120
-CONVERTER_SCRIPT = Path(__file__).resolve().parents[1] / "conversion" / "convert_merv_to_hf.py"
 """Far below the ~145 s of download retries an unreachable Hub used to cost; a guard, not a timing test."""
 
 
@@ -112,10 +110,7 @@ def test_the_loaders_report_is_shown_only_when_the_model_loads(tmp_path, extra_k
 
 def _converter_script_main(argv: list[str]) -> int:
     """conversion/convert_merv_to_hf.py's `main`, given `merv convert`'s arguments."""
-    spec = spec_from_file_location("convert_merv_to_hf", CONVERTER_SCRIPT)
-    module = module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv[1:])
+    return load_script(CONVERTER_SCRIPT, "convert_merv_to_hf").main(argv[1:])
 
 
 @pytest.mark.parametrize("entry", [main, _converter_script_main], ids=["merv convert", "convert_merv_to_hf.py"])

@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 
 import pytest
@@ -26,9 +25,17 @@ from transformers_merv.conversion.key_maps import FUSION_KEYS, map_tensors, proj
 from transformers_merv.conversion.sources import _timm_config, load_weights
 from transformers_merv.modeling_merv import MervVisualProjector
 
-from conftest import FIXTURE_IMAGE_SIZES, FIXTURES, MEDIA, TINY_FULL, convert_fixture, fixture_pixels, tiny_config
-
-CONVERTER = Path(__file__).resolve().parents[1] / "conversion" / "convert_merv_to_hf.py"
+from conftest import (
+    CONVERTER_SCRIPT,
+    FIXTURE_IMAGE_SIZES,
+    FIXTURES,
+    MEDIA,
+    TINY_FULL,
+    convert_fixture,
+    fixture_pixels,
+    load_script,
+    tiny_config,
+)
 
 
 def _copy_run(tmp_path: Path, edit_config=None, edit_weights=None) -> Path:
@@ -52,10 +59,7 @@ def _copy_run(tmp_path: Path, edit_config=None, edit_weights=None) -> Path:
 @pytest.fixture(scope="module")
 def cli():
     """conversion/convert_merv_to_hf.py as a module."""
-    spec = spec_from_file_location("convert_merv_to_hf", CONVERTER)
-    module = module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(CONVERTER_SCRIPT, "convert_merv_to_hf")
 
 
 def test_cli_converts_and_the_output_loads_with_auto_model(cli, tmp_path):

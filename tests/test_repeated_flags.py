@@ -2,7 +2,6 @@
 converter's resolution errors name the flag that fixes them."""
 
 import json
-from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 
 import pytest
@@ -10,16 +9,11 @@ import pytest
 from transformers_merv.cli import build_parser, main, parse_image_sizes
 from transformers_merv.conversion import ConversionError
 
-from conftest import FIXTURE_IMAGE_SIZES, FIXTURES, TINY_FULL
-
-CONVERTER = Path(__file__).resolve().parents[1] / "conversion" / "convert_merv_to_hf.py"
+from conftest import CONVERTER_SCRIPT, FIXTURE_IMAGE_SIZES, FIXTURES, TINY_FULL, load_script
 
 
 def _converter_parser():
-    spec = spec_from_file_location("convert_merv_to_hf", CONVERTER)
-    module = module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_parser()
+    return load_script(CONVERTER_SCRIPT, "convert_merv_to_hf").build_parser()
 
 
 def _convert_args(output: Path, sizes: dict[str, int]) -> list[str]:
