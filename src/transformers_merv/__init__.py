@@ -5,9 +5,9 @@ Importing the package registers MERV with transformers' Auto classes."""
 from pathlib import Path
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForMultimodalLM
-from transformers import AutoProcessor, AutoVideoProcessor
-from transformers.utils import is_torchvision_available
+from transformers import AutoProcessor
 
+from .compat import register_video_processor
 from .configuration_merv import MervConfig, MervLanguageBindVideoConfig
 from .modeling_languagebind import MervLanguageBindVideoModel
 from .modeling_merv import (
@@ -29,10 +29,9 @@ AutoModel.register(MervLanguageBindVideoConfig, MervLanguageBindVideoModel, exis
 # `AutoModel` gives the model that answers questions (the package's main entry point); `MervModel` is the
 # headless base model, reachable as `model.model`.
 AutoModel.register(MervConfig, MervForConditionalGeneration, exist_ok=True)
-# transformers' `AutoVideoProcessor` exists only with torchvision, which MERV does not need; `MervProcessor` loads its
+# transformers' `AutoVideoProcessor` works only with torchvision, which MERV does not need; `MervProcessor` loads its
 # video processor itself, so `AutoProcessor` works either way.
-if is_torchvision_available():
-    AutoVideoProcessor.register(MervConfig, MervVideoProcessor, exist_ok=True)
+register_video_processor(MervConfig, MervVideoProcessor)
 AutoProcessor.register(MervConfig, MervProcessor, exist_ok=True)
 AutoModelForImageTextToText.register(MervConfig, MervForConditionalGeneration, exist_ok=True)
 AutoModelForMultimodalLM.register(MervConfig, MervForConditionalGeneration, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Every difference between the supported transformers releases (5.16.1 to the newest 5.x) that the package touches.
+"""Every difference between the supported transformers releases (5.18 to 5.25) that the package touches.
 
 The rest of the package imports these names from here and never checks a version itself. Each shim says which
 release introduced the API; on that release and later, the name is transformers' own object. Everything is detected
@@ -13,6 +13,7 @@ import torch
 from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import ModelOutput
+from transformers.processing_utils import ProcessorMixin
 from transformers.utils.deprecation import deprecate_kwarg
 
 
@@ -192,7 +193,74 @@ except ImportError:  # transformers < 5.19: `BaseVideoProcessor` is the only bas
             BaseImageProcessor.__init__(self, **kwargs)
 
 
+
+# --- processor loading -----------------------------------------------------------------------------------------------
+
+RESOLVES_SUBPROCESSORS = hasattr(ProcessorMixin, "_resolve_subprocessors")
+"""transformers >= 5.25 builds a processor's parts in `ProcessorMixin._resolve_subprocessors`, loading a video
+processor through `AutoVideoProcessor` (which needs torchvision); before, in `_get_arguments_from_pretrained`."""
+
+
+class DirectVideoProcessorLoading:
+    """Mixin for a `ProcessorMixin` whose video processor is loaded as `direct_video_processor_class` itself rather than
+    through transformers' `AutoVideoProcessor`, which refuses to work without torchvision (every release; from 5.25
+    `ProcessorMixin.from_pretrained` goes through it)."""
+
+    direct_video_processor_class: type
+
+    if RESOLVES_SUBPROCESSORS:
+
+        @classmethod
+        def _resolve_subprocessors(cls, pretrained_model_name_or_path, processor_dict, **kwargs):
+            if kwargs.get("video_processor") is None:
+                kwargs["video_processor"] = cls.direct_video_processor_class.from_pretrained(
+                    pretrained_model_name_or_path, **kwargs
+                )
+                # the video processor's own options are used up, as `AutoVideoProcessor` would report them
+                kwargs = {key: value for key, value in kwargs.items() if key not in _video_processor_options(cls)}
+            return super()._resolve_subprocessors(pretrained_model_name_or_path, processor_dict, **kwargs)
+
+    else:
+
+        @classmethod
+        def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs) -> list:
+            subfolder = kwargs.pop("subfolder", "")
+            video_processor = cls.direct_video_processor_class.from_pretrained(
+                pretrained_model_name_or_path, subfolder=subfolder, **kwargs
+            )
+            tokenizer = cls._load_tokenizer_from_pretrained(
+                "tokenizer", pretrained_model_name_or_path, subfolder=subfolder, **kwargs
+            )
+            return [video_processor, tokenizer]
+
+
+def _video_processor_options(processor_class: type) -> set[str]:
+    """The keyword arguments the video processor's `from_dict` takes as its own settings."""
+    return set(processor_class.direct_video_processor_class.valid_kwargs.__annotations__)
+
+
+def register_video_processor(config_class: type, video_processor_class: type) -> None:
+    """Register `video_processor_class` with `AutoVideoProcessor` for `config_class`, for every backend where
+    transformers keys video processors by backend (5.25: the one-class form means "torchvision" only). A processor
+    that needs no torchvision serves both the "torchvision" and the "pil" backend. Without torchvision,
+    `AutoVideoProcessor` cannot be used at all, and nothing is registered."""
+    from transformers.utils import is_torchvision_available
+
+    if not is_torchvision_available():
+        return
+    from transformers import AutoVideoProcessor
+
+    if "video_processor_classes" in inspect.signature(AutoVideoProcessor.register).parameters:
+        classes = {"torchvision": video_processor_class, "pil": video_processor_class}
+        AutoVideoProcessor.register(config_class, video_processor_classes=classes, exist_ok=True)
+    else:
+        AutoVideoProcessor.register(config_class, video_processor_class, exist_ok=True)
+
+
 __all__ = [
+    "DirectVideoProcessorLoading",
+    "RESOLVES_SUBPROCESSORS",
+    "register_video_processor",
     "CACHE_KWARG",
     "MultimodalBaseModelOutputWithPast",
     "MultimodalCausalLMOutputWithPast",

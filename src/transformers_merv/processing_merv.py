@@ -7,6 +7,7 @@ import torch
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
 from transformers.utils import logging
 
+from .compat import DirectVideoProcessorLoading
 from .video_io import make_batched_video_inputs
 from .video_processing_merv import MervBatchFeature, MervVideoProcessor, MervVideosKwargs
 
@@ -45,7 +46,7 @@ class MervProcessorKwargs(ProcessingKwargs, total=False):
     _defaults = {"text_kwargs": {"padding": True, "padding_side": "left"}}
 
 
-class MervProcessor(ProcessorMixin):
+class MervProcessor(DirectVideoProcessorLoading, ProcessorMixin):
     r"""
     Tokenizer and [`MervVideoProcessor`] in one: `processor(text=..., videos=...)` expands each `<video>` in the
     text to `num_video_tokens` placeholder tokens (which the model replaces by the fused visual tokens), tokenizes and
@@ -73,6 +74,7 @@ class MervProcessor(ProcessorMixin):
 
     _auto_class = "AutoProcessor"  # saved processors carry `auto_map` and these files, for `trust_remote_code=True`
     valid_processor_kwargs = MervProcessorKwargs
+    direct_video_processor_class = MervVideoProcessor  # loaded without `AutoVideoProcessor` (needs torchvision)
 
     def __init__(
         self,
@@ -109,19 +111,6 @@ class MervProcessor(ProcessorMixin):
         if not isinstance(argument, MervVideoProcessor):
             raise TypeError(f"`video_processor` must be a MervVideoProcessor, got {type(argument).__name__}")
         return MervVideoProcessor
-
-    @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs) -> list:
-        """Load the video processor as `MervVideoProcessor` directly: transformers' `AutoVideoProcessor` needs
-        torchvision, which MERV does not use."""
-        subfolder = kwargs.pop("subfolder", "")
-        video_processor = MervVideoProcessor.from_pretrained(
-            pretrained_model_name_or_path, subfolder=subfolder, **kwargs
-        )
-        tokenizer = cls._load_tokenizer_from_pretrained(
-            "tokenizer", pretrained_model_name_or_path, subfolder=subfolder, **kwargs
-        )
-        return [video_processor, tokenizer]
 
     def _warn_if_no_prefix_space_after_specials(self) -> None:
         """The authors tokenize the prompt on its own after BOS, where SentencePiece adds its leading "▁". Text
