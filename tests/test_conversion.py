@@ -23,6 +23,7 @@ from transformers_merv.conversion import (
 )
 from transformers_merv.conversion.key_maps import FUSION_KEYS, map_tensors, projector_keys, resample_grid
 from transformers_merv.conversion.sources import _timm_config, load_weights
+from transformers_merv.cli import main as merv_main
 from transformers_merv.modeling_merv import MervVisualProjector
 
 from conftest import (
@@ -91,6 +92,25 @@ def test_cli_reports_a_missing_encoder_directory(cli, tmp_path, capsys):
     )
     assert status == 1
     assert "pass its weights with --languagebind" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"model": {"model_id": "merv-full', "is not valid JSON: Unterminated string"),
+        ("[1, 2]", "must hold a JSON object, got a JSON list"),
+    ],
+)
+@pytest.mark.parametrize("entry", ["converter script", "merv convert"])
+def test_a_malformed_run_config_is_one_error_line_naming_the_file(entry, text, message, cli, tmp_path, capsys):
+    run = _copy_run(tmp_path)
+    (run / "config.json").write_text(text)
+    arguments = ["--run-dir", str(run), "--llm", str(FIXTURES / "llm"), "--output-dir", str(tmp_path / "out")]
+    status = cli.main(arguments) if entry == "converter script" else merv_main(["convert", *arguments])
+    assert status == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "\n" not in error and "Traceback" not in error
+    assert f"{run / 'config.json'} {message}" in error
 
 
 def test_older_key_names_adapter_and_single_projector(tmp_path):

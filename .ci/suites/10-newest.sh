@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The package with the newest supported transformers (what `pip install -e ".[test]"` resolves), whole suite.
+# The package with the newest tested releases (.ci/constraints/newest.txt: every package pinned, torch 2.14.1
+# included), whole suite.
 set -euo pipefail
-python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 && .venv/bin/pip install -e ".[test]"
+python3 -m venv .venv && .venv/bin/pip install -c .ci/constraints/newest.txt torch
+.venv/bin/pip install -c .ci/constraints/newest.txt -e ".[test]"
 .venv/bin/python -m pytest -q

@@ -202,7 +202,7 @@ processor through `AutoVideoProcessor` (which needs torchvision); before, in `_g
 
 
 class DirectVideoProcessorLoading:
-    """Mixin for a `ProcessorMixin` whose video processor is loaded as `direct_video_processor_class` itself rather than
+    """Mixin for a `ProcessorMixin` whose video processor is loaded as its `direct_video_processor_class` rather than
     through transformers' `AutoVideoProcessor`, which refuses to work without torchvision (every release; from 5.25
     `ProcessorMixin.from_pretrained` goes through it)."""
 

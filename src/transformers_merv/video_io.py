@@ -66,6 +66,10 @@ QUARTER_TURNS = 4
 DECODE_AHEAD_FRAMES = 4
 AMBIGUOUS_ARRAY_DIMS = 3
 """A bare 3-D array could be one RGB image [H, W, 3] or grey frames [T, H, W]: refused rather than guessed."""
+SIXTEEN_BIT_MAX = 2**16 - 1
+WIDE_INTEGER_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+"""PIL's modes for 16-bit greyscale (PNG, TIFF; Pillow < 10.3 opens 16-bit PNGs as 32-bit "I"), which
+`convert("RGB")` clips to 8 bits instead of scaling: nearly every pixel would come out white."""
 
 FileSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 FrameSource = np.ndarray | torch.Tensor | Image.Image | Sequence[Image.Image | np.ndarray | torch.Tensor]
@@ -470,6 +474,11 @@ def open_video(video: SingleVideoInput, name: str = "video") -> VideoReader:
         check_regular_file(source, label)
     elif isinstance(video, (bytes, bytearray, memoryview)):
         source, label = io.BytesIO(video), f"`{name}` ({len(video)} bytes)"
+    elif isinstance(video, io.TextIOBase):
+        raise TypeError(
+            f"`{name}` ({getattr(video, 'name', type(video).__name__)}) is a file object opened in text mode; "
+            "a video file must be opened in binary mode (`open(path, 'rb')`)"
+        )
     elif hasattr(video, "read"):
         source, label = video, f"`{name}` ({getattr(video, 'name', type(video).__name__)})"
     else:
@@ -493,7 +502,7 @@ def _read_image_frames(source: str | BinaryIO, name: str) -> np.ndarray | None:
             deadline, frames = Deadline(name), []
             for frame in ImageSequence.Iterator(image):
                 deadline.check()
-                frames.append(np.asarray(frame.convert("RGB")))
+                frames.append(np.asarray(to_rgb(frame, name)))
             return np.stack(frames)
     except OSError:  # includes PIL's UnidentifiedImageError, and images PIL identifies but cannot decode
         if start is not None:
@@ -515,7 +524,25 @@ def load_image(path: str | os.PathLike, name: str) -> Image.Image:
     check_regular_file(path, name)
     with open_image(path, name) as image:
         check_frame_size(name, *image.size)
-        return image.convert("RGB")
+        return to_rgb(image, name)
+
+
+def to_rgb(image: Image.Image, name: str) -> Image.Image:
+    """`image` as 8-bit RGB. 16-bit greyscale is scaled to 8 bits; 32-bit integers beyond the 16-bit range and
+    floating-point images, whose value range is unknown, are refused with a `ValueError` naming `name`."""
+    if image.mode in WIDE_INTEGER_MODES:
+        values = np.asarray(image, dtype=np.int64)
+        if values.min() < 0 or values.max() > SIXTEEN_BIT_MAX:
+            raise ValueError(
+                f"{name} is a 32-bit integer image with values outside 0..{SIXTEEN_BIT_MAX}; convert it to 8-bit RGB"
+            )
+        grey = (values * 255 + SIXTEEN_BIT_MAX // 2) // SIXTEEN_BIT_MAX  # rounded to the nearest 8-bit level
+        return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        raise ValueError(
+            f"{name} is a floating-point image (PIL mode 'F') of unknown value range; convert it to 8-bit RGB"
+        )
+    return image.convert("RGB")
 
 
 def read_video(
@@ -553,7 +580,7 @@ def read_video(
 def to_frame_array(video: FrameSource, name: str = "video") -> np.ndarray:
     """Decoded frames as a uint8 RGB array `[T, H, W, 3]`; a single PIL image becomes a one-frame video."""
     if isinstance(video, Image.Image):
-        return np.asarray(video.convert("RGB"))[None]
+        return np.asarray(to_rgb(video, f"`{name}`"))[None]
     if isinstance(video, (list, tuple)):
         if not video:
             raise ValueError(f"`{name}` is an empty list of frames")
@@ -576,7 +603,7 @@ def to_frame_array(video: FrameSource, name: str = "video") -> np.ndarray:
 
 def _frame_array(frame: Image.Image | np.ndarray | torch.Tensor, name: str) -> np.ndarray:
     if isinstance(frame, Image.Image):
-        return np.asarray(frame.convert("RGB"))
+        return np.asarray(to_rgb(frame, f"`{name}`"))
     array = _as_numpy(frame, name)
     _check_frames(array[None], name, "[height, width, 3]")
     return array

@@ -114,9 +114,16 @@ def _is_zip_checkpoint(path: Path) -> bool:
 
 
 def read_json(path: Path) -> dict:
+    """A JSON object from `path`; a missing file, malformed JSON or another JSON value is an error naming `path`."""
     if not path.is_file():
         raise FileNotFoundError(f"expected a JSON file at {path}")
-    return json.loads(path.read_text())
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConversionError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(document, dict):
+        raise ConversionError(f"{path} must hold a JSON object, got a JSON {type(document).__name__}")
+    return document
 
 
 class LazySafetensors(Mapping):
