@@ -23,6 +23,11 @@ def test_readme_keeps_the_two_setup_commands_and_its_size():
     assert len(README.encode()) <= README_LIMIT_BYTES  # the rest lives in docs/
 
 
+def test_readme_links_reach_files_of_the_repository():
+    targets = [link.split("#")[0] for link in re.findall(r"\]\(([^)]+)\)", README) if "://" not in link]
+    assert targets and all((ROOT / target).is_file() for target in targets)
+
+
 def test_readme_python_example_answers_the_example_video():
     example = re.search(r"## In Python\n\n```python\n(.*?)```", README, re.S)[1]
     result = subprocess.run(

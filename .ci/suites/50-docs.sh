@@ -22,5 +22,24 @@ if [[ "$(sed -n 1p "${card}")" != "---" || "$(sed -n 9p "${card}")" != "---" ]] 
     echo "error: ${card}: its YAML front matter is no longer lines 1-9; update docs/default-model.md and this check" >&2
     exit 1
 fi
+# Every name in transformers_merv.__all__ has its `::: transformers_merv.NAME` in docs/api/ (read without importing).
+"${venv}/bin/python" - <<'PY'
+import ast
+import pathlib
+import re
+import sys
+
+tree = ast.parse(pathlib.Path("src/transformers_merv/__init__.py").read_text())
+exported = next(
+    ast.literal_eval(node.value)
+    for node in tree.body
+    if isinstance(node, ast.Assign) and any(getattr(target, "id", None) == "__all__" for target in node.targets)
+)
+pages = "".join(page.read_text() for page in pathlib.Path("docs/api").glob("*.md"))
+documented = set(re.findall(r"^::: transformers_merv\.(\w+)$", pages, re.MULTILINE))
+missing = [name for name in exported if name not in documented]
+if missing:
+    sys.exit(f"error: transformers_merv.__all__ names without a page in docs/api/: {', '.join(missing)}")
+PY
 NO_MKDOCS_2_WARNING=1 "${venv}/bin/mkdocs" build --strict
 echo "docs: site/ built with mkdocs build --strict"
