@@ -1,6 +1,6 @@
 """Throughput of MERV on vLLM's server (`merv serve`) against our batched `generate`, same requests, on the CPU.
 
-    python benchmarks/bench_serving.py          # in the vLLM environment (.venv-vllm, see README "Serving")
+    python benchmarks/bench_serving.py          # in the vLLM environment (.venv-vllm, see docs/serving.md)
 
 Workload: rounds of `--requests` questions about as many different videos (a coloured square crossing a 64x64
 frame, 32 frames), each answered with exactly `--tokens` greedy tokens (EOS ignored, so both sides generate the same
