@@ -18,11 +18,11 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 CONSTRAINTS = REPOSITORY / ".ci" / "constraints"
 
 
-def declared_requirements() -> dict[str, Requirement]:
-    """The package's runtime dependencies (no extras), by canonical name."""
+def declared_requirements(extra: str | None = None) -> dict[str, Requirement]:
+    """The package's runtime dependencies, or those of `extra`, by canonical name."""
     project = tomllib.loads((REPOSITORY / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    requirements = map(Requirement, project["dependencies"])
-    return {canonicalize_name(requirement.name): requirement for requirement in requirements}
+    lines = project["dependencies"] if extra is None else project["optional-dependencies"][extra]
+    return {canonicalize_name(requirement.name): requirement for requirement in map(Requirement, lines)}
 
 
 def pinned_versions(constraints_file: Path) -> dict[str, Version]:

@@ -37,3 +37,9 @@ def test_every_pin_is_an_exact_release():
     for constraints in bounds.CONSTRAINTS.glob("*.txt"):
         lines = [line for line in constraints.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
         assert all(line.count("==") == 1 for line in lines if line.strip()), constraints
+
+
+def test_the_docs_extra_pins_what_the_docs_suite_installs():
+    docs = bounds.pinned_versions(bounds.CONSTRAINTS / "docs.txt")
+    for name, requirement in bounds.declared_requirements("docs").items():
+        assert str(requirement.specifier) == f"=={docs[name]}", name

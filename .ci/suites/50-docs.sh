@@ -1,21 +1,12 @@
 #!/usr/bin/env bash
 # The documentation site (mkdocs.yml, docs/): `mkdocs build --strict` in its own venv (.venv-docs), from the pinned
-# `docs` extra of pyproject.toml alone. The API reference reads the source statically (mkdocstrings), so neither the
-# package nor torch is installed. Broken links or anchors, pages missing from the navigation and API objects that do
+# `docs` extra of pyproject.toml alone (.ci/constraints/docs.txt: it and its dependencies, every package pinned). The
+# API reference reads the source statically (mkdocstrings), so neither the package nor torch is installed. Broken links or anchors, pages missing from the navigation and API objects that do
 # not resolve fail the build. The site goes to site/ (git-ignored).
 set -euo pipefail
 venv=.venv-docs
 python3 -m venv "${venv}"
-"${venv}/bin/python" - > "${venv}/docs-requirements.txt" <<'PY'
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the TOML parser pip ships
-    from pip._vendor import tomli as tomllib
-
-with open("pyproject.toml", "rb") as file:
-    print("\n".join(tomllib.load(file)["project"]["optional-dependencies"]["docs"]))
-PY
-"${venv}/bin/pip" install -r "${venv}/docs-requirements.txt"
+"${venv}/bin/pip" install --no-deps -r .ci/constraints/docs.txt  # the `docs` extra and its dependencies, pinned
 # docs/default-model.md includes the model card from line 10 on: lines 1-9 must be exactly its YAML front matter.
 card=src/transformers_merv/default_model/README.md
 if [[ "$(sed -n 1p "${card}")" != "---" || "$(sed -n 9p "${card}")" != "---" ]] || sed -n 2,8p "${card}" | grep -qx -- "---"; then
