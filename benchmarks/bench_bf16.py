@@ -12,7 +12,6 @@ Sections (`--sections`, comma-separated):
     python benchmarks/bench_bf16.py [--repeats 3] [--sections capability,speed,accuracy,logits]
 """
 
-import sys
 import argparse
 import copy
 import tempfile
@@ -26,10 +25,9 @@ from transformers import AutoModel, AutoProcessor
 from transformers_merv import default_model_path
 from transformers_merv.conversion import EncoderSources, convert
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the synthetic-data generator
-from synthetic_video_qa import DEFAULT_NUM_VIDEOS, generate_dataset  # noqa: E402
 from transformers_merv.evaluation import OPEN_ENDED, evaluate, load_items
 from transformers_merv.precision import cpu_capabilities, cpu_has_native_bf16
+from transformers_merv.synthetic import DEFAULT_NUM_VIDEOS, generate_dataset
 
 from bench_inference import NEW_TOKENS, merv_full_shaped_config, merv_full_shaped_request, report, small_request
 from timing import measure

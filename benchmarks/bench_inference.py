@@ -27,7 +27,6 @@ import argparse
 import json
 import platform
 import tempfile
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,11 +42,9 @@ from transformers_merv.configuration_merv import (
     SIGLIP_B16_224_CONFIG,
     VIVIT_B_16X2_CONFIG,
 )
+from transformers_merv.synthetic import generate_dataset
 
 from timing import Timing, measure
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the synthetic-data generator
-from synthetic_video_qa import generate_dataset  # noqa: E402
 
 
 REPOSITORY = Path(__file__).resolve().parents[1]

@@ -34,9 +34,7 @@ from transformers_merv.conversion import build_processor
 from transformers_merv.conversion.sources import build_tokenizer
 from transformers_merv.evaluation import OPEN_ENDED, evaluate, load_items
 from transformers_merv.video_prefix import VideoChat, encode_video, prompt_ids
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the synthetic-data generator
-from synthetic_video_qa import generate_dataset  # noqa: E402
+from transformers_merv.synthetic import generate_dataset
 
 from bench_inference import EXAMPLE_VIDEO, PANCAKE, merv_full_shaped_config, report
 from timing import measure

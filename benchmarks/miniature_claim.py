@@ -24,9 +24,7 @@ from transformers import AutoProcessor
 from transformers_merv import MervForConditionalGeneration
 from transformers_merv.cli import draw_fusion_chart
 from transformers_merv.evaluation import OPEN_ENDED, find_video, load_items
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the synthetic-data generator
-from synthetic_video_qa import generate_dataset  # noqa: E402
+from transformers_merv.synthetic import generate_dataset
 
 
 REPOSITORY = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
     python examples/build_default_model.py       # ~20 minutes; writes src/transformers_merv/default_model
     python examples/build_default_model.py --encoders siglip --output-dir runs/siglip-only   # an ablation
 
-Steps, all seeded: generate the synthetic video-QA data (`examples/synthetic_video_qa.py`), build a small
+Steps, all seeded: generate the synthetic video-QA data (`transformers_merv.synthetic`), build a small
 tokenizer on its text, build a small MERV (all four encoder types, random frozen encoders, a 4-layer Llama) whose
 projectors are initialised to standardise the encoders' features on 256 training videos, then run the authors'
 two-stage recipe with `examples/train.py` (stage 1 `full-align` on captions, stage 2 `finetune` on the questions),
@@ -26,8 +26,8 @@ from transformers import AutoProcessor, GenerationConfig
 
 from transformers_merv import MervConfig, MervForConditionalGeneration, MervProcessor, MervVideoProcessor
 from transformers_merv.compat import activation_checkpointing_argument
-from synthetic_video_qa import generate_dataset
-from small_tokenizer import build_tokenizer, conversation_texts
+from transformers_merv.synthetic import generate_dataset
+from transformers_merv.synthetic import build_tokenizer, conversation_texts
 from transformers_merv.evaluation import OPEN_ENDED, evaluate, load_items
 from transformers_merv.processing_merv import merv_chat_templates
 
@@ -232,7 +232,7 @@ tags:
 Language Models*): LanguageBind, DINOv2, ViViT and SigLIP encoders on 16/16/32/16 frames at {image_size} px, 3D
 average pooling to 2x2 tokens per frame, a linear projector per encoder, learnable-query fusion, and a 4-layer Llama
 ({parameters:.1f} M parameters in all). It was trained from scratch in {minutes} minutes on {cores} CPU cores, **on
-synthetic videos of moving coloured shapes only** (`examples/synthetic_video_qa.py`). Its encoders are randomly
+synthetic videos of moving coloured shapes only** (`transformers_merv.synthetic`). Its encoders are randomly
 initialised and frozen (no pretrained weights can be downloaded where it is built), so it is **not** the authors'
 7B model and knows nothing beyond the closed vocabulary of these questions: colour, shape, position, direction,
 speed, order of appearance, counts. For real videos, convert the authors' `merv-full` checkpoint (see the

@@ -3,7 +3,6 @@
 import importlib.util
 import os
 import shutil
-import sys
 from pathlib import Path
 from types import ModuleType
 from unittest import mock
@@ -22,7 +21,6 @@ from transformers_merv.conversion import EncoderSources, convert  # noqa: E402
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-sys.path.insert(0, str(EXAMPLES))  # the synthetic-data generator and tokenizer builder live with the build script
 SHARED = next(
     (folder / "shared" for folder in Path(__file__).resolve().parents if (folder / "shared" / "fixtures").is_dir()),
     Path(__file__).resolve().parents[1].parent / "shared",

@@ -10,7 +10,7 @@ from transformers import AutoModel, AutoProcessor
 
 from transformers_merv import default_model_path
 from transformers_merv.cli import main
-from synthetic_video_qa import ANSWER_VOCABULARY, generate_dataset
+from transformers_merv.synthetic import ANSWER_VOCABULARY, generate_dataset
 from transformers_merv.evaluation import (
     DEFAULT_MAX_NEW_TOKENS,
     MCQ,

@@ -23,7 +23,7 @@ from transformers_merv.cli import (
     draw_fusion_chart,
     main,
 )
-from synthetic_video_qa import generate_dataset
+from transformers_merv.synthetic import generate_dataset
 
 from conftest import FIXTURE_IMAGE_SIZES, FIXTURES, MEDIA, TINY_FULL
 

@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoProcessor
 
 from transformers_merv import MervForConditionalGeneration, default_model_path
 from transformers_merv.cli import main
-from synthetic_video_qa import generate_dataset
+from transformers_merv.synthetic import generate_dataset
 from transformers_merv.evaluation import OPEN_ENDED, evaluate, load_items
 
 EXAMPLE_VIDEO = Path(__file__).resolve().parents[1] / "examples" / "example.mp4"

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModel, AutoProcessor
 
 from transformers_merv import MervVideoProcessor
-from synthetic_video_qa import generate_dataset
+from transformers_merv.synthetic import generate_dataset
 from transformers_merv.evaluation import (
     MCQ,
     OPEN_ENDED,

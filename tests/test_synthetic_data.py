@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-import synthetic_video_qa as synthetic
 from conftest import EXAMPLES
-from synthetic_video_qa import (
+from transformers_merv.synthetic.video_qa import (
     ANSWER_VOCABULARY,
     ANSWERS,
     COLORS,
@@ -27,6 +26,7 @@ from synthetic_video_qa import (
     NUM_FRAMES,
     QUESTION_TYPES,
     SCENE_KINDS,
+    SPEED_THRESHOLD,
     SPLITS,
     generate_dataset,
     make_scenes,
@@ -35,7 +35,7 @@ from synthetic_video_qa import (
     scene_questions,
     split_of,
 )
-from small_tokenizer import (
+from transformers_merv.synthetic.tokenizer import (
     BOS_TOKEN_ID,
     EOS_TOKEN_ID,
     PAD_TOKEN_ID,
@@ -205,7 +205,7 @@ def read_answer(question_type: str, frames: np.ndarray) -> str:
     if question_type == "direction":
         return _side(FRAME_SIZE / 2 + x1 - x0, FRAME_SIZE / 2 + y1 - y0, ("left", "right"), ("up", "down"))
     if question_type == "speed":
-        return "fast" if np.hypot(x1 - x0, y1 - y0) / (len(frames) - 1) > synthetic.SPEED_THRESHOLD else "slow"
+        return "fast" if np.hypot(x1 - x0, y1 - y0) / (len(frames) - 1) > SPEED_THRESHOLD else "slow"
     raise AssertionError(question_type)
 
 
@@ -314,20 +314,22 @@ def test_mcq_answer_positions_are_balanced_within_each_type(dataset):
 # Command line
 
 
-def test_cli_generates_a_dataset(tmp_path, capsys):
+def _generate_with_the_example(*arguments: str) -> subprocess.CompletedProcess:
+    script = EXAMPLES / "synthetic_video_qa.py"
+    return subprocess.run([sys.executable, str(script), *arguments], capture_output=True, text=True)
+
+
+def test_cli_generates_a_dataset(tmp_path):
     output = tmp_path / "cli"
-    assert synthetic.main(["--output-dir", str(output), "--train", "4", "--validation", "0", "--test", "4"]) == 0
+    result = _generate_with_the_example("--output-dir", str(output), "--train", "4", "--validation", "0", "--test", "4")
+    assert result.returncode == 0, result.stderr
     assert len(list((output / "videos").iterdir())) == 8 and load(output, "validation_q") == []
-    assert "train: 4 videos" in capsys.readouterr().out
+    assert "train: 4 videos" in result.stdout
 
 
 def test_cli_refuses_a_non_empty_directory(tmp_path):
     (tmp_path / "something").write_text("keep me")
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "synthetic_video_qa.py"), "--output-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-    )
+    result = _generate_with_the_example("--output-dir", str(tmp_path))
     assert result.returncode == 1
     assert "not an empty directory" in result.stderr and "Traceback" not in result.stderr
     assert [path.name for path in tmp_path.iterdir()] == ["something"]

@@ -9,7 +9,7 @@ import torch
 from transformers.testing_utils import CaptureLogger
 
 from transformers_merv import default_model_path
-from synthetic_video_qa import generate_dataset
+from transformers_merv.synthetic import generate_dataset
 from transformers_merv.precision import default_device, native_bf16
 from transformers_merv.training import LORA_DEFAULTS, lora_defaults
 from transformers_merv.training.lora import logger as lora_logger

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from synthetic_video_qa import ANSWER_VOCABULARY
+from .video_qa import ANSWER_VOCABULARY
 
 
 UNK_TOKEN, BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, VIDEO_TOKEN = "<unk>", "<s>", "</s>", "<PAD>", "<video>"
