@@ -1,6 +1,6 @@
 """Build the small MERV shipped as the package's default model, from scratch, on 2 CPU cores.
 
-    python examples/build_default_model.py       # ~20 minutes; writes src/transformers_merv/default_model
+    python examples/build_default_model.py --output-dir src/transformers_merv/default_model  # ~20 min; the shipped one
     python examples/build_default_model.py --encoders siglip --output-dir runs/siglip-only   # an ablation
 
 Steps, all seeded: generate the synthetic video-QA data (`transformers_merv.synthetic`), build a small
@@ -12,7 +12,6 @@ processor, evaluation results and a model card go to `--output-dir`.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import random
@@ -26,14 +25,13 @@ from transformers import AutoProcessor, GenerationConfig
 
 from transformers_merv import MervConfig, MervForConditionalGeneration, MervProcessor, MervVideoProcessor
 from transformers_merv.compat import activation_checkpointing_argument
-from transformers_merv.synthetic import generate_dataset
-from transformers_merv.synthetic import build_tokenizer, conversation_texts
 from transformers_merv.evaluation import OPEN_ENDED, evaluate, load_items
 from transformers_merv.processing_merv import merv_chat_templates
+from transformers_merv.synthetic import build_tokenizer, conversation_texts, generate_dataset, longest_answer_tokens
+from transformers_merv.training.run import main as run_training
 
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-DEFAULT_OUTPUT = REPOSITORY / "src" / "transformers_merv" / "default_model"
+SHIPPED_MODEL = "src/transformers_merv/default_model"
 ENCODERS = ("languagebind", "dinov2", "vivit", "siglip")
 IMAGE_SIZE = 32
 VOCAB_MULTIPLE = 64
@@ -111,13 +109,6 @@ def small_config(tokenizer, encoders: list[str]) -> MervConfig:
     )
 
 
-def longest_answer_tokens(tokenizer, examples: list[dict]) -> int:
-    """New tokens the longest trained answer takes, its `</s>` included (the "pure" template renders an answer as
-    `" {answer}</s>"`)."""
-    answers = [turn["value"] for example in examples for turn in example["conversations"] if turn["from"] == "gpt"]
-    return max(len(tokenizer(f" {answer}", add_special_tokens=False)["input_ids"]) for answer in answers) + 1
-
-
 def build_initial_model(data_dir: Path, encoders: list[str], seed: int, output_dir: Path) -> None:
     """Tokenizer, processor and randomly initialised model (projectors standardised on training videos), saved to
     `output_dir`. Its generation config stops after the longest trained answer and its `</s>`: on videos unlike its
@@ -148,7 +139,6 @@ def build_initial_model(data_dir: Path, encoders: list[str], seed: int, output_d
 
 
 def train_stage(
-    train_main,
     stage: str,
     model_dir: Path,
     data_dir: Path,
@@ -157,9 +147,9 @@ def train_stage(
     batch_size: int,
     seed: int,
 ) -> None:
-    """One stage with `examples/train.py` (CPU settings: fp32, no checkpointing, examples cached in memory)."""
+    """One stage with `examples/train.py`'s run (CPU settings: fp32, no checkpointing, examples cached in memory)."""
     recipe = TRAINING[stage]
-    train_main(
+    run_training(
         [
             "--model_name_or_path",
             str(model_dir),
@@ -289,16 +279,11 @@ def drop_remote_code_maps(folder: Path) -> None:
         (folder / name).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
-def load_train_script():
-    spec = importlib.util.spec_from_file_location("merv_train", REPOSITORY / "examples" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument(
+        "--output-dir", type=Path, required=True, help=f"where the model goes; the shipped one is {SHIPPED_MODEL}"
+    )
     parser.add_argument("--work-dir", type=Path, default=Path("runs/default-model"))
     parser.add_argument("--encoders", default=",".join(ENCODERS), help="comma-separated subset (ablations)")
     parser.add_argument("--seed", type=int, default=0)
@@ -311,10 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.work_dir / "data"
     if not (data_dir / "train.json").is_file():
         generate_dataset(data_dir, seed=args.seed, progress=True)
-    train_main = load_train_script()
     build_initial_model(data_dir, encoders, args.seed, args.work_dir / "initial")
     train_stage(
-        train_main,
         "full-align",
         args.work_dir / "initial",
         data_dir,
@@ -324,7 +307,6 @@ def main(argv: list[str] | None = None) -> int:
         args.seed,
     )
     train_stage(
-        train_main,
         "finetune",
         args.work_dir / "stage1",
         data_dir,

@@ -18,6 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from transformers_merv import MervConfig  # noqa: E402
 from transformers_merv.testing_utils import tiny_config  # noqa: E402, F401  (re-exported to the tests)
 from transformers_merv.conversion import EncoderSources, convert  # noqa: E402
+from transformers_merv.training import run as training_run  # noqa: E402
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -109,5 +110,5 @@ def load_script(path: Path, name: str) -> ModuleType:
 
 @pytest.fixture(scope="module")
 def train_script():
-    """examples/train.py as a module."""
-    return load_script(EXAMPLES / "train.py", "merv_train_example")
+    """The training run behind examples/train.py."""
+    return training_run

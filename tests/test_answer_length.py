@@ -10,7 +10,7 @@ from transformers import AutoModel, AutoProcessor
 
 from transformers_merv import default_model_path
 from transformers_merv.cli import main
-from transformers_merv.synthetic import ANSWER_VOCABULARY, generate_dataset
+from transformers_merv.synthetic import ANSWER_VOCABULARY, generate_dataset, longest_answer_tokens
 from transformers_merv.evaluation import (
     DEFAULT_MAX_NEW_TOKENS,
     MCQ,
@@ -21,7 +21,7 @@ from transformers_merv.evaluation import (
     load_items,
 )
 
-from conftest import EXAMPLES, MEDIA, load_script
+from conftest import MEDIA
 
 REAL_VIDEOS = [MEDIA / "flipping_a_pancake.mkv", MEDIA / "video_0.mov"]
 
@@ -31,14 +31,10 @@ def shipped():
     return AutoModel.from_pretrained(default_model_path()).eval(), AutoProcessor.from_pretrained(default_model_path())
 
 
-def _build_script():
-    return load_script(EXAMPLES / "build_default_model.py", "build_default_model")
-
-
 def test_shipped_generation_config_stops_after_the_longest_trained_answer(shipped):
     model, processor = shipped
     trained = [{"conversations": [{"from": "gpt", "value": answer}]} for answer in ANSWER_VOCABULARY]
-    longest = _build_script().longest_answer_tokens(processor.tokenizer, trained)
+    longest = longest_answer_tokens(processor.tokenizer, trained)
     assert longest == 2  # one word and </s>
     assert model.generation_config.max_new_tokens == longest == default_max_new_tokens(model)
     assert model.generation_config.eos_token_id == processor.tokenizer.eos_token_id

@@ -99,3 +99,10 @@ def build_tokenizer(
     if split_words:
         raise ValueError(f"{split_words} are not single tokens; train on texts containing them or raise vocab_size")
     return tokenizer
+
+
+def longest_answer_tokens(tokenizer, examples: Iterable[dict]) -> int:
+    """New tokens the longest answer of Video-LLaVA `examples` takes, its `</s>` included (the "pure" template renders
+    an answer as `" {answer}</s>"`)."""
+    answers = [turn["value"] for example in examples for turn in example["conversations"] if turn["from"] == "gpt"]
+    return max(len(tokenizer(f" {answer}", add_special_tokens=False)["input_ids"]) for answer in answers) + 1
