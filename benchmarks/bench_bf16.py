@@ -1,7 +1,7 @@
 """bfloat16 vs float32 on this CPU: speed, and what it does to the answers (results: benchmarks/README.md).
 
 Sections (`--sections`, comma-separated):
-- `capability`: what torch reports about the CPU (`transformers_merv.precision`) and a 2048² matmul in each dtype.
+- `capability`: what torch reports about the CPU (`transformers_merv.inference.devices`) and a 2048² matmul in each dtype.
 - `speed`: the merv-full-shaped model (bench_inference.py) and the default model: forward (encoders + prefill) and
   `generate` (16 new tokens) in float32 vs bfloat16, alternating rounds in one process.
 - `accuracy`: the default model's open-ended accuracy on its test split (the 400 test videos of
@@ -26,7 +26,7 @@ from transformers_merv import default_model_path
 from transformers_merv.conversion import EncoderSources, convert
 
 from transformers_merv.evaluation import OPEN_ENDED, evaluate, load_items
-from transformers_merv.precision import cpu_capabilities, cpu_has_native_bf16
+from transformers_merv.inference.devices import cpu_capabilities, cpu_has_native_bf16
 from transformers_merv.synthetic import DEFAULT_NUM_VIDEOS, generate_dataset
 
 from bench_inference import NEW_TOKENS, merv_full_shaped_config, merv_full_shaped_request, report, small_request

@@ -307,7 +307,7 @@ def test_convert_reports_a_missing_encoder_directory(tmp_path, capsys):
 )
 def test_half_precision_note_only_where_the_cpu_lacks_it(video, capsys, capabilities, auto_dtype):
     argv = ["ask", str(video), QUESTION, "--device", "cpu", "--max-new-tokens", "2"]
-    with mock.patch("transformers_merv.precision.cpu_capabilities", return_value=capabilities):
+    with mock.patch("transformers_merv.inference.devices.cpu_capabilities", return_value=capabilities):
         assert main([*argv, "--dtype", "bfloat16"]) == 0
         captured = capsys.readouterr()
         assert captured.out.strip()

@@ -5,7 +5,7 @@ from unittest import mock
 import pytest
 import torch
 
-from transformers_merv.precision import auto_dtype, cpu_capabilities, cpu_has_native, cpu_has_native_bf16
+from transformers_merv.inference.devices import auto_dtype, cpu_capabilities, cpu_has_native, cpu_has_native_bf16
 
 
 @pytest.mark.parametrize(

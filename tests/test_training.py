@@ -22,7 +22,7 @@ from transformers.testing_utils import CaptureLogger
 
 from transformers_merv import MervForConditionalGeneration, MervProcessor, MervVideoProcessor, merv_chat_templates
 from transformers_merv.compat import activation_checkpointing_argument
-from transformers_merv.precision import native_bf16
+from transformers_merv.inference.devices import native_bf16
 from transformers_merv.training import (
     IGNORE_INDEX,
     TRAINING_STAGES,

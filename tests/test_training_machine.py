@@ -10,14 +10,14 @@ from transformers.testing_utils import CaptureLogger
 
 from transformers_merv import default_model_path
 from transformers_merv.synthetic import generate_dataset
-from transformers_merv.precision import default_device, native_bf16
+from transformers_merv.inference.devices import default_device, native_bf16
 from transformers_merv.training import LORA_DEFAULTS, lora_defaults
 from transformers_merv.training.lora import logger as lora_logger
 
 
 def _with_cpu_bf16(native: bool):
     """This CPU as one with (or without) AVX512-BF16, and without any other half-precision feature."""
-    return mock.patch("transformers_merv.precision.cpu_capabilities", return_value={"avx512_bf16": native})
+    return mock.patch("transformers_merv.inference.devices.cpu_capabilities", return_value={"avx512_bf16": native})
 
 
 @pytest.mark.parametrize("native", [True, False])

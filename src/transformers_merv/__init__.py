@@ -16,7 +16,7 @@ from .modeling_merv import (
     MervPreTrainedModel,
     MervVideoFeaturesOutput,
 )
-from .precision import auto_dtype, cpu_has_native_bf16
+from .inference.devices import auto_dtype, cpu_has_native_bf16
 from .processing_merv import PROMPT_FORMATS, MervProcessor, merv_chat_templates
 from .video_io import VideoDecodingError, open_video, read_video
 from .video_prefix import VideoChat, VideoPrefix, VideoPrefixCache, answer_questions, encode_video

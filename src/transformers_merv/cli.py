@@ -44,7 +44,7 @@ from .evaluation_runs import EvaluationRun, EvaluationRunError, Processes, outpu
 from .hub import HubUnreachableError, hub_download_kwargs
 from .media_limits import is_url
 from .model_files import diagnose_model_folder
-from .precision import auto_dtype, cpu_has_native
+from .inference.devices import auto_dtype, cpu_has_native, resolve_device
 from .video_prefix import VideoChat, answer_questions, encode_pixels, process_video
 from .serving import (
     DEFAULT_HOST,
@@ -101,14 +101,6 @@ def default_model() -> str:
     if not path.is_dir():
         raise CliError(f"the default model folder {path} is missing; reinstall, or pass --model PATH_OR_HUB_ID")
     return str(path)
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """`device`, or CUDA when available and the CPU otherwise."""
-    resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"--device {device}: CUDA is not available on this machine")
-    return resolved
 
 
 def check_model_id(model_id: str) -> dict[str, bool]:

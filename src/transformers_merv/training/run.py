@@ -15,7 +15,7 @@ from transformers.hf_argparser import string_to_bool
 
 from ..compat import activation_checkpointing_argument
 from ..modeling_merv import MervForConditionalGeneration
-from ..precision import default_device, native_bf16
+from ..inference.devices import default_device, native_bf16
 from .data import BadExamplePolicy, DataFormat, MervDataCollator, VideoLlavaDataset
 from .lora import LORA_DEFAULTS, check_qlora_available, lora_config, qlora_quantization_config
 from .stages import TRAINING_STAGES, set_trainable
@@ -128,7 +128,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[MervArguments, DataArgume
 
 def machine_defaults(use_cpu: bool | None, fp16: bool | None) -> dict[str, bool]:
     """`use_cpu` and `bf16` defaults from the machine: the CPU when it has no accelerator (or `--use_cpu`), bf16 where
-    that device computes it natively (`transformers_merv.precision.native_bf16`), else float32."""
+    that device computes it natively (`transformers_merv.inference.devices.native_bf16`), else float32."""
     device = torch.device("cpu") if use_cpu else default_device()
     return {"use_cpu": device.type == "cpu", "bf16": not fp16 and native_bf16(device)}
 
