@@ -5,7 +5,14 @@ from unittest import mock
 import pytest
 import torch
 
-from transformers_merv.inference.devices import auto_dtype, cpu_capabilities, cpu_has_native, cpu_has_native_bf16
+from transformers_merv.inference.devices import (
+    auto_dtype,
+    cpu_capabilities,
+    cpu_has_native,
+    cpu_has_native_bf16,
+    default_device,
+    resolve_device,
+)
 
 
 @pytest.mark.parametrize(
@@ -31,3 +38,30 @@ def test_native_half_precision_comes_from_torch_cpu_capabilities(capabilities, b
 
 def test_capabilities_are_torch_own():
     assert cpu_capabilities() == dict(torch.cpu.get_capabilities())
+
+
+def _machine_with(accelerator: str | None):
+    """torch seeing `accelerator` ("cuda", "mps", ...) or none."""
+    device = torch.device(accelerator) if accelerator else None
+    return mock.patch.object(torch.accelerator, "current_accelerator", return_value=device)
+
+
+def test_the_device_policy_takes_the_accelerator_else_the_cpu():
+    with _machine_with(None):
+        assert default_device() == resolve_device() == torch.device("cpu")
+        assert resolve_device("meta") == torch.device("meta")
+    with _machine_with("mps"):
+        assert resolve_device() == torch.device("mps") and resolve_device("cpu") == torch.device("cpu")
+    with _machine_with("cuda"):
+        assert default_device(process_index=1) == resolve_device(process_index=1) == torch.device("cuda", 1)
+        assert resolve_device("cuda", process_index=1) == torch.device("cuda", 1)  # a bare type: the process's own
+        assert resolve_device("cuda:0", process_index=1) == torch.device("cuda", 0)  # an index: as given
+
+
+@pytest.mark.parametrize(
+    "accelerator, requested, message",
+    [(None, "cuda", "it has none"), ("cuda", "mps", "its accelerator is cuda"), ("mps", "xpu:1", "is mps")],
+)
+def test_a_device_the_machine_lacks_is_refused_naming_it(accelerator, requested, message):
+    with _machine_with(accelerator), pytest.raises(ValueError, match=rf"device .{requested}. is not available.*{message}"):
+        resolve_device(requested)
