@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from transformers_merv import default_model_path
 from transformers_merv import cli
 from transformers_merv.cli import main
-from transformers_merv.hub import hub_reachable
+from transformers_merv.inference.hub_reachability import hub_reachable
 
 from conftest import CONVERTER_SCRIPT, EXAMPLE_VIDEO, FIXTURE_IMAGE_SIZES, FIXTURES, TINY_FULL, load_script
 
@@ -51,7 +51,7 @@ class PickledCode:
 def _truncate(folder: Path) -> str:
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    return f"{weights} is truncated: its header describes"
+    return f"{weights} is not a readable safetensors file: Error while deserializing header: incomplete metadata"
 
 
 def _mismatch(folder: Path) -> str:
@@ -169,7 +169,7 @@ def test_debug_shows_the_traceback_in_a_real_run(tmp_path):
     shutil.copytree(default_model_path(), folder)
     _truncate(folder)
     quiet = _run("ask", VIDEO, QUESTION, "--model", folder)
-    assert quiet.returncode == 1 and "is truncated" in _error_line(quiet.stderr)
+    assert quiet.returncode == 1 and "is not a readable safetensors file" in _error_line(quiet.stderr)
     loud = _run("ask", VIDEO, QUESTION, "--model", folder, MERV_DEBUG="1")
     assert loud.returncode == 1 and "Traceback (most recent call last)" in loud.stderr
 

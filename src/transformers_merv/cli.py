@@ -14,12 +14,10 @@ flags exit with status 2.
 """
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from logging.handlers import MemoryHandler
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .configuration_merv import ENCODER_CONFIG_KEYS
-from .conversion import DTYPES, MERV_IMAGE_SIZE, ConversionError, EncoderSources, convert
+from .conversion import MERV_IMAGE_SIZE, ConversionError, EncoderSources, convert
 from .evaluation import (
     DEFAULT_BATCH_SIZE,
     MODES,
@@ -41,10 +39,9 @@ from .evaluation import (
     question_inputs,
 )
 from .evaluation_runs import EvaluationRun, EvaluationRunError, Processes, output_lock, summary_table
-from .hub import HubUnreachableError, hub_download_kwargs
+from .inference.devices import DTYPES, auto_dtype, resolve_device
+from .inference.loading import AUTO, first_line, load_model, load_processor
 from .media_limits import is_url
-from .model_files import diagnose_model_folder
-from .inference.devices import auto_dtype, cpu_has_native, resolve_device
 from .video_prefix import VideoChat, answer_questions, encode_pixels, process_video
 from .serving import (
     DEFAULT_HOST,
@@ -60,7 +57,6 @@ PROG = "merv"
 EXIT_ERROR = 1
 DEBUG_ENVIRONMENT_VARIABLE = "MERV_DEBUG"
 """Set to 1 for the full traceback of a failure instead of the one `error:` line (as `--debug` does)."""
-AUTO = "auto"
 DTYPE_CHOICES = (AUTO, *DTYPES)
 MAX_NEW_TOKENS_DEFAULT_HELP = "the model's generation config, else 512 as the authors evaluate"
 BAR_WIDTH = 40
@@ -103,84 +99,6 @@ def default_model() -> str:
     return str(path)
 
 
-def check_model_id(model_id: str) -> dict[str, bool]:
-    """Fail early on a name that is neither an existing folder nor a valid Hub model id, or a Hub id while the Hub
-    is unreachable and the model is not cached. Returns the `from_pretrained` kwargs for where the model is."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    if Path(model_id).exists():
-        return {}
-    try:
-        validate_repo_id(model_id)
-    except HFValidationError:
-        raise CliError(f"no model folder at {model_id} (and it is not a Hub model id)") from None
-    try:
-        return hub_download_kwargs(model_id)
-    except HubUnreachableError as err:
-        raise CliError(f"cannot load model {model_id!r}: {err}") from err
-
-
-def load_processor(model_id: str):
-    from transformers import AutoProcessor
-
-    try:
-        return AutoProcessor.from_pretrained(model_id, **check_model_id(model_id))
-    except Exception as err:  # noqa: BLE001 - any loading failure becomes one line naming the file
-        raise _load_error(model_id, err) from err
-
-
-def load_model(model_id: str, device: torch.device, dtype: str):
-    from transformers import AutoModel
-
-    try:
-        dtype = auto_dtype(device) if dtype == AUTO else DTYPES[dtype]
-        with transformers_logs_shown_on_success():
-            model = AutoModel.from_pretrained(model_id, dtype=dtype, **check_model_id(model_id))
-    except Exception as err:  # noqa: BLE001 - any loading failure becomes one line naming the file
-        raise _load_error(model_id, err) from err
-    if device.type == "cpu" and not cpu_has_native(model.dtype):
-        print(
-            f"note: {model.dtype} on this CPU is slow: it has no native half-precision matmuls (AVX512-BF16/AMX); "
-            "--dtype float32 is usually much faster here (benchmarks/README.md)",
-            file=sys.stderr,
-        )
-    return model.to(device).eval()
-
-
-@contextmanager
-def transformers_logs_shown_on_success() -> Iterator[None]:
-    """Hold back what transformers logs inside the block (a load report, say) and show it only if the block succeeds:
-    a failed load is reported by one `error:` line, not by the loader's report followed by that line."""
-    from transformers.utils import logging as transformers_logging
-
-    library_logger = transformers_logging.get_logger("transformers")
-    shown_by = list(library_logger.handlers), library_logger.propagate
-    held = MemoryHandler(capacity=sys.maxsize, flushLevel=logging.CRITICAL + 1)
-    library_logger.handlers, library_logger.propagate = [held], False
-    try:
-        yield
-    except BaseException:
-        held.buffer.clear()
-        raise
-    finally:
-        library_logger.handlers, library_logger.propagate = shown_by
-        for record in held.buffer:
-            library_logger.handle(record)
-
-
-def _load_error(model_id: str, err: Exception) -> CliError:
-    """A loading failure as one line: the weight file at fault and what is wrong with it when the folder shows it,
-    else the loader's first line."""
-    if isinstance(err, CliError):
-        return err
-    return CliError(f"cannot load model {model_id!r}: {diagnose_model_folder(model_id) or _first_line(err)}")
-
-
-def _first_line(err: BaseException) -> str:
-    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-
-
 def prepare_inputs(processor, video: Path | str, question: str, window: Mapping[str, float | int]):
     """Prompt ids (the model's chat template) and pixels for one video (a file or an http(s) URL) and question."""
     with reading(video):
@@ -201,7 +119,7 @@ def reading(video: Path | str) -> Iterator[None]:
     try:
         yield
     except ValueError as err:  # VideoDecodingError and sampling windows outside the video
-        message = _first_line(err)
+        message = first_line(err)
         raise CliError(message if str(video) in message else f"{video}: {message}") from err
 
 
@@ -469,7 +387,7 @@ def _device(text: str) -> str:
     try:
         torch.device(text)
     except RuntimeError as err:
-        raise argparse.ArgumentTypeError(_first_line(err)) from None
+        raise argparse.ArgumentTypeError(first_line(err)) from None
     return text
 
 
@@ -678,8 +596,8 @@ def _error_message(err: Exception) -> str:
     """The one-line report of a failure: our own errors as they are, anything else with its type and a pointer to
     the traceback."""
     if isinstance(err, (CliError, EvaluationInputError, EvaluationRunError, ConversionError, OSError, ValueError)):
-        return _first_line(err)
-    return f"{type(err).__name__}: {_first_line(err)} (--debug or {DEBUG_ENVIRONMENT_VARIABLE}=1 shows the traceback)"
+        return first_line(err)
+    return f"{type(err).__name__}: {first_line(err)} (--debug or {DEBUG_ENVIRONMENT_VARIABLE}=1 shows the traceback)"
 
 
 if __name__ == "__main__":

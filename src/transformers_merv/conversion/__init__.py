@@ -15,6 +15,7 @@ import torch
 from transformers import GenerationConfig
 from transformers.dynamic_module_utils import custom_object_save
 
+from ..inference.devices import DTYPES
 from ..modeling_merv import MervForConditionalGeneration
 from ..processing_merv import MervProcessor, merv_chat_templates
 from ..video_processing_merv import MervVideoProcessor
@@ -34,9 +35,6 @@ from .sources import (
     llm_backbone,
 )
 from .writer import push_folder, verify_tensors, write_model_card, write_weights
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass

@@ -16,6 +16,8 @@ NATIVE_CPU_FEATURES = {
     torch.float16: ("avx512_fp16", "amx_fp16", "fp16_arith"),
 }
 """Per half-precision dtype, the CPU features (names of `torch.cpu.get_capabilities()`) that compute it natively."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The dtypes weights are loaded, converted or stored in, by name."""
 HOST_DEVICE_TYPES = ("cpu", "meta")
 """Devices every machine has."""
 
@@ -82,6 +84,7 @@ def auto_dtype(device: torch.device | str) -> torch.dtype | str:
 
 
 __all__ = [
+    "DTYPES",
     "NATIVE_CPU_FEATURES",
     "auto_dtype",
     "cpu_capabilities",
