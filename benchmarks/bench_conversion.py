@@ -111,7 +111,7 @@ tokenizer = build_tokenizer(Path({llm!r}), {rows})
 config = build_config(run.model_config, encoders, weights, Path({llm!r}), checkpoint, tokenizer)
 model = MervForConditionalGeneration(config)
 model.load_state_dict(dict(mapped_tensors(config, weights, checkpoint, "ckpt")))
-model.save_pretrained({out!r}, max_shard_size="5GB")
+model.save_pretrained({out!r})  # MERV shards at 5 GB by default
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 

@@ -22,7 +22,7 @@ import torch
 from transformers import AutoProcessor
 
 from transformers_merv import MervForConditionalGeneration
-from transformers_merv.cli import draw_fusion_chart
+from transformers_merv.inference.fusion_weights import draw_fusion_chart
 from transformers_merv.evaluation import OPEN_ENDED, find_video, load_items
 from transformers_merv.synthetic import generate_dataset
 

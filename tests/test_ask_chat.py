@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoModel, AutoProcessor
 
-from transformers_merv.cli import main, one_line
+from transformers_merv.cli import main
+from transformers_merv.cli.video_questions import one_line
 from transformers_merv.video_prefix import VideoChat, encode_video
 
 from conftest import MEDIA

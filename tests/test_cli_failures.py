@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from transformers_merv import default_model_path
 from transformers_merv import cli
+from transformers_merv.conversion import command as conversion_command
 from transformers_merv.cli import main
 from transformers_merv.inference.hub_reachability import hub_reachable
 
@@ -129,7 +130,7 @@ def test_truncated_encoder_weights_in_convert_name_the_file(tmp_path, capsys, en
 
 @pytest.mark.parametrize("entry", [main, _converter_script_main], ids=["merv convert", "convert_merv_to_hf.py"])
 def test_unexpected_convert_failures_are_one_line_unless_debugging(monkeypatch, capsys, entry):
-    monkeypatch.setattr(cli, "convert", mock.Mock(side_effect=RuntimeError("the shard writer broke\nsecond line")))
+    monkeypatch.setattr(conversion_command, "convert", mock.Mock(side_effect=RuntimeError("the shard writer broke\nsecond line")))
     argv = ["convert", "--run-dir", str(TINY_FULL / "run"), "--llm", str(FIXTURES / "llm"), "--output-dir", "out"]
     assert entry(argv) == 1
     assert _error_line(capsys.readouterr().err) == (
@@ -150,7 +151,7 @@ def test_malformed_evaluation_json_names_the_file(tmp_path, capsys):
 
 def test_unexpected_failures_are_one_line_unless_debugging(monkeypatch, capsys):
     failure = RuntimeError("the decoder ran out of luck\nsecond line")
-    monkeypatch.setattr(cli, "run_ask", mock.Mock(side_effect=failure))
+    monkeypatch.setattr(cli.ask, "run", mock.Mock(side_effect=failure))
     monkeypatch.delenv("MERV_DEBUG", raising=False)
     assert main(["ask", str(VIDEO), QUESTION]) == 1
     assert _error_line(capsys.readouterr().err) == (

@@ -6,14 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from transformers_merv.cli import build_parser, main, parse_image_sizes
+from transformers_merv.cli import build_parser, main
 from transformers_merv.conversion import ConversionError
+from transformers_merv.conversion.command import build_parser as build_converter_parser
+from transformers_merv.conversion.command import parse_image_sizes
 
-from conftest import CONVERTER_SCRIPT, FIXTURE_IMAGE_SIZES, FIXTURES, TINY_FULL, load_script
-
-
-def _converter_parser():
-    return load_script(CONVERTER_SCRIPT, "convert_merv_to_hf").build_parser()
+from conftest import FIXTURE_IMAGE_SIZES, FIXTURES, TINY_FULL
 
 
 def _convert_args(output: Path, sizes: dict[str, int]) -> list[str]:
@@ -29,7 +27,7 @@ def test_repeated_image_size_flags_add_up(parser, tmp_path):
     if parser == "merv convert":
         parsed = build_parser().parse_args(["convert", *args])
     else:
-        parsed = _converter_parser().parse_args(args)
+        parsed = build_converter_parser().parse_args(args)
     assert parse_image_sizes(parsed.image_size) == {"dinov2": 56, "siglip": 64, "vivit": 28, "languagebind": 32}
 
 

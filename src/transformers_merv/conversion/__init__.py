@@ -16,7 +16,7 @@ from transformers import GenerationConfig
 from transformers.dynamic_module_utils import custom_object_save
 
 from ..inference.devices import DTYPES
-from ..modeling_merv import MervForConditionalGeneration
+from ..modeling_merv import MAX_SHARD_SIZE, MervForConditionalGeneration
 from ..processing_merv import MervProcessor, merv_chat_templates
 from ..video_processing_merv import MervVideoProcessor
 from .errors import ConversionError
@@ -52,7 +52,7 @@ def convert(
     encoders: EncoderSources,
     output_dir: Path,
     dtype: str | None = None,
-    max_shard_size: int | str = "5GB",
+    max_shard_size: int | str = MAX_SHARD_SIZE,
     verify: bool = False,
     push_to_hub: str | None = None,
     private: bool = False,

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 from transformers.utils.hub import convert_file_size_to_int
 
+from ..modeling_merv import MAX_SHARD_SIZE
 from .errors import ConversionError
 
 
@@ -36,7 +37,7 @@ class ShardWriter:
     output_dir: Path
     expected: dict[str, torch.Tensor]
     dtype: torch.dtype | None = None
-    max_shard_size: int = parse_size("5GB")
+    max_shard_size: int = parse_size(MAX_SHARD_SIZE)
     weight_map: dict[str, str] = field(default_factory=dict)
     total_size: int = 0
     _pending: dict[str, torch.Tensor] = field(default_factory=dict)

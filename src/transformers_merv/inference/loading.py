@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..utils.console import first_line
 from .devices import DTYPES, auto_dtype, cpu_has_native
 from .hub_reachability import HubUnreachableError, hub_download_kwargs
 from .load_diagnostics import diagnose_model_folder
@@ -90,11 +91,6 @@ def transformers_logs_shown_on_success() -> Iterator[None]:
         library_logger.handlers, library_logger.propagate = shown_by
         for record in held.buffer:
             library_logger.handle(record)
-
-
-def first_line(err: BaseException) -> str:
-    """The first non-empty line of an error's message (its type's name when it has none)."""
-    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
 
 
 def _load_error(model_id: str, err: Exception) -> ModelLoadError:

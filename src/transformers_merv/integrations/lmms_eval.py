@@ -29,7 +29,8 @@ from lmms_eval.protocol import ChatMessages
 from tqdm.auto import tqdm
 
 from .. import default_model_path
-from ..cli import AUTO, load_model, load_processor, resolve_device
+from ..inference.devices import resolve_device
+from ..inference.loading import AUTO, load_model, load_processor
 from ..evaluation import DEFAULT_MAX_NEW_TOKENS
 from ..video_prefix import VideoPrefix, encode_video, generate_from_cache, prompt_ids
 

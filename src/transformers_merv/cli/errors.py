@@ -1,0 +1,12 @@
+"""What `merv` reports as one line."""
+
+from ..evaluation_runs import EvaluationRunError
+from ..utils.console import EXPECTED_ERRORS
+
+
+class CliError(Exception):
+    """A problem with the user's input, reported as one line."""
+
+
+REPORTED_ERRORS = (*EXPECTED_ERRORS, CliError, EvaluationRunError)
+"""Errors `merv` reports by their message alone (anything else adds its type and a pointer to `--debug`)."""

@@ -1,0 +1,1 @@
+"""Helpers shared by the library layers and the applications."""
