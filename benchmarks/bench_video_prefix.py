@@ -33,7 +33,7 @@ from transformers_merv import MervConfig, MervForConditionalGeneration, default_
 from transformers_merv.conversion import build_processor
 from transformers_merv.conversion.sources import build_tokenizer
 from transformers_merv.evaluation import OPEN_ENDED, evaluate, load_items
-from transformers_merv.video_prefix import VideoChat, encode_video, prompt_ids
+from transformers_merv.inference.prefix_cache import VideoChat, prefill_video, prompt_ids
 from transformers_merv.synthetic import generate_dataset
 
 from bench_inference import EXAMPLE_VIDEO, PANCAKE, merv_full_shaped_config, report
@@ -230,7 +230,7 @@ def bench_chat(label: str, model, processor, video: Path) -> None:
     settings = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False}
     pixels = processor.video_processor([str(video)])["pixel_values_videos"]
     start = time.perf_counter()
-    chat = VideoChat(model, processor, encode_video(model, processor, video))
+    chat = VideoChat(model, processor, prefill_video(model, processor, video))
     chat.ask("What is shown?", **settings)
     first = time.perf_counter() - start
     cached, scratch = [], []

@@ -15,7 +15,7 @@ from transformers import AutoModel, AutoProcessor
 
 from transformers_merv.cli import main
 from transformers_merv.cli.video_questions import one_line
-from transformers_merv.video_prefix import VideoChat, encode_video
+from transformers_merv.inference.prefix_cache import VideoChat, prefill_video
 
 from conftest import MEDIA
 
@@ -37,7 +37,7 @@ def _environment() -> dict[str, str]:
 def chat_answers(converted_full) -> list[str]:
     """The answers of a `VideoChat` over `QUESTIONS`, in Python."""
     model, processor = AutoModel.from_pretrained(converted_full).eval(), AutoProcessor.from_pretrained(converted_full)
-    chat = VideoChat(model, processor, encode_video(model, processor, VIDEO))
+    chat = VideoChat(model, processor, prefill_video(model, processor, VIDEO))
     return [one_line(chat.ask(question, max_new_tokens=int(MAX_NEW_TOKENS))) for question in QUESTIONS]
 
 

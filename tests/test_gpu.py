@@ -16,7 +16,7 @@ from test_video_prefix import NEW_TOKENS, QUESTIONS, _from_cache, _from_scratch
 from transformers import AutoModel, AutoProcessor
 
 from transformers_merv import default_model_path
-from transformers_merv.video_prefix import encode_video, process_video, question_conversation
+from transformers_merv.inference.prefix_cache import prefill_video, process_video, question_conversation
 
 ACCELERATOR = torch.device(os.environ.get("MERV_TEST_ACCELERATOR", "cuda"))
 pytestmark = [
@@ -107,7 +107,7 @@ def test_cached_prefix_answers_equal_generation_from_scratch(default_model):
     expected = [
         _from_scratch(model, processor, question_conversation(q), None, pixels, **NEW_TOKENS) for q in QUESTIONS
     ]
-    prefix = encode_video(model, processor, VIDEO)
+    prefix = prefill_video(model, processor, VIDEO)
     assert prefix.prompt.cache.layers[0].keys.device.type == ACCELERATOR.type
     assert _from_cache(model, processor, prefix, QUESTIONS, **NEW_TOKENS) == expected
 

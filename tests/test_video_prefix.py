@@ -10,11 +10,12 @@ import pytest
 import torch
 from transformers import AutoModel, AutoProcessor
 
+import transformers_merv
 from transformers_merv import PROMPT_FORMATS, default_model_path
-from transformers_merv.video_prefix import (
+from transformers_merv.inference.prefix_cache import (
     VideoChat,
     VideoPrefixCache,
-    encode_video,
+    prefill_video,
     generate_from_cache,
     process_video,
     prompt_ids,
@@ -80,7 +81,7 @@ def test_cached_answers_are_the_ids_generated_from_scratch(loaded, chat_template
         _from_scratch(model, processor, question_conversation(q), chat_template, pixels, **NEW_TOKENS)
         for q in QUESTIONS
     ]
-    prefix = encode_video(model, processor, VIDEO, chat_template=chat_template)
+    prefix = prefill_video(model, processor, VIDEO, chat_template=chat_template)
     assert [_from_cache(model, processor, prefix, [q], **NEW_TOKENS)[0] for q in QUESTIONS] == expected
     assert _from_cache(model, processor, prefix, QUESTIONS, **NEW_TOKENS) == expected  # one batch, padded
 
@@ -92,13 +93,13 @@ def test_beam_search_from_the_cache(loaded):
     expected = [
         _from_scratch(model, processor, question_conversation(q), None, pixels, **generation) for q in QUESTIONS
     ]
-    prefix = encode_video(model, processor, VIDEO)
+    prefix = prefill_video(model, processor, VIDEO)
     assert _from_cache(model, processor, prefix, QUESTIONS, **generation) == expected
 
 
 def test_answers_reuse_the_prefix_and_never_encode_again(loaded):
     model, processor = loaded
-    prefix = encode_video(model, processor, VIDEO)
+    prefix = prefill_video(model, processor, VIDEO)
     fed = []
     hook = model.model.language_model.register_forward_pre_hook(
         lambda module, args, kwargs: fed.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
@@ -116,7 +117,7 @@ def test_answers_reuse_the_prefix_and_never_encode_again(loaded):
 def test_chat_turns_equal_the_whole_conversation_from_scratch(loaded):
     model, processor = loaded
     pixels = process_video(processor, VIDEO)
-    chat = VideoChat(model, processor, encode_video(model, processor, VIDEO))
+    chat = VideoChat(model, processor, prefill_video(model, processor, VIDEO))
     fed = []
     hook = model.model.language_model.register_forward_pre_hook(
         lambda module, args, kwargs: fed.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
@@ -140,7 +141,7 @@ def test_chat_with_beam_search(loaded):
     model, processor = loaded
     generation = {"max_new_tokens": 3, "num_beams": 2, "do_sample": False}
     pixels = process_video(processor, VIDEO)
-    chat = VideoChat(model, processor, encode_video(model, processor, VIDEO))
+    chat = VideoChat(model, processor, prefill_video(model, processor, VIDEO))
     for question in QUESTIONS[:2]:
         conversation = _next_turn(chat, question)
         expected = _from_scratch(model, processor, conversation, None, pixels, **generation)
@@ -167,3 +168,10 @@ def test_the_prefix_cache_keeps_the_most_recently_used_videos(loaded, tmp_path):
         assert encoder.call_count == 5
     with pytest.raises(ValueError, match="max_entries"):
         VideoPrefixCache(max_entries=0)
+
+
+def test_encode_video_is_a_deprecated_alias_of_prefill_video():
+    model, processor = AutoModel.from_pretrained(default_model_path()), AutoProcessor.from_pretrained(default_model_path())
+    with pytest.warns(FutureWarning, match="`encode_video` is deprecated; use `prefill_video`"):
+        prefix = transformers_merv.encode_video(model, processor, VIDEO)
+    assert torch.equal(prefix.prompt.input_ids, prefill_video(model, processor, VIDEO).prompt.input_ids)

@@ -19,7 +19,14 @@ from .modeling_merv import (
 from .inference.devices import auto_dtype, cpu_has_native_bf16
 from .processing_merv import PROMPT_FORMATS, MervProcessor, merv_chat_templates
 from .video_io import VideoDecodingError, open_video, read_video
-from .video_prefix import VideoChat, VideoPrefix, VideoPrefixCache, answer_questions, encode_video
+from .inference.prefix_cache import (
+    VideoChat,
+    VideoPrefix,
+    VideoPrefixCache,
+    answer_questions,
+    encode_video,
+    prefill_video,
+)
 from .video_processing_merv import MERV_FULL_ENCODER_SETTINGS, MervBatchFeature, MervVideoProcessor
 
 
@@ -63,6 +70,7 @@ __all__ = [
     "VideoDecodingError",
     "open_video",
     "read_video",
+    "prefill_video",
     "encode_video",
     "answer_questions",
     "VideoChat",

@@ -39,7 +39,13 @@ from .evaluation_files import (
     video_name_problem,
 )
 from .media_limits import check_regular_file
-from .video_prefix import encode_pixels, generate_from_cache, process_video, prompt_ids, question_conversation
+from .inference.prefix_cache import (
+    generate_from_cache,
+    prefill_pixels,
+    process_video,
+    prompt_ids,
+    question_conversation,
+)
 
 
 OPEN_ENDED, MCQ = "open-ended", "mcq"
@@ -445,7 +451,7 @@ def evaluate_video(
         pixels = process_video(processor, find_video(video_dir, items[0].video_name), items[0].sampling)
     except (OSError, ValueError) as err:
         return {item.question_id: _skipped_entry(item, str(err)) for item in items}
-    prefix = encode_pixels(model, processor, pixels)
+    prefix = prefill_pixels(model, processor, pixels)
     entries = {}
     for batch in _batches(items, batch_size):
         prompts = [prompt_ids(processor, question_conversation(item.prompt)) for item in batch]

@@ -3,7 +3,7 @@
 import argparse
 
 from ..evaluation import DEFAULT_BATCH_SIZE
-from ..video_prefix import answer_questions
+from ..inference.prefix_cache import answer_questions
 from .arguments import add_question_arguments, generation_kwargs
 from .video_questions import encode_from_args, one_line
 

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from ..video_prefix import VideoChat
+from ..inference.prefix_cache import VideoChat
 from .arguments import add_question_arguments, generation_kwargs
 from .video_questions import encode_from_args, one_line
 

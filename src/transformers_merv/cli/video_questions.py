@@ -15,7 +15,7 @@ from ..inference.devices import resolve_device
 from ..inference.loading import load_model, load_processor
 from ..media_limits import is_url
 from ..utils.console import first_line
-from ..video_prefix import VideoPrefix, encode_pixels, process_video
+from ..inference.prefix_cache import VideoPrefix, prefill_pixels, process_video
 from .arguments import clip_window, generation_kwargs
 from .errors import CliError
 
@@ -59,7 +59,7 @@ def encode_from_args(args: argparse.Namespace) -> tuple[Any, Any, VideoPrefix]:
     with reading(args.video):
         pixels = process_video(processor, args.video, clip_window(args))
     model = load_model(model_id(args), resolve_device(args.device), args.dtype)
-    return model, processor, encode_pixels(model, processor, pixels)
+    return model, processor, prefill_pixels(model, processor, pixels)
 
 
 def answer_question(model, processor, inputs, generation: Mapping[str, Any]) -> tuple[str, Any]:

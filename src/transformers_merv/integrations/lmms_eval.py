@@ -32,7 +32,7 @@ from .. import default_model_path
 from ..inference.devices import resolve_device
 from ..inference.loading import AUTO, load_model, load_processor
 from ..evaluation import DEFAULT_MAX_NEW_TOKENS
-from ..video_prefix import VideoPrefix, encode_video, generate_from_cache, prompt_ids
+from ..inference.prefix_cache import VideoPrefix, generate_from_cache, prefill_video, prompt_ids
 
 
 MODEL_ID = "merv"
@@ -153,7 +153,7 @@ class Merv(lmms):
         its `num_requests` requests then get an empty answer or a log-likelihood of -inf, as `merv eval` skips
         them, rather than ending the whole evaluation."""
         try:
-            return encode_video(self.model, self.processor, request.video, dict(request.sampling))
+            return prefill_video(self.model, self.processor, request.video, dict(request.sampling))
         except (OSError, ValueError) as err:
             warnings.warn(f"merv: {num_requests} request(s) about {request.video} are not answered: {err}")
             return None

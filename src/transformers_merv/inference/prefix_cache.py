@@ -2,13 +2,13 @@
 
 MERV's fusion never sees the question, and every prompt format puts the visual tokens before it (`[BOS] <video>x1024
 In: {question}\\nOut:` for the "pure" format). Decoding, the four encoders, alignment, fusion and the language model's
-KV cache of the prompt up to the question are therefore the same for every question about a video. `encode_video`
-computes them once (`VideoPrefix`); `answer_questions` answers any number of questions from it, a batch of questions
+KV cache of the prompt up to the question are therefore the same for every question about a video. `prefill_video`
+computes them once (decoding and encoding the video, then running the language model's prefill over the prefix) (`VideoPrefix`); `answer_questions` answers any number of questions from it, a batch of questions
 sharing one copy of the cache; `VideoChat` holds a multi-turn conversation whose turns reuse the cache of the turns
 before. Answers are the ids generation from scratch gives: each prompt is tokenized whole, exactly as from scratch,
 and only the tokens it shares with the cached ones are taken from the cache.
 
-    prefix = encode_video(model, processor, "clip.mp4")
+    prefix = prefill_video(model, processor, "clip.mp4")
     answers = answer_questions(model, processor, prefix, ["What is shown?", "How many people?"])
 
 A batch of questions of different lengths is padded between the shared prefix and the questions (masked out, with
@@ -19,6 +19,7 @@ Memory: a cached prefix holds `layers x 2 x prefix tokens x hidden size` values,
 dropped first)."""
 
 import copy
+import warnings
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,8 +29,8 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache
 
-from .compat import cache_kwargs, output_cache
-from .modeling_merv import MervVideoFeaturesOutput
+from ..compat import cache_kwargs, output_cache
+from ..modeling_merv import MervVideoFeaturesOutput
 
 
 DEFAULT_MAX_CACHED_VIDEOS = 4
@@ -115,7 +116,7 @@ def process_video(processor, video: str | Path, sampling: Mapping[str, float | i
     return processor.video_processor([str(video)], **(sampling or {}))["pixel_values_videos"]
 
 
-def encode_video(
+def prefill_video(
     model,
     processor,
     video: str | Path,
@@ -124,14 +125,14 @@ def encode_video(
 ) -> VideoPrefix:
     """Decode and encode `video` once and run the language model over the prompt prefix it shares with every
     question (`shared_prefix_ids`), keeping its KV cache."""
-    return encode_pixels(model, processor, process_video(processor, video, sampling), chat_template)
+    return prefill_pixels(model, processor, process_video(processor, video, sampling), chat_template)
 
 
 @torch.inference_mode()
-def encode_pixels(
+def prefill_pixels(
     model, processor, pixel_values_videos: Mapping[str, torch.Tensor], chat_template: str | None = None
 ) -> VideoPrefix:
-    """`encode_video` for an already decoded video (`process_video`'s output, a batch of one)."""
+    """`prefill_video` for an already decoded video (`process_video`'s output, a batch of one)."""
     pixels = {name: value.to(model.device, model.dtype) for name, value in pixel_values_videos.items()}
     video_features = model.get_video_features(pixels)
     input_ids = torch.tensor([shared_prefix_ids(processor, chat_template)], device=model.device)
@@ -249,7 +250,7 @@ class VideoPrefixCache:
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key]
-        prefix = encode_video(model, processor, video, sampling, chat_template)
+        prefix = prefill_video(model, processor, video, sampling, chat_template)
         self._entries[key] = prefix
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
@@ -263,6 +264,12 @@ def video_key(
     return str(Path(video).resolve()), tuple(sorted((sampling or {}).items())), chat_template
 
 
+def encode_video(*args, **kwargs) -> VideoPrefix:
+    """Deprecated name of `prefill_video` (which also runs the language model's prefill, not only the encoders)."""
+    warnings.warn("`encode_video` is deprecated; use `prefill_video`", FutureWarning, stacklevel=2)
+    return prefill_video(*args, **kwargs)
+
+
 __all__ = [
     "DEFAULT_MAX_CACHED_VIDEOS",
     "CachedPrompt",
@@ -272,7 +279,8 @@ __all__ = [
     "answer_questions",
     "encode_video",
     "generate_from_cache",
-    "encode_pixels",
+    "prefill_pixels",
+    "prefill_video",
     "process_video",
     "prompt_ids",
     "question_conversation",
