@@ -55,7 +55,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=DTYPE_CHOICES,
         default=AUTO,
-        help="weights dtype (default auto: on a CPU bfloat16 where it has native bf16, else float32; on a GPU as saved)",
+        help="weights dtype (default auto: on a CPU bfloat16 where it has native bf16, else float32; on an accelerator "
+        "as saved)",
     )
 
 
