@@ -183,7 +183,7 @@ def test_option_likelihood_picks_what_merv_eval_picks(eval_data, tmp_path):
 
 
 def test_generation_kwargs_are_greedy_unless_sampling_is_asked_for():
-    from transformers_merv.integrations.lmms_eval import _generation_kwargs
+    from transformers_merv.integrations.lmms_eval.model import _generation_kwargs
 
     task = {
         "until": ["\n\n"],
@@ -208,7 +208,7 @@ def test_generation_kwargs_are_greedy_unless_sampling_is_asked_for():
 
 
 def test_an_unreadable_video_leaves_its_requests_unanswered_and_the_others_answered():
-    from transformers_merv.integrations.lmms_eval import Merv, VideoRequest
+    from transformers_merv.integrations.lmms_eval.model import Merv, VideoRequest
 
     model = Merv()
     question = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": CHAT_DOCS[0]["prompt"]}]}]

@@ -1,18 +1,6 @@
-"""MERV as an lmms-eval model: `lmms-eval --model merv --model_args pretrained=PATH_OR_ID --tasks ...`.
+"""The lmms-eval `merv` model: `MervChat` (what `--model merv` resolves to) and `Merv` (`--force_simple`); see the
+package's docstring."""
 
-lmms-eval finds the model through the `lmms_eval.models` entry point of this package (`model_manifest`); this module
-is imported only then. Two classes implement it:
-
-- `MervChat` (what `--model merv` resolves to): `generate_until` on the chat messages of the task (`doc_to_messages`,
-  or lmms-eval's messages built from `doc_to_visual` + `doc_to_text`).
-- `Merv` (`--force_simple`): `generate_until` on the task's text and visuals, and `loglikelihood`, which
-  multiple-choice tasks (`output_type: multiple_choice`) need: lmms-eval sends them to simple models only.
-
-Every request names one video. Requests about the same video (and sampling window) are answered together: the video
-is decoded and encoded once, and the prompt prefix it shares with every question is cached (`video_prefix`); the
-questions are then generated, or their continuations scored, `batch_size` at a time from that cache. Frames are
-sampled by MERV's own video processor; a chat message's `start_time` / `end_time` is the sampling window.
-"""
 
 import math
 import warnings
@@ -24,27 +12,18 @@ import torch
 from accelerate import Accelerator
 from lmms_eval.api.instance import GenerationResult, Instance
 from lmms_eval.api.model import lmms
-from lmms_eval.models.registry_v2 import ModelManifest
 from lmms_eval.protocol import ChatMessages
 from tqdm.auto import tqdm
 
-from .. import default_model_path
-from ..inference.devices import resolve_device
-from ..inference.loading import AUTO, load_model, load_processor
-from ..evaluation import DEFAULT_MAX_NEW_TOKENS
-from ..inference.prefix_cache import VideoPrefix, generate_from_cache, prefill_video, prompt_ids
+from ... import default_model_path
+from ...evaluation import DEFAULT_MAX_NEW_TOKENS
+from ...inference.devices import resolve_device
+from ...inference.loading import AUTO, load_model, load_processor
+from ...inference.prefix_cache import VideoPrefix, generate_from_cache, prefill_video, prompt_ids
 
 
-MODEL_ID = "merv"
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "num_beams")
 """lmms-eval generation kwargs passed on to `generate`; others (e.g. `image_aspect_ratio`) concern other models."""
-
-
-def model_manifest() -> ModelManifest:
-    """The `lmms_eval.models` entry point: `merv` resolves to `MervChat`, and to `Merv` under `--force_simple`."""
-    return ModelManifest(
-        model_id=MODEL_ID, simple_class_path=f"{__name__}.Merv", chat_class_path=f"{__name__}.MervChat"
-    )
 
 
 @dataclass(frozen=True)
@@ -88,13 +67,8 @@ class Merv(lmms):
             raise ValueError(f"merv: batch_size must be >= 1, got {batch_size!r}")
         model_id = pretrained or str(default_model_path())
         self.processor = load_processor(model_id)
-        self.model = load_model(model_id, self._device(device), dtype)
-
-    def _device(self, device: str | None) -> torch.device:
-        """`device`, or with several processes each its own GPU, or CUDA when available."""
-        if device is None and self._world_size > 1 and torch.cuda.is_available():
-            return torch.device("cuda", self.accelerator.local_process_index)
-        return resolve_device(device)
+        process_index = self.accelerator.local_process_index if self._world_size > 1 else None
+        self.model = load_model(model_id, resolve_device(device, process_index), dtype)
 
     # --- lmms-eval's interface --------------------------------------------------------------------------------------
 
@@ -330,4 +304,4 @@ def _cut_at(text: str, until: Sequence[str]) -> str:
     return text
 
 
-__all__ = ["MODEL_ID", "Merv", "MervChat", "model_manifest"]
+__all__ = ["Merv", "MervChat"]

@@ -7,7 +7,7 @@ defaults to `./eval_data`). Prompts and scoring are `merv eval`'s: open-ended an
 after `normalize_answer`; multiple choice (`output_type: multiple_choice`) picks the option letter with the highest
 likelihood. A question whose video file is missing is left out, with a warning that counts them.
 
-    TASKS=$(python -m transformers_merv.integrations.lmms_eval_tasks)
+    TASKS=$(python -m transformers_merv.integrations.lmms_eval.tasks)
     lmms-eval --model merv --model_args pretrained=merv-full-hf --tasks merv_msvd_qa --include_path "$TASKS"
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 from lmms_eval.api.task import ConfigurableTask
 
-from ...evaluation import MODES, OPTION_LETTERS, EvaluationInputError, find_video, load_items, normalize_answer
+from ....evaluation import MODES, OPTION_LETTERS, EvaluationInputError, find_video, load_items, normalize_answer
 
 
 TASKS_DIR = Path(__file__).resolve().parent

@@ -1,6 +1,0 @@
-"""`python -m transformers_merv.integrations.lmms_eval_tasks` prints the task folder (for `--include_path`)."""
-
-from . import TASKS_DIR
-
-
-print(TASKS_DIR)
