@@ -61,6 +61,13 @@ QUESTIONS = {
 ANSWERS = {"color": "red", "direction": "right", "speed": "fast"}
 
 
+@pytest.fixture(autouse=True)
+def no_process_state():
+    """Each test starts without the process state of an earlier test in this process (transformers' `Trainer`
+    leaves accelerate's configured)."""
+    PartialState._reset_state()
+
+
 def _items(videos: list[str]) -> list[EvalItem]:
     return [
         EvalItem(question_id=f"q{index}", video_name=video, question="?", prompt="?", answer="a")
