@@ -26,7 +26,7 @@ import torch
 from transformers import AutoModel, AutoProcessor
 
 from transformers_merv import default_model_path
-from transformers_merv.evaluation import question_inputs
+from transformers_merv.inference.prefix_cache import question_inputs
 from transformers_merv.serving import ServerProcess
 from transformers_merv.testing_utils import write_moving_square
 

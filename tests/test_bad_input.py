@@ -20,7 +20,6 @@ from PIL import Image
 from transformers import AutoConfig, AutoProcessor
 
 from transformers_merv import MervConfig, default_model_path, open_video, read_video
-from transformers_merv import cli
 from transformers_merv.cli import main
 from transformers_merv.evaluation import (
     MCQ,
@@ -116,7 +115,7 @@ def test_eval_refuses_question_files_that_are_not_regular_files(make, tmp_path, 
     path, kind = make(tmp_path)
     argv = ["eval", "--questions", str(path), "--answers", str(path), "--video-dir", str(tmp_path),
             "--mode", "open-ended", "--output", str(tmp_path / "r.json")]  # fmt: skip
-    with mock.patch.object(cli.evaluate, "load_model") as load_model:
+    with mock.patch("transformers_merv.evaluation.runs.load_model") as load_model:
         assert main(argv) == 1
     assert f"error: cannot read {path}: {path} is {kind}, not a regular file" in _error_line(capsys.readouterr().err)
     load_model.assert_not_called()
@@ -431,7 +430,7 @@ def test_malformed_evaluation_files_are_reported_before_model_work(tmp_path, que
         load_items(tmp_path / "q.json", tmp_path / "a.json", mode)
     argv = ["eval", "--questions", str(tmp_path / "q.json"), "--answers", str(tmp_path / "a.json"), "--video-dir",
             str(tmp_path), "--mode", mode, "--output", str(tmp_path / "r.json")]  # fmt: skip
-    with mock.patch.object(cli.evaluate, "load_model") as load_model, mock.patch.object(cli.evaluate, "load_processor") as processor:
+    with mock.patch("transformers_merv.evaluation.runs.load_model") as load_model, mock.patch("transformers_merv.evaluation.runs.load_processor") as processor:
         assert main(argv) == 1
     load_model.assert_not_called()
     processor.assert_not_called()

@@ -4,6 +4,7 @@ likelihood, per-type summaries, skipped videos, and batched runs that match one-
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
@@ -31,10 +32,11 @@ from transformers_merv.evaluation import (
     normalize_answer,
     parse_judge_reply,
     pick_letter,
+    question_answerer,
     summarize,
-    _mcq_entry,
-    _open_ended_entry,
 )
+from transformers_merv.evaluation import answering
+from transformers_merv.evaluation.scoring import mcq_entry, open_ended_entry, skipped_entry
 
 from conftest import MEDIA
 
@@ -122,6 +124,14 @@ def test_bad_evaluation_files_are_clear_errors(tmp_path, questions, answers, mes
         load_items(_write(tmp_path / "q.json", questions), _write(tmp_path / "a.json", answers), OPEN_ENDED)
 
 
+@pytest.mark.parametrize("limit", [0, -2])
+def test_a_limit_below_one_is_an_error(tmp_path, limit):
+    questions = _write(tmp_path / "q.json", [{"question_id": 1, "video_name": "v", "question": "Q?"}])
+    answers = _write(tmp_path / "a.json", [{"question_id": 1, "answer": "x"}])
+    with pytest.raises(EvaluationInputError, match=f"limit must be >= 1, got {limit}"):
+        load_items(questions, answers, OPEN_ENDED, limit=limit)
+
+
 def test_videos_are_found_by_name_with_any_extension(tmp_path):
     (tmp_path / "clip.txt").write_text("notes")
     (tmp_path / "clip.webm").write_bytes(b"")
@@ -166,7 +176,7 @@ def test_punctuation_separates_words(text, normalised):
 )
 def test_open_ended_entry_scores_by_normalised_match_without_a_judge(prediction, exact, normalized):
     item = EvalItem("7", "clip", "What color?", "What color?", "red", question_type="color")
-    assert _open_ended_entry(item, prediction, None) == {
+    assert open_ended_entry(item, prediction, None) == {
         "question_id": "7",
         "question": "What color?",
         "question_type": "color",
@@ -183,7 +193,7 @@ def test_mcq_entry_records_the_option_likelihood_pick_and_the_authors_naive_chec
     letter_ids = {letter: [10 + index, 20 + index] for index, letter in enumerate("ABCDE")}
     logits = torch.zeros(30)
     logits[[10, 21, 12]] = torch.tensor([1.0, 3.0, 2.0])  # A's, B's second and C's tokens
-    assert _mcq_entry(item, " A. cat", logits, letter_ids) == {
+    assert mcq_entry(item, " A. cat", logits, letter_ids) == {
         "question_id": "3",
         "question": "Which animal?",
         "options": ["cat", "dog", "cow"],
@@ -206,7 +216,7 @@ def test_open_ended_entry_takes_the_judges_verdict(verdict, correct):
         calls.append((question, answer, prediction))
         return verdict
 
-    entry = _open_ended_entry(item, "blue", judge)  # neither match: only the judge can make it correct
+    entry = open_ended_entry(item, "blue", judge)  # neither match: only the judge can make it correct
     assert calls == [("What color?", "red", "blue")]
     assert entry["judge"] == verdict and entry["correct"] is correct and entry["normalized_match"] is False
     if isinstance(verdict, dict):
@@ -321,6 +331,37 @@ def test_open_ended_summary_with_judge_scores():
     assert summary["mode"] == OPEN_ENDED and summary["total"] == 2 and summary["skipped"] == 0
     assert summary["accuracy"] == 0.5 and summary["exact_match_accuracy"] == 0.0
     assert summary["judge_average_score"] == 3.5 and "per_question_type" not in summary
+
+
+# --- answering ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "judge", "batch_size", "message"),
+    [
+        ("yes-no", None, 1, r"mode must be one of \('open-ended', 'mcq'\), got 'yes-no'"),
+        (MCQ, judge_verdict, 1, "--judge scores open-ended answers only, not mode 'mcq'"),
+        (OPEN_ENDED, None, 0, "batch size must be >= 1, got 0"),
+    ],
+)
+def test_the_answerer_refuses_bad_settings_before_using_the_model(mode, judge, batch_size, message):
+    with pytest.raises(EvaluationInputError, match=message):
+        question_answerer(None, None, [], ".", mode, batch_size=batch_size, judge=judge)
+
+
+def test_per_question_batches_never_mix_videos():
+    items = [EvalItem(f"q{index}", video, "Q?", "Q?", "a") for index, video in enumerate("abaab")]
+    model = SimpleNamespace(config=SimpleNamespace(text_config=SimpleNamespace(vocab_size=1)))
+    asked = []
+
+    def answer_batch(model, processor, batch, **settings):
+        asked.append([item.question_id for item in batch])
+        return {item.question_id: skipped_entry(item, "not asked") for item in batch}
+
+    with mock.patch.object(answering, "_evaluate_batch", answer_batch):
+        evaluate(model, None, items, ".", OPEN_ENDED, batch_size=2, generation_kwargs={"max_new_tokens": 1},
+                 progress=False, per_question=True)  # fmt: skip
+    assert asked == [["q0", "q2"], ["q3"], ["q1", "q4"]]
 
 
 # --- runs with the tiny model ----------------------------------------------------------------------------------------

@@ -4,33 +4,49 @@ second run on a locked output is refused."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
+import torch
+from accelerate import PartialState
+from filelock import FileLock
 
 import transformers_merv
-from transformers_merv.evaluation import OPEN_ENDED, EvalItem
-from transformers_merv.evaluation_runs import (
-    SETTINGS_KEY,
+from transformers_merv.evaluation import (
+    OPEN_ENDED,
+    EvalItem,
+    EvaluationInputError,
     EvaluationRunError,
-    Processes,
     ResultsLog,
+    evaluate,
+    load_items,
     output_lock,
+    run_evaluation,
     shard_by_video,
     summary_table,
     work_groups,
 )
+from transformers_merv.evaluation import runs
+from transformers_merv.evaluation.output_files import SETTINGS_KEY
+from transformers_merv.evaluation.scoring import open_ended_entry
+from transformers_merv.inference.loading import load_model, load_processor
+from transformers_merv.evaluation.runs import COLLECTIVE_TIMEOUT, from_main_process, launched_processes
 
 from conftest import MEDIA
 
 REPO = Path(__file__).resolve().parents[1]
 SUBPROCESS_TIMEOUT_S = 600
 POLL_S = 0.02
+LOCK_WAIT_S = 0.5
+"""How long an append is seen waiting for a held lock."""
 VIDEOS = {
     "circle": REPO / "examples" / "example.mp4",
     "pancake": MEDIA / "flipping_a_pancake.mkv",
@@ -43,6 +59,13 @@ QUESTIONS = {
     "speed": "How fast does the red circle move?",
 }
 ANSWERS = {"color": "red", "direction": "right", "speed": "fast"}
+
+
+@pytest.fixture(autouse=True)
+def no_process_state():
+    """Each test starts without the process state of an earlier test in this process (transformers' `Trainer`
+    leaves accelerate's configured)."""
+    PartialState._reset_state()
 
 
 def _items(videos: list[str]) -> list[EvalItem]:
@@ -58,14 +81,14 @@ def _items(videos: list[str]) -> list[EvalItem]:
 def test_every_video_goes_to_one_process_and_the_load_is_balanced():
     items = _items(["a", "b", "a", "c", "d", "a", "b", "e"])
     groups = work_groups(items, batch_size=2, per_question=False)
-    shards = [shard_by_video(groups, Processes(rank, 2)) for rank in range(2)]
+    shards = [shard_by_video(groups, rank, 2) for rank in range(2)]
     owners = {group[0].video_name: rank for rank, shard in enumerate(shards) for group in shard}
     assert sorted(item.question_id for shard in shards for group in shard for item in group) == sorted(
         item.question_id for item in items
     )
     assert owners == {"a": 0, "b": 1, "c": 1, "d": 0, "e": 1}  # loads after each: 3|0, 3|2, 3|3, 4|3 (tie), 4|4
     assert [sum(map(len, shard)) for shard in shards] == [4, 4]
-    assert shard_by_video(groups, Processes()) == groups
+    assert shard_by_video(groups, 0, 1) == groups
 
 
 def test_per_question_batches_stay_within_one_video():
@@ -73,15 +96,45 @@ def test_per_question_batches_stay_within_one_video():
     assert [[item.question_id for item in group] for group in groups] == [["q0", "q2"], ["q3"], ["q1", "q4"]]
 
 
-def test_processes_come_from_the_launcher_environment(monkeypatch):
-    assert Processes.from_environment() == Processes(0, 1, 0)
-    monkeypatch.setenv("RANK", "3")
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    assert Processes.from_environment() == Processes(3, 4, 1)
-    monkeypatch.setenv("RANK", "x")
-    with pytest.raises(EvaluationRunError, match="must be integers"):
-        Processes.from_environment()
+def test_a_plain_run_is_one_process_and_leaves_no_state_behind():
+    with launched_processes("cpu") as (state, device):
+        assert (state.process_index, state.num_processes, state.is_main_process) == (0, 1, True)
+        assert device == torch.device("cpu") and not torch.distributed.is_initialized()
+        assert from_main_process("mine") == "mine"
+    assert PartialState._shared_state == {}
+
+
+def test_a_state_the_caller_configured_is_used_and_kept():
+    configured = PartialState(cpu=True)
+    try:
+        with launched_processes("cpu") as (state, _):
+            assert state.__dict__ is configured.__dict__
+        assert PartialState._shared_state != {}
+    finally:
+        PartialState._reset_state()
+
+
+def test_launched_processes_join_a_gloo_group_with_the_long_timeout_and_leave_it(monkeypatch):
+    """A launcher's environment (here a world of one process, local rank 1 of its machine): the process group is
+    gloo on the CPU, with `COLLECTIVE_TIMEOUT`; the device comes from the device policy for the local rank; the group
+    and the state are gone after the block."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    launcher |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    for name, value in launcher.items():
+        monkeypatch.setenv(name, value)
+    init = mock.patch.object(torch.distributed, "init_process_group", wraps=torch.distributed.init_process_group)
+    policy = mock.patch.object(runs, "resolve_device", wraps=runs.resolve_device)
+    with init as init_process_group, policy as resolve_device:
+        with launched_processes() as (state, device):
+            assert torch.distributed.is_initialized() and torch.distributed.get_backend() == "gloo"
+            assert (state.process_index, state.num_processes, state.local_process_index) == (0, 1, 1)
+            assert from_main_process("mine") == "mine"
+    assert init_process_group.call_args.kwargs["timeout"] == COLLECTIVE_TIMEOUT
+    assert resolve_device.call_args == mock.call(None, process_index=1) and device == torch.device("cpu")
+    assert not torch.distributed.is_initialized() and PartialState._shared_state == {}
 
 
 def test_the_log_resumes_only_with_the_same_settings_and_drops_a_torn_line(tmp_path):
@@ -100,18 +153,35 @@ def test_the_log_resumes_only_with_the_same_settings_and_drops_a_torn_line(tmp_p
         log.prepare({"mode": "open-ended"})
 
 
-def test_a_held_lock_refuses_a_second_run_and_a_stale_lock_file_does_not(tmp_path):
+def test_a_held_lock_refuses_a_second_run_and_stale_lock_files_do_not(tmp_path):
     output = tmp_path / "results.json"
-    lock_file = tmp_path / "results.json.lock"
-    lock_file.write_text("pid 1 on a machine that crashed\n")  # left by a killed run: no process holds it
+    lock_file, holder_file = tmp_path / "results.json.lock", tmp_path / "results.json.holder"
+    lock_file.write_text("")  # left by a killed run: no process holds it
+    holder_file.write_text("pid 1 on a machine that crashed\n")
     with output_lock(output):
-        assert lock_file.read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
-        with pytest.raises(EvaluationRunError, match=f"another merv eval \\(pid {os.getpid()} "):
+        assert holder_file.read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
+        with pytest.raises(EvaluationRunError, match=f"another merv eval \\(pid {os.getpid()} on "):
             with output_lock(output):
                 pass
-    assert not lock_file.exists()
+        assert holder_file.exists()  # the refused run leaves the holder's record alone
+    assert not lock_file.exists() and not holder_file.exists()
     with output_lock(output):
         pass
+
+
+def test_appends_to_the_log_wait_for_its_lock(tmp_path):
+    """Each process appends its lines under the log's lock, so lines of different processes never interleave."""
+    log = ResultsLog(tmp_path / "results.json")
+    log.prepare({"mode": "mcq"})
+    with FileLock(f"{log.path}.lock"):  # another process is appending
+        writer = threading.Thread(target=log.append, args=([{"question_id": "1"}],))
+        writer.start()
+        writer.join(timeout=LOCK_WAIT_S)
+        assert writer.is_alive() and log.records() == {}
+    writer.join()
+    assert log.records() == {"1": {"question_id": "1"}}
+    log.remove()
+    assert not log.path.exists() and not Path(f"{log.path}.lock").exists()
 
 
 def test_summary_table_lists_every_question_type():
@@ -262,3 +332,104 @@ def test_resuming_with_other_settings_is_refused(benchmark, tmp_path):
     assert completed.returncode == 1
     assert "holds results of a run with other settings" in completed.stderr
     assert "rerun with the same flags to resume it, or delete it to start over" in completed.stderr
+
+
+# --- the library entry point, in this process ------------------------------------------------------------------------
+
+
+def _run_arguments(benchmark: Path, output: Path) -> dict:
+    return {
+        "questions": benchmark / "test_q.json",
+        "answers": benchmark / "test_a.json",
+        "video_dir": benchmark / "videos",
+        "mode": OPEN_ENDED,
+        "output": output,
+        "model_id": str(transformers_merv.default_model_path()),
+        "dtype": "float32",
+        "batch_size": 2,
+        "max_new_tokens": 3,
+        "progress": False,
+    }
+
+
+def _sources(arguments: dict) -> dict[str, str]:
+    names = {"model": "model_id", "questions_file": "questions", "answers_file": "answers", "video_dir": "video_dir"}
+    return {key: str(arguments[name]) for key, name in names.items()}
+
+
+def test_a_run_writes_what_evaluate_gives_and_leaves_no_other_file(benchmark, tmp_path):
+    arguments = _run_arguments(benchmark, tmp_path / "results.json")
+    results = run_evaluation(**arguments)
+    assert json.loads(arguments["output"].read_text()) == results
+    assert [path.name for path in tmp_path.iterdir()] == ["results.json"]
+    model_id = arguments["model_id"]
+    model, processor = load_model(model_id, torch.device("cpu"), "float32"), load_processor(model_id)
+    items = load_items(arguments["questions"], arguments["answers"], OPEN_ENDED)
+    reference = evaluate(
+        model,
+        processor,
+        items,
+        arguments["video_dir"],
+        OPEN_ENDED,
+        batch_size=2,
+        generation_kwargs={"max_new_tokens": 3},
+        progress=False,
+    )
+    assert results["results"] == reference["results"]
+    assert results["summary"] == _sources(arguments) | reference["summary"]
+    assert list(results["summary"])[:4] == ["model", "questions_file", "answers_file", "video_dir"]
+
+
+def test_a_run_takes_the_recorded_answers_from_its_log(benchmark, tmp_path, capsys):
+    arguments = _run_arguments(benchmark, tmp_path / "results.json") | {"limit": 4}
+    settings = {"mode": OPEN_ENDED, "max_new_tokens": 3, "batch_size": 2, "per_question": False, "dtype": "float32"}
+    log = ResultsLog(arguments["output"])
+    log.prepare(_sources(arguments) | settings | {"judge": None})
+    first = load_items(arguments["questions"], arguments["answers"], OPEN_ENDED, limit=1)[0]
+    recorded = open_ended_entry(first, "recorded before", None)
+    log.append([recorded])
+    results = run_evaluation(**arguments)
+    assert results["results"][0] == recorded and len(results["results"]) == 4
+    assert f"resuming from {log.path}: 1 of 4 questions done" in capsys.readouterr().err
+    assert not log.path.exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"mode": "mcq", "judge": "judges:always"}, EvaluationInputError, "--judge scores open-ended answers only"),
+        ({"batch_size": 0}, EvaluationInputError, "batch size must be >= 1, got 0"),
+        ({"limit": 0}, EvaluationInputError, "limit must be >= 1, got 0"),
+        ({"dtype": "int3"}, ValueError, r"dtype must be one of \('auto', 'float32', .*\), got 'int3'"),
+        ({"questions": Path("no/such.json")}, EvaluationInputError, r"cannot read no/such\.json"),
+        ({"video_dir": Path("no/such/folder")}, EvaluationInputError, "--video-dir no/such/folder is not a directory"),
+        ({"judge": "no_such_module:judge"}, EvaluationInputError, "cannot load judge 'no_such_module:judge'"),
+        ({"device": "xpu"}, ValueError, "device 'xpu' is not available on this machine"),
+    ],
+    ids=["judge-with-mcq", "batch-size", "limit", "dtype", "questions", "video-dir", "judge", "device"],
+)
+def test_bad_arguments_are_refused_before_any_model_work(benchmark, tmp_path, changes, error, message):
+    with mock.patch.object(runs, "load_model") as loader, pytest.raises(error, match=message):
+        run_evaluation(**_run_arguments(benchmark, tmp_path / "results.json") | changes)
+    loader.assert_not_called()
+    assert not any(tmp_path.iterdir()) and PartialState._shared_state == {}
+
+
+def test_a_run_refuses_an_output_another_run_holds(benchmark, tmp_path):
+    output = tmp_path / "results.json"
+    holder = rf"\(pid {os.getpid()} on {re.escape(socket.gethostname())}\)"
+    with output_lock(output), mock.patch.object(runs, "load_model") as loader:
+        with pytest.raises(EvaluationRunError, match=f"{re.escape(str(output))} is being written by .*{holder}"):
+            run_evaluation(**_run_arguments(benchmark, output))
+    loader.assert_not_called()
+    assert PartialState._shared_state == {}
+
+
+def test_a_run_refuses_a_log_written_with_other_settings(benchmark, tmp_path):
+    arguments = _run_arguments(benchmark, tmp_path / "results.json")
+    ResultsLog(arguments["output"]).prepare(_sources(arguments) | {"mode": OPEN_ENDED, "max_new_tokens": 5})
+    with mock.patch.object(runs, "load_model") as loader:
+        with pytest.raises(EvaluationRunError, match=r"other settings \(.*max_new_tokens.*\); rerun with the same"):
+            run_evaluation(**arguments)
+    loader.assert_not_called()
+    assert not arguments["output"].exists()

@@ -17,6 +17,7 @@ from transformers.video_utils import VideoMetadata, default_sample_indices_fn
 from transformers_merv import video_io
 from transformers_merv.video_io import (
     VideoDecodingError,
+    clip_window,
     decode_in_background,
     make_batched_video_inputs,
     open_video,
@@ -105,6 +106,13 @@ def test_clip_window_and_end_frame():
     assert sample_frame_indices(310, 30.0, 5, end_frame=-1).tolist() == sample_frame_indices(310, 30.0, 5).tolist()
     nan_window = sample_frame_indices(310, 30.0, 8, clip_start_sec=float("nan"), clip_end_sec=float("nan"))
     assert nan_window.tolist() == sample_frame_indices(310, 30.0, 8).tolist()
+
+
+def test_the_clip_window_holds_the_values_that_are_set():
+    assert clip_window() == {}
+    assert clip_window(1.5, 4.0) == {"clip_start_sec": 1.5, "clip_end_sec": 4.0}
+    assert clip_window(end_frame=0) == {"end_frame": 0}  # a first frame is a value, not "unset"
+    assert clip_window(clip_start_sec=0.0, end_frame=-1) == {"clip_start_sec": 0.0, "end_frame": -1}
 
 
 @pytest.mark.parametrize("window", [{"clip_start_sec": 20.0}, {"clip_end_sec": 0.0}, {"clip_start_sec": -1.0}])

@@ -25,7 +25,7 @@ from conftest import FIXTURES, MEDIA, TINY_FULL, convert_fixture
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from transformers_merv import default_model_path
-from transformers_merv.evaluation import question_inputs
+from transformers_merv.inference.prefix_cache import question_inputs
 from transformers_merv.serving import ServerProcess, server_command, server_environment, serving_chat_template
 from transformers_merv.testing_utils import write_moving_square
 

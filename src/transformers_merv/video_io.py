@@ -80,6 +80,15 @@ class VideoDecodingError(ValueError):
     """A video could not be read: not a video, no video stream, corrupt or truncated data, or no frames."""
 
 
+def clip_window(
+    clip_start_sec: float | None = None, clip_end_sec: float | None = None, end_frame: int | None = None
+) -> dict[str, float | int]:
+    """The video processor's sampling kwargs for a clip window (as the authors' `load_video` takes it): those of
+    `clip_start_sec`, `clip_end_sec` (seconds) and `end_frame` (a frame index) that are set."""
+    window = {"clip_start_sec": clip_start_sec, "clip_end_sec": clip_end_sec, "end_frame": end_frame}
+    return {name: value for name, value in window.items() if value is not None}
+
+
 def sample_frame_indices(
     total_num_frames: int,
     video_fps: float | None,

@@ -95,19 +95,21 @@ TARGETS = {
     "transformers_merv.conversion.key_maps": Target(
         functions=("*",), tests=("tests/test_conversion.py", "tests/test_parity.py")
     ),
-    "transformers_merv.evaluation": Target(
+    "transformers_merv.evaluation.scoring": Target(
         functions=(
             "x_normalize_answer",
-            "x_judge_verdict",
-            "x_parse_judge_reply",
             "x_letter_token_ids",
             "x_pick_letter",
             "x_naive_mcq_correct",
-            "x__open_ended_entry",
-            "x__mcq_entry",
+            "x_open_ended_entry",
+            "x_mcq_entry",
             "x_summarize",
             "x__rates",
         ),
+        tests=("tests/test_evaluation.py",),
+    ),
+    "transformers_merv.evaluation.judges": Target(
+        functions=("x_judge_verdict", "x_parse_judge_reply"),
         tests=("tests/test_evaluation.py",),
     ),
 }

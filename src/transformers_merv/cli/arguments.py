@@ -1,7 +1,6 @@
 """Flags and argument types shared by `merv`'s commands."""
 
 import argparse
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +10,13 @@ from ..evaluation import default_max_new_tokens
 from ..inference.devices import DTYPES
 from ..inference.loading import AUTO
 from ..media_limits import is_url
+from ..video_io import clip_window
 from ..utils.console import add_debug_argument, first_line
 
 
 DTYPE_CHOICES = (AUTO, *DTYPES)
 MAX_NEW_TOKENS_DEFAULT_HELP = "the model's generation config, else 512 as the authors evaluate"
 GENERATION_FLAGS = ("do_sample", "temperature", "top_p", "top_k", "num_beams")
-CLIP_WINDOW_FLAGS = ("clip_start_sec", "clip_end_sec", "end_frame")
 
 
 def video_argument(text: str) -> Path | str:
@@ -90,6 +89,6 @@ def generation_kwargs(args: argparse.Namespace, model) -> dict[str, Any]:
     return {"max_new_tokens": args.max_new_tokens or default_max_new_tokens(model), **kwargs}
 
 
-def clip_window(args: argparse.Namespace) -> Mapping[str, float | int]:
+def clip_window_of(args: argparse.Namespace) -> dict[str, float | int]:
     """The frame sampling window the flags give."""
-    return {name: getattr(args, name) for name in CLIP_WINDOW_FLAGS if getattr(args, name) is not None}
+    return clip_window(args.clip_start_sec, args.clip_end_sec, args.end_frame)

@@ -1,6 +1,6 @@
 """What `merv` reports as one line."""
 
-from ..evaluation_runs import EvaluationRunError
+from ..evaluation import EvaluationRunError
 from ..utils.console import EXPECTED_ERRORS
 
 

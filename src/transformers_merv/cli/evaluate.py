@@ -2,25 +2,10 @@
 (`torchrun`, `accelerate launch`) started."""
 
 import argparse
-from contextlib import nullcontext
 from pathlib import Path
 
-import torch
-
-from ..evaluation import (
-    DEFAULT_BATCH_SIZE,
-    MODES,
-    NAIVE_CHECK_MAX_NEW_TOKENS,
-    OPEN_ENDED,
-    load_items,
-    load_judge,
-    question_answerer,
-)
-from ..evaluation_runs import EvaluationRun, Processes, output_lock, summary_table
-from ..inference.devices import auto_dtype, resolve_device
-from ..inference.loading import AUTO, load_model, load_processor
+from ..evaluation import DEFAULT_BATCH_SIZE, MODES, NAIVE_CHECK_MAX_NEW_TOKENS, run_evaluation, summary_table
 from .arguments import MAX_NEW_TOKENS_DEFAULT_HELP, add_model_arguments, positive_int
-from .errors import CliError
 from .video_questions import model_id
 
 
@@ -61,55 +46,21 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.judge is not None and args.mode != OPEN_ENDED:
-        raise CliError("--judge scores open-ended answers only")
-    items = load_items(args.questions, args.answers, args.mode, args.limit)
-    if not args.video_dir.is_dir():
-        raise CliError(f"--video-dir {args.video_dir} is not a directory")
-    judge = load_judge(args.judge) if args.judge else None
-    processes = Processes.from_environment()
-    device = resolve_device(processes.device(args.device))
-    processes.start(device)
-    try:
-        with output_lock(args.output) if processes.is_main else nullcontext():
-            return _run(args, items, judge, processes, device)
-    finally:
-        processes.stop()
-
-
-def _run(args, items, judge, processes: Processes, device: torch.device) -> int:
-    sources = {
-        "model": model_id(args),
-        "questions_file": str(args.questions),
-        "answers_file": str(args.answers),
-        "video_dir": str(args.video_dir),
-    }
-    settings = {
-        "mode": args.mode,
-        "max_new_tokens": args.max_new_tokens,
-        "batch_size": args.batch_size,
-        "per_question": args.per_question,
-        "dtype": str(auto_dtype(device)) if args.dtype == AUTO else args.dtype,
-        "judge": args.judge,
-    }
-    run = EvaluationRun(
-        items, args.mode, args.output, sources, settings, processes, args.batch_size, args.per_question
-    )
-    run.prepare()
-    processor = load_processor(model_id(args))
-    model = load_model(model_id(args), device, args.dtype)
-    answer = question_answerer(
-        model,
-        processor,
-        items,
+    results = run_evaluation(
+        args.questions,
+        args.answers,
         args.video_dir,
         args.mode,
+        args.output,
+        model_id(args),
+        device=args.device,
+        dtype=args.dtype,
         batch_size=args.batch_size,
-        generation_kwargs={"max_new_tokens": args.max_new_tokens},
-        judge=judge,
+        limit=args.limit,
         per_question=args.per_question,
+        max_new_tokens=args.max_new_tokens,
+        judge=args.judge,
     )
-    results = run.run(answer)
     if results is not None:
         print(summary_table(results["summary"]))
         print(f"wrote {args.output}")

@@ -10,13 +10,12 @@ from typing import Any
 import torch
 
 from .. import default_model_path
-from ..evaluation import question_inputs
 from ..inference.devices import resolve_device
 from ..inference.loading import load_model, load_processor
 from ..media_limits import is_url
 from ..utils.console import first_line
-from ..inference.prefix_cache import VideoPrefix, prefill_pixels, process_video
-from .arguments import clip_window, generation_kwargs
+from ..inference.prefix_cache import VideoPrefix, prefill_pixels, process_video, question_inputs
+from .arguments import clip_window_of, generation_kwargs
 from .errors import CliError
 
 
@@ -47,7 +46,7 @@ def answer_from_args(args: argparse.Namespace) -> tuple[Any, str, Any]:
     """Load the processor, read the video (failing fast), load the model, answer: (model, answer, features)."""
     processor = load_processor(model_id(args))
     with reading(args.video):
-        inputs = question_inputs(processor, args.question, args.video, clip_window(args))
+        inputs = question_inputs(processor, args.question, args.video, clip_window_of(args))
     model = load_model(model_id(args), resolve_device(args.device), args.dtype)
     return model, *answer_question(model, processor, inputs, generation_kwargs(args, model))
 
@@ -57,7 +56,7 @@ def encode_from_args(args: argparse.Namespace) -> tuple[Any, Any, VideoPrefix]:
     (model, processor, `VideoPrefix`)."""
     processor = load_processor(model_id(args))
     with reading(args.video):
-        pixels = process_video(processor, args.video, clip_window(args))
+        pixels = process_video(processor, args.video, clip_window_of(args))
     model = load_model(model_id(args), resolve_device(args.device), args.dtype)
     return model, processor, prefill_pixels(model, processor, pixels)
 

@@ -110,6 +110,13 @@ def _common_prefix_length(first: Sequence[int], second: Sequence[int]) -> int:
     return length
 
 
+def question_inputs(processor, question: str, video: str | Path, sampling: Mapping[str, float | int]):
+    """Prompt ids (the model's chat template) and pixels for one video and question; `sampling` is the clip window
+    (`video_io.clip_window`). Raises `ValueError` for an unreadable video."""
+    text = processor.apply_chat_template(question_conversation(question), tokenize=False)
+    return processor(text=[text], videos=[str(video)], return_tensors="pt", **sampling)
+
+
 def process_video(processor, video: str | Path, sampling: Mapping[str, float | int] | None = None):
     """Decode and transform one video: `{encoder: (1, frames, C, H, W)}`. `sampling` is the clip window
     (`clip_start_sec`, `clip_end_sec`, `end_frame`)."""
@@ -284,6 +291,7 @@ __all__ = [
     "process_video",
     "prompt_ids",
     "question_conversation",
+    "question_inputs",
     "shared_prefix_ids",
     "video_key",
 ]

@@ -4,7 +4,7 @@ package's docstring."""
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ... import default_model_path
 from ...evaluation import DEFAULT_MAX_NEW_TOKENS
+from ...inference.batching import batches, group_by
 from ...inference.devices import resolve_device
 from ...inference.loading import AUTO, load_model, load_processor
 from ...inference.prefix_cache import VideoPrefix, generate_from_cache, prefill_video, prompt_ids
@@ -41,7 +42,13 @@ class VideoRequest:
 
     @property
     def video_key(self) -> tuple:
+        """What identifies the encoded video: the video and its sampling window."""
         return self.video, self.sampling
+
+    @property
+    def batching_key(self) -> tuple:
+        """What requests generated together share: the encoded video and the generation settings."""
+        return self.video_key, self.generation
 
 
 class Merv(lmms):
@@ -111,11 +118,11 @@ class Merv(lmms):
 
     def _generate(self, requests: Sequence[VideoRequest]) -> list[str]:
         answers: list[str] = [""] * len(requests)
-        groups = _groups(requests, key=lambda request: (request.video_key, request.generation))
+        groups = group_by(range(len(requests)), key=lambda index: requests[index].batching_key)
         with tqdm(total=len(requests), desc="merv generate", disable=self._rank != 0) as bar:
             for indices in groups:
                 prefix = self._encode(requests[indices[0]], len(indices))
-                for batch in _chunks(indices if prefix else (), self.batch_size):
+                for batch in batches(indices if prefix else [], self.batch_size):
                     texts = self._generate_batch(prefix, [requests[index] for index in batch])
                     for index, text in zip(batch, texts):
                         answers[index] = _cut_at(text, requests[index].until)
@@ -150,9 +157,9 @@ class Merv(lmms):
     def _score(self, requests: Sequence[VideoRequest]) -> list[tuple[float, bool]]:
         scores: list[tuple[float, bool]] = [(-math.inf, False)] * len(requests)
         with tqdm(total=len(requests), desc="merv loglikelihood", disable=self._rank != 0) as bar:
-            for indices in _groups(requests, key=lambda request: request.video_key):
+            for indices in group_by(range(len(requests)), key=lambda index: requests[index].video_key):
                 prefix = self._encode(requests[indices[0]], len(indices))
-                for batch in _chunks(indices if prefix else (), self.batch_size):
+                for batch in batches(indices if prefix else [], self.batch_size):
                     for index, score in zip(batch, self._score_batch(prefix, [requests[i] for i in batch])):
                         scores[index] = score
                 bar.update(len(indices))
@@ -281,19 +288,6 @@ def _generation_kwargs(gen_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     if not sample:
         kept = {key: value for key, value in kept.items() if key in ("max_new_tokens", "num_beams")}
     return {"do_sample": sample, **kept}
-
-
-def _groups(requests: Sequence[VideoRequest], key: Callable[[VideoRequest], Any]) -> list[list[int]]:
-    """Request indices grouped by `key`, groups in order of first appearance."""
-    groups: dict[Any, list[int]] = {}
-    for index, request in enumerate(requests):
-        groups.setdefault(key(request), []).append(index)
-    return list(groups.values())
-
-
-def _chunks(indices: Sequence[int], size: int) -> Iterable[Sequence[int]]:
-    for start in range(0, len(indices), size):
-        yield indices[start : start + size]
 
 
 def _cut_at(text: str, until: Sequence[str]) -> str:
