@@ -696,16 +696,18 @@ class MervModel(MervPreTrainedModel):
             return bool(kwargs[flag])
         return bool(getattr(self.config, flag) or getattr(self.config.encoder_config(name), flag))
 
-    def _pixels_by_encoder(self, pixel_values_videos: torch.Tensor | Mapping[str, torch.Tensor]) -> dict:
-        """`{encoder: (num_videos, frames, channels, height, width)}` of packed pixels or of the per-encoder dict,
-        checked against the config."""
+    def _pixels_by_encoder(
+        self, pixel_values_videos: torch.Tensor | Mapping[str, torch.Tensor]
+    ) -> Mapping[str, torch.Tensor]:
+        """`{encoder: (num_videos, frames, channels, height, width)}` of packed pixels, or the per-encoder form as
+        given; checked against the config either way."""
         if isinstance(pixel_values_videos, Mapping):
             self._check_pixel_values(pixel_values_videos)
-            return {name: pixel_values_videos[name] for name in self.config.vision_encoders}
+            return pixel_values_videos
         return self.split_pixel_values_videos(pixel_values_videos)
 
     def _run_encoder_branches(
-        self, pixel_values_videos: dict[str, torch.Tensor], recordings: dict[str, TowerRecording]
+        self, pixel_values_videos: Mapping[str, torch.Tensor], recordings: dict[str, TowerRecording]
     ) -> dict[str, EncoderBranch]:
         """Every encoder's branch, one after the other or, with
         `config.concurrent_encoders`, each in its own thread (and CUDA stream), so encoders on different GPUs (or

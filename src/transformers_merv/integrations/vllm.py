@@ -282,11 +282,9 @@ class MervForConditionalGenerationVllm(nn.Module, SupportsMultiModal, SupportsPP
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         """The fused visual tokens of every video in the batch, one `(num_video_tokens, hidden)` tensor each (logged
         at debug level: vLLM calls this once per video, however many prefill chunks the video's tokens span)."""
-        pixels = kwargs.get("pixel_values_videos")
+        pixels = kwargs.get("pixel_values_videos")  # the videos' packed pixels, stacked by vLLM: (videos, D)
         if pixels is None:
             return []
-        if isinstance(pixels, list):  # vLLM batches items it cannot stack as a list
-            pixels = torch.stack(pixels)
         features = tuple(self.video_model.get_video_features(pixels).pooler_output)
         logger.debug("MERV encoded %d videos", len(features))
         return features
