@@ -939,8 +939,10 @@ class MervForConditionalGeneration(MervPreTrainedModel, GenerationMixin):
             Every encoder's pixels, packed by `MervVideoProcessor` (or the per-encoder dict).
         output_encoder_features (`bool`, *optional*, defaults to `False`):
             Also return each encoder's selected tokens and projected tokens.
-        output_hidden_states, output_attentions (`bool`, *optional*):
-            Also return the towers' hidden states / attention weights; see `MervModel.get_video_features`.
+        output_hidden_states (`bool`, *optional*):
+            Also return the towers' hidden states; see `MervModel.get_video_features`.
+        output_attentions (`bool`, *optional*):
+            Also return the towers' attention weights (eager attention only); see `MervModel.get_video_features`.
         """
         return self.model.get_video_features(pixel_values_videos, output_encoder_features, **kwargs)
 
