@@ -97,8 +97,7 @@ def bench_speed(repeats: int) -> dict:
 
 
 def _cast(inputs: dict, dtype: torch.dtype) -> dict:
-    pixels = {name: value.to(dtype) for name, value in inputs["pixel_values_videos"].items()}
-    return {**inputs, "pixel_values_videos": pixels}
+    return {**inputs, "pixel_values_videos": inputs["pixel_values_videos"].to(dtype)}
 
 
 def bench_accuracy() -> dict:

@@ -25,6 +25,7 @@ Sections (`--sections`, comma-separated):
 
 import argparse
 import json
+import math
 import platform
 import tempfile
 import time
@@ -149,9 +150,10 @@ def one_request_by_stage(model: MervForConditionalGeneration, preprocess: Callab
     inputs = preprocess()
     times["decode + preprocess"] = time.perf_counter() - start
     projected, alignment = {}, 0.0
+    pixels = inner.split_pixel_values_videos(inputs["pixel_values_videos"])
     for name in model.config.vision_encoders:
         start = time.perf_counter()
-        features = inner._encode(name, inputs["pixel_values_videos"][name])
+        features = inner._encode(name, pixels[name]).features
         times[f"encoder: {name}"] = time.perf_counter() - start
         start = time.perf_counter()
         projected[name] = inner._align(name, features)
@@ -363,7 +365,7 @@ def bench_feature_layer(repeats: int) -> dict[str, Timing]:
     inner, cases = model.model, {}
     for name in encoders:
         tower = inner.vision_towers[name]
-        video = torch.randn(1, *inner._expected_pixel_shape(name))
+        video = torch.randn(1, *config.video_pixel_shapes()[name])
         frames = video.flatten(0, 1)  # our piecewise run takes frames folded into the batch
         tower_input = video if name == "languagebind" else frames  # LanguageBind's forward takes whole videos
         layer = config.vision_feature_layer[name]
@@ -374,7 +376,7 @@ def bench_feature_layer(repeats: int) -> dict[str, Timing]:
 
         def ours(name=name, tower=tower, frames=frames):
             with torch.no_grad():
-                return inner._tower_hidden_state(name, tower, frames)[0]
+                return inner._tower_hidden_state(name, tower, frames).features
 
         torch.testing.assert_close(ours(), authors(), rtol=0, atol=0)
         cases[f"{name}: all layers (authors)"] = authors
@@ -400,12 +402,8 @@ GPU_NEW_TOKENS = 64
 def random_request(config: MervConfig, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict:
     """Random pixels and a prompt of `PROMPT_TOKENS` text tokens around each video's placeholders."""
     generator = torch.Generator().manual_seed(batch_size)
-    pixels = {}
-    for name in config.vision_encoders:
-        sub_config = config.encoder_config(name)
-        side = sub_config.image_size
-        shape = (batch_size, config.num_frames[name], sub_config.num_channels, side, side)
-        pixels[name] = torch.randn(shape, generator=generator).to(device, dtype)
+    width = sum(math.prod(shape) for shape in config.video_pixel_shapes().values())
+    pixels = torch.randn(batch_size, width, generator=generator).to(device, dtype)
     input_ids = random_prompt(config, batch_size, generator).to(device)
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values_videos": pixels}
 

@@ -57,10 +57,7 @@ def generate_batches(model, processor, requests: list[tuple[Path, str]], batch_s
         padded = processor.tokenizer.pad(
             {"input_ids": [row["input_ids"][0].tolist() for row in rows]}, padding_side="left", return_tensors="pt"
         )
-        pixels = {
-            name: torch.cat([row["pixel_values_videos"][name] for row in rows])
-            for name in rows[0]["pixel_values_videos"]
-        }
+        pixels = torch.cat([row["pixel_values_videos"] for row in rows])
         with torch.inference_mode():
             model.generate(
                 **padded, pixel_values_videos=pixels, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False

@@ -18,6 +18,7 @@ with frozen encoders):
 
 import argparse
 import json
+import math
 import platform
 import tempfile
 import warnings
@@ -65,10 +66,8 @@ def bench_config() -> MervConfig:
 
 def make_batch(config: MervConfig) -> dict:
     generator = torch.Generator().manual_seed(0)
-    pixels = {}
-    for name in config.vision_encoders:
-        size = config.encoder_config(name).image_size
-        pixels[name] = torch.randn(BATCH_SIZE, config.num_frames[name], 3, size, size, generator=generator)
+    width = sum(math.prod(shape) for shape in config.video_pixel_shapes().values())
+    pixels = torch.randn(BATCH_SIZE, width, generator=generator)
     text = torch.randint(3, 4000, (BATCH_SIZE, TEXT_TOKENS), generator=generator)
     placeholders = torch.full((BATCH_SIZE, config.num_video_tokens), VIDEO_TOKEN_ID)
     input_ids = torch.cat([text[:, :1], placeholders, text[:, 1:]], dim=1)

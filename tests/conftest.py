@@ -1,6 +1,7 @@
 """Shared test helpers: paths to ../shared, tiny configs, converted fixtures."""
 
 import importlib.util
+import math
 import os
 import shutil
 from pathlib import Path
@@ -35,7 +36,8 @@ FIXTURE_IMAGE_SIZES = {"languagebind": 32, "dinov2": 56, "vivit": 28, "siglip": 
 """The tiny fixtures were built with the authors' `default_image_size` patched to these values."""
 
 
-def random_pixels(config: MervConfig, batch_size: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_pixels_by_encoder(config: MervConfig, batch_size: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random pixels in the per-encoder form, `{encoder: (batch_size, frames, 3, height, width)}`."""
     generator = torch.Generator().manual_seed(seed)
     pixels = {}
     for name in config.vision_encoders:
@@ -44,18 +46,44 @@ def random_pixels(config: MervConfig, batch_size: int = 1, seed: int = 0) -> dic
     return pixels
 
 
+def random_pixels(config: MervConfig, batch_size: int = 1, seed: int = 0) -> torch.Tensor:
+    """`random_pixels_by_encoder`, packed: `pixel_values_videos` of shape `(batch_size, D)`."""
+    return pack_pixels(random_pixels_by_encoder(config, batch_size, seed))
+
+
+def pack_pixels(pixels: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-encoder pixels packed the documented way, written out independently of the package: each video's
+    `(frames, 3, height, width)` blocks flattened and concatenated in the dict's order."""
+    return torch.cat([value.flatten(1) for value in pixels.values()], dim=1)
+
+
+def unpack_pixels(pixel_values_videos: torch.Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """The inverse of `pack_pixels` for `shapes` (`{encoder: (frames, 3, height, width)}`), written out
+    independently of the package."""
+    sizes = [math.prod(shape) for shape in shapes.values()]
+    parts = pixel_values_videos.split(sizes, dim=1)
+    return {name: part.unflatten(1, shape) for (name, shape), part in zip(shapes.items(), parts, strict=True)}
+
+
 def with_placeholders(input_ids: torch.Tensor, num_tokens: int, video_token_id: int) -> torch.Tensor:
     """Insert `num_tokens` video placeholders right after BOS (where the authors splice the visual tokens)."""
     placeholders = torch.full((input_ids.shape[0], num_tokens), video_token_id, dtype=input_ids.dtype)
     return torch.cat([input_ids[:, :1], placeholders, input_ids[:, 1:]], dim=1)
 
 
-def fixture_pixels() -> dict[str, torch.Tensor]:
-    """The fixture's encoder inputs in our layout: every encoder `(batch, frames, channels, height, width)`."""
+def fixture_pixels_by_encoder() -> dict[str, torch.Tensor]:
+    """The fixture's encoder inputs in the per-encoder form: every encoder `(batch, frames, channels, height,
+    width)`."""
     inputs = load_file(TINY_FULL / "inputs.safetensors")
     pixels = {key.split(".", 1)[1]: value for key, value in inputs.items() if key.startswith("pixel_values.")}
     pixels["languagebind"] = pixels["languagebind"].transpose(1, 2)  # authors feed LanguageBind (B, C, T, H, W)
     return pixels
+
+
+def fixture_pixels(config: MervConfig) -> torch.Tensor:
+    """The fixture's encoder inputs as `config`'s `pixel_values_videos`: its encoders, packed in its order."""
+    pixels = fixture_pixels_by_encoder()
+    return pack_pixels({name: pixels[name] for name in config.vision_encoders})
 
 
 def convert_fixture(run_dir: Path, output_dir: Path, llm_dir: Path = FIXTURES / "llm") -> Path:

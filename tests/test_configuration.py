@@ -53,6 +53,24 @@ def test_encoder_subsets(encoders):
     assert config.num_video_tokens == 64
 
 
+def test_video_pixel_shapes_follow_the_encoder_order_frames_and_input_sizes():
+    config = tiny_config(
+        vision_encoders=["siglip", "languagebind"],
+        num_frames={"languagebind": 8},
+        siglip_config={"image_size": 64, "num_channels": 1},
+        languagebind_config={"image_size": [32, 48]},
+        alignment_pooling="none",  # a non-square input gives a non-square token grid
+        fusion_type="concat_tokens",
+    )
+    assert config.video_pixel_shapes() == {"siglip": (16, 1, 64, 64), "languagebind": (8, 3, 32, 48)}
+    assert list(MervConfig().video_pixel_shapes().items()) == [
+        ("languagebind", (16, 3, 224, 224)),
+        ("dinov2", (16, 3, 224, 224)),
+        ("vivit", (32, 3, 224, 224)),
+        ("siglip", (16, 3, 224, 224)),
+    ]
+
+
 def test_token_count_follows_fusion_and_alignment():
     assert tiny_config(fusion_type="concat_tokens").num_video_tokens == 4 * 64
     assert tiny_config(alignment_temporal_stride=2).num_video_tokens == 32

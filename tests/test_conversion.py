@@ -127,7 +127,7 @@ def test_older_key_names_adapter_and_single_projector(tmp_path):
     model = AutoModel.from_pretrained(convert_fixture(_copy_run(tmp_path, siglip_only, old_names), tmp_path / "out"))
     assert model.config.vision_encoders == ["siglip"]
     with torch.no_grad():
-        features = model.get_video_features({"siglip": fixture_pixels()["siglip"]})
+        features = model.get_video_features(fixture_pixels(model.config))
     expected = load_file(TINY_FULL / "outputs.safetensors")["projector_outputs.siglip"]
     assert torch.equal(features.fusion_weights, torch.ones(1, 1))  # one encoder: the fusion weight is 1
     torch.testing.assert_close(features.pooler_output, expected, atol=1e-5, rtol=0)
@@ -384,7 +384,8 @@ def test_converted_processor_matches_the_model(converted_full):
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(converted_full)
-    config = AutoModel.from_pretrained(converted_full).config
+    model = AutoModel.from_pretrained(converted_full)
+    config = model.config
     assert processor.num_video_tokens == config.num_video_tokens
     assert processor.video_token_id == config.video_token_id
     transforms = processor.video_processor.transforms
@@ -392,12 +393,13 @@ def test_converted_processor_matches_the_model(converted_full):
     settings = processor.video_processor.encoder_settings
     assert settings["languagebind"]["size"] == {"shortest_edge": 32}  # short side + centre crop, as the authors
     assert settings["dinov2"]["size"] == {"height": 56, "width": 56}  # squashed to the square (resize-naive)
-    pixels = processor.video_processor(str(MEDIA / "flipping_a_pancake.mkv"), return_tensors="pt")[
-        "pixel_values_videos"
-    ]
-    assert {name: tuple(value.shape[1:]) for name, value in pixels.items()} == {
-        name: (config.num_frames[name], 3, size, size) for name, size in FIXTURE_IMAGE_SIZES.items()
+    assert processor.video_processor.video_pixel_shapes() == config.video_pixel_shapes()
+    assert config.video_pixel_shapes() == {
+        name: (config.num_frames[name], 3, FIXTURE_IMAGE_SIZES[name], FIXTURE_IMAGE_SIZES[name])
+        for name in config.vision_encoders
     }
+    pixels = processor.video_processor(str(MEDIA / "flipping_a_pancake.mkv"), return_tensors="pt")
+    assert list(model.split_pixel_values_videos(pixels["pixel_values_videos"])) == config.vision_encoders  # fits
 
 
 def test_tokenizer_prefixes_text_after_the_video_placeholder_even_if_saved_non_legacy(tmp_path):

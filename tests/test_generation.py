@@ -89,7 +89,7 @@ def test_left_padded_batch_generates_what_each_row_generates_alone(model):
             alone_ids, _ = _batch(model, [row])
             alone = model.generate(
                 input_ids=alone_ids,
-                pixel_values_videos={name: value[index : index + 1] for name, value in pixels.items()},
+                pixel_values_videos=pixels[index : index + 1],
                 max_new_tokens=6,
                 do_sample=False,
             )[:, alone_ids.shape[1] :]
@@ -150,7 +150,7 @@ def test_streaming_prints_the_generated_text(converted_full):
     with redirect_stdout(streamed), torch.no_grad():
         output = model.generate(
             input_ids=input_ids,
-            pixel_values_videos=fixture_pixels(),
+            pixel_values_videos=fixture_pixels(model.config),
             max_new_tokens=8,
             do_sample=False,
             streamer=TextStreamer(tokenizer, skip_prompt=True),

@@ -42,7 +42,7 @@ def _fixture_request(model) -> dict:
     ids = load_file(TINY_FULL / "inputs.safetensors")["input_ids"]
     input_ids = with_placeholders(ids, model.config.num_video_tokens, model.config.video_token_id)
     device = model.get_input_embeddings().weight.device
-    return {"input_ids": input_ids.to(device), "pixel_values_videos": fixture_pixels()}
+    return {"input_ids": input_ids.to(device), "pixel_values_videos": fixture_pixels(model.config)}
 
 
 def _logits_and_greedy_ids(model, new_tokens: int) -> tuple[torch.Tensor, list[int]]:
@@ -133,5 +133,5 @@ def test_concurrent_encoders_equal_sequential_encoders(converted_full):
     for concurrent in (False, True):
         model.config.concurrent_encoders = concurrent
         with torch.inference_mode():
-            features[concurrent] = model.get_video_features(fixture_pixels()).pooler_output
+            features[concurrent] = model.get_video_features(fixture_pixels(model.config)).pooler_output
     torch.testing.assert_close(features[True], features[False], atol=0, rtol=0)

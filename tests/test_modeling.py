@@ -1,6 +1,8 @@
 """MervModel / MervForConditionalGeneration on tiny random configs: shapes, subsets, errors, loss, no-grad towers,
 save/load and generation."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -11,7 +13,7 @@ from transformers_merv.configuration_merv import MervLanguageBindVideoConfig
 from transformers_merv.modeling_languagebind import MervLanguageBindEncoderLayer, MervLanguageBindVideoModel
 from transformers_merv.modeling_merv import MervProjectorMLP, MervVisualProjector
 
-from conftest import random_pixels, tiny_config, with_placeholders
+from conftest import pack_pixels, random_pixels, random_pixels_by_encoder, tiny_config, with_placeholders
 from test_integration import HALF_PRECISION_ULPS
 
 
@@ -77,7 +79,7 @@ def test_batch_equals_single_runs(model):
         for row in range(2):
             single = model(
                 input_ids=input_ids[row : row + 1],
-                pixel_values_videos={name: value[row : row + 1] for name, value in pixels.items()},
+                pixel_values_videos=pixels[row : row + 1],
             ).logits
             torch.testing.assert_close(batched[row : row + 1], single, atol=1e-5, rtol=1e-5)
 
@@ -231,17 +233,100 @@ def test_text_only_prompt(model):
     assert output.video_outputs is None
 
 
-def test_missing_or_misshaped_pixels_are_rejected(model):
-    pixels = random_pixels(model.config)
+def test_text_only_forward_is_the_language_models_own(model):
+    """Without a video (and without placeholders) the forward is the language model's and the head's, as in-tree
+    VLMs': eager and SDPA attention agree (transformers' float32 CPU tolerances), and the language model's hidden
+    states and attentions come back."""
+    config = model.config
+    input_ids = torch.tensor([[1, 5, 6, 7, 8], [1, 9, 10, 11, 12]])
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    with torch.no_grad():
+        sdpa_output = model(input_ids=input_ids, output_hidden_states=True)
+        eager_output = eager(input_ids=input_ids, output_hidden_states=True, output_attentions=True)
+        alone = model.model.language_model(input_ids=input_ids)
+    assert torch.equal(sdpa_output.logits, model.lm_head(alone.last_hidden_state))
+    layers = config.text_config.num_hidden_layers
+    assert len(sdpa_output.hidden_states) == len(eager_output.hidden_states) == layers + 1
+    assert len(eager_output.attentions) == layers
+    assert eager_output.attentions[0].shape == (2, config.text_config.num_attention_heads, 5, 5)
+    torch.testing.assert_close(
+        eager_output.hidden_states[-1], sdpa_output.hidden_states[-1], atol=1e-6, rtol=1e-4
+    )
+
+
+def test_missing_or_misshaped_per_encoder_pixels_are_rejected(model):
+    pixels = random_pixels_by_encoder(model.config)
     del pixels["vivit"]
     with pytest.raises(ValueError, match=r"lacks encoders \['vivit'\]"):
         model.get_video_features(pixels)
-    pixels = random_pixels(model.config)
+    pixels = random_pixels_by_encoder(model.config)
     pixels["dinov2"] = pixels["dinov2"][:, :8]
     with pytest.raises(ValueError, match=r"pixel_values_videos\['dinov2'\].*\(videos, 16, 3, 56, 56\)"):
         model.get_video_features(pixels)
-    with pytest.raises(TypeError, match="must be a dict"):
-        model.get_video_features(torch.zeros(1, 16, 3, 32, 32))
+    pixels = random_pixels_by_encoder(model.config, batch_size=2)
+    pixels["siglip"] = pixels["siglip"][:1]
+    with pytest.raises(ValueError, match=r"same number of videos, got \[1, 2\]"):
+        model.get_video_features(pixels)
+
+
+def test_packed_pixels_split_into_views_of_each_encoders_block(model):
+    by_encoder = random_pixels_by_encoder(model.config, batch_size=2, seed=4)
+    packed = pack_pixels(by_encoder)
+    split = model.split_pixel_values_videos(packed)
+    assert list(split) == model.config.vision_encoders
+    for name, pixels in split.items():
+        assert torch.equal(pixels, by_encoder[name])
+        assert pixels.untyped_storage().data_ptr() == packed.untyped_storage().data_ptr()  # a view, not a copy
+    assert model.model.split_pixel_values_videos(packed).keys() == split.keys()  # the headless model's too
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (1, 1, 5), "one too wide"])
+def test_packed_pixels_of_another_shape_are_rejected_before_any_encoder_runs(model, shape):
+    config = model.config
+    width = sum(torch.Size(shape).numel() for shape in config.video_pixel_shapes().values())
+    pixels = torch.zeros((1, width + 1) if shape == "one too wide" else shape)
+    runs = []
+    hooks = [
+        tower.embeddings.register_forward_pre_hook(lambda *args: runs.append(args))
+        for tower in model.model.vision_towers.values()
+    ]
+    try:
+        with pytest.raises(ValueError) as raised:
+            model(input_ids=_prompt(config), pixel_values_videos=pixels)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert str(raised.value) == (
+        f"`pixel_values_videos` must have shape (num_videos, {width}): the (frames, channels, height, width) pixels "
+        "of each encoder (languagebind (16, 3, 32, 32), dinov2 (16, 3, 56, 56), vivit (32, 3, 28, 28), siglip "
+        f"(16, 3, 64, 64)) flattened and concatenated in that order; got {tuple(pixels.shape)}"
+    )
+    assert runs == []
+
+
+def test_pixels_of_another_type_are_rejected(model):
+    with pytest.raises(TypeError, match=r"must be a tensor \(num_videos, D\) or a dict .* got list"):
+        model.get_video_features([torch.zeros(1, 5)])
+
+
+def test_per_encoder_pixels_give_exactly_the_packed_results(model):
+    """The per-encoder dict of earlier releases still works everywhere pixels go in, with the same numbers."""
+    config = model.config
+    by_encoder = random_pixels_by_encoder(config, batch_size=2, seed=8)
+    input_ids = _prompt(config, batch_size=2)
+    results = {}
+    with torch.no_grad():
+        for form, pixels in (("dict", by_encoder), ("packed", pack_pixels(by_encoder))):
+            results[form] = (
+                model.get_video_features(pixels).pooler_output,
+                model(input_ids=input_ids, pixel_values_videos=pixels).logits,
+                model.generate(
+                    input_ids=input_ids, pixel_values_videos=pixels, max_new_tokens=3, num_beams=2, do_sample=False
+                ),
+            )
+    for from_dict, from_packed in zip(results["dict"], results["packed"], strict=True):
+        assert torch.equal(from_dict, from_packed)
 
 
 def test_loss_never_scores_video_placeholders(model):
@@ -339,9 +424,10 @@ def test_encoders_stop_at_their_feature_layer(model):
         assert ran == []
         assert "model.vision_towers.languagebind.encoder.layers.2.mlp.fc1.weight" in model.state_dict()
         siglip = model.model.vision_towers["siglip"]
-        full = siglip(pixel_values=pixels["siglip"].flatten(0, 1), output_hidden_states=True).hidden_states[-2]
+        by_encoder = model.split_pixel_values_videos(pixels)
+        full = siglip(pixel_values=by_encoder["siglip"].flatten(0, 1), output_hidden_states=True).hidden_states[-2]
         torch.testing.assert_close(features["siglip"], full.reshape(1, -1, full.shape[-1]))
-        vivit = model.model.vision_towers["vivit"](pixel_values=pixels["vivit"]).last_hidden_state[:, 1:]
+        vivit = model.model.vision_towers["vivit"](pixel_values=by_encoder["vivit"]).last_hidden_state[:, 1:]
         torch.testing.assert_close(features["vivit"], vivit)
 
 
@@ -390,12 +476,12 @@ def test_unused_fusion_projections_are_buffers_not_parameters(model):
 def test_standardized_projectors_give_zero_mean_unit_variance_tokens():
     config = tiny_config(alignment_projector="gelu-mlp")
     model = MervForConditionalGeneration(config).eval()
-    pixels = random_pixels(config, batch_size=8, seed=17)
-    model.model.standardize_projector_inputs(pixels, generator=torch.Generator().manual_seed(0))
+    pixels = random_pixels_by_encoder(config, batch_size=8, seed=17)
+    model.model.standardize_projector_inputs(pack_pixels(pixels), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         for name in config.vision_encoders:
             projector = model.model.projectors[name]
-            features = model.model._encode(name, pixels[name])[0].unflatten(
+            features = model.model._encode(name, pixels[name]).features.unflatten(
                 1, (config.encoder_token_grid(name)[0], -1)
             )
             first = projector.mlp.layers[0](projector.resampler(features)).flatten(0, 1)  # (samples, width)
@@ -515,11 +601,11 @@ def test_languagebind_tower_forward_equals_the_layer_by_layer_run(model):
     """MERV runs the towers layer by layer up to the layer it reads; the tower's own forward (used on its own) gives
     the same hidden states, and its pooled output is the frame-mean of the normalised CLS tokens."""
     config = model.config
-    pixels = random_pixels(config, batch_size=2, seed=26)["languagebind"]
+    pixels = random_pixels_by_encoder(config, batch_size=2, seed=26)["languagebind"]
     tower = model.model.vision_towers["languagebind"]
     with torch.no_grad():
         output = tower(pixel_values=pixels, output_hidden_states=True)
-        selected, _ = model.model._encode("languagebind", pixels)
+        selected = model.model._encode("languagebind", pixels).features
     layer = config.vision_feature_layer["languagebind"]
     expected = output.hidden_states[layer][:, 1:].reshape(2, -1, tower.config.hidden_size)
     torch.testing.assert_close(selected, expected, atol=1e-6, rtol=1e-6)

@@ -62,7 +62,7 @@ def test_converted_model_reproduces_every_intermediate(fixture, tmp_path):
     model = AutoModel.from_pretrained(convert_fixture(_run_dir(fixture), tmp_path)).eval()
     expected = _outputs(fixture)
     inputs = load_file(TINY_FULL / "inputs.safetensors")
-    pixels = fixture_pixels()
+    pixels = fixture_pixels(model.config)
     num_tokens, video_id = model.config.num_video_tokens, model.config.video_token_id
     assert num_tokens == int(expected["num_visual_tokens"])
 
@@ -115,7 +115,7 @@ def test_scalar_fusion_fixture_weighs_encoders_by_the_softmax_of_its_scalars(tmp
     checkpoint = torch.load(run / "checkpoints" / "latest-checkpoint.pt", weights_only=True)
     weights = torch.softmax(checkpoint["model"]["feature_fusion"]["scalar"], dim=0)
     with torch.no_grad():
-        features = model.get_video_features(fixture_pixels(), output_encoder_features=True)
+        features = model.get_video_features(fixture_pixels(model.config), output_encoder_features=True)
     _assert_close("fusion weights", features.fusion_weights, weights[None])
     projected = [features.projected_features[name] for name in model.config.vision_encoders]
     _assert_close("fused tokens", features.pooler_output, sum(w * tokens for w, tokens in zip(weights, projected)))
@@ -132,7 +132,8 @@ def test_llm_embeddings_match_the_authors_spliced_inputs(converted_full):
         lambda module, args, kwargs: captured.update(kwargs), with_kwargs=True
     )
     with torch.no_grad():
-        model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), pixel_values_videos=fixture_pixels())
+        pixels = fixture_pixels(model.config)
+        model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), pixel_values_videos=pixels)
     hook.remove()
     _assert_close("llm inputs_embeds", captured["inputs_embeds"], expected["llm_inputs_embeds"])
     assert torch.equal(captured["attention_mask"].bool(), expected["llm_attention_mask"])

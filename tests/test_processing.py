@@ -7,14 +7,14 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoProcessor, AutoTokenizer
+from transformers import AutoProcessor, AutoTokenizer, BatchFeature
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
-from transformers_merv import MervProcessor, MervVideoProcessor, processing_merv
+from transformers_merv import MervBatchFeature, MervProcessor, MervVideoProcessor, processing_merv
 from transformers_merv.processing_merv import PROMPT_FORMATS
 
-from conftest import SHARED
+from conftest import SHARED, unpack_pixels
 
 
 MEDIA = SHARED / "media"
@@ -127,7 +127,8 @@ def test_chat_template_gives_the_authors_ids_with_video_tokens_after_bos(process
     )
     assert torch.equal(inputs["input_ids"], expected)
     assert torch.equal(inputs["attention_mask"], torch.ones_like(expected))
-    assert inputs["pixel_values_videos"]["vivit"].shape == (1, 32, 3, 32, 32)
+    vivit = unpack_pixels(inputs["pixel_values_videos"], processor.video_processor.video_pixel_shapes())["vivit"]
+    assert vivit.shape == (1, 32, 3, 32, 32)
     direct = processor(text=f"<video>In: {QUESTION}\nOut:", videos=PANCAKE, return_tensors="pt")
     assert torch.equal(direct["input_ids"], expected)
 
@@ -191,7 +192,7 @@ def test_batch_pads_left_by_default_and_right_on_request(processor):
     assert (left["input_ids"] == VIDEO_ID).sum(1).tolist() == [NUM_VIDEO_TOKENS] * 2
     right = processor(text=texts, videos=[VIDEO_0, PANCAKE], return_tensors="pt", padding_side="right")
     assert right["input_ids"][0, -padding:].tolist() == [PAD_ID] * padding
-    assert right["pixel_values_videos"]["dinov2"].shape[0] == 2
+    assert right["pixel_values_videos"].shape[0] == 2
 
 
 @pytest.mark.parametrize("padding_kwargs", [{"padding": True}, {"text_kwargs": {"padding": True}}])
@@ -241,10 +242,19 @@ def test_marker_count_mismatch_states_both_counts(processor, text, videos, count
         processor(text=text, videos=videos)
 
 
-def test_to_moves_and_casts_the_nested_pixel_values(processor):
-    inputs = processor(text="<video>In: Hi\nOut:", videos=VIDEO_0, return_tensors="pt").to(torch.bfloat16)
-    assert all(tensor.dtype == torch.bfloat16 for tensor in inputs["pixel_values_videos"].values())
+def test_returns_a_plain_batch_feature_whose_to_casts_the_pixels(processor):
+    inputs = processor(text="<video>In: Hi\nOut:", videos=VIDEO_0, return_tensors="pt")
+    assert type(inputs) is BatchFeature
+    inputs = inputs.to(torch.bfloat16)
+    assert inputs["pixel_values_videos"].dtype == torch.bfloat16
     assert inputs["input_ids"].dtype == torch.long
+
+
+def test_merv_batch_feature_is_a_deprecated_batch_feature():
+    with pytest.warns(FutureWarning, match="`MervBatchFeature` is deprecated.*plain `transformers.BatchFeature`"):
+        feature = MervBatchFeature({"pixel_values_videos": torch.zeros(1, 4)})
+    assert isinstance(feature, BatchFeature)
+    assert feature.to(torch.bfloat16)["pixel_values_videos"].dtype == torch.bfloat16
 
 
 def test_batch_decode_strips_the_prompt_when_given(processor):
@@ -298,7 +308,7 @@ def test_save_and_load_with_auto_processor(processor, tmp_path):
         loaded.apply_chat_template(conversation, **kwargs),
     )
     assert torch.equal(before["input_ids"], after["input_ids"])
-    assert torch.equal(before["pixel_values_videos"]["siglip"], after["pixel_values_videos"]["siglip"])
+    assert torch.equal(before["pixel_values_videos"], after["pixel_values_videos"])
 
 
 def test_push_to_hub_uploads_the_processor_and_its_code(processor, fake_hub):
@@ -330,11 +340,11 @@ assert type(processor).__module__.startswith("transformers_modules"), type(proce
 video, text = {{"type": "video", "path": {str(VIDEO_0)!r}}}, {{"type": "text", "text": "Hi"}}
 conversation = [{{"role": "user", "content": [video, text]}}]
 inputs = processor.apply_chat_template(conversation, tokenize=True, return_dict=True, return_tensors="pt")
-print(inputs["input_ids"].tolist(), sorted(inputs["pixel_values_videos"]))
+print(inputs["input_ids"].tolist(), list(inputs["pixel_values_videos"].shape))
 """
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment)
     assert result.returncode == 0, result.stderr[-3000:]
     conversation = [_user("Hi", video=VIDEO_0)]
     expected = processor.apply_chat_template(conversation, tokenize=True, return_dict=True, return_tensors="pt")
-    assert result.stdout.strip() == f"{expected['input_ids'].tolist()} {sorted(expected['pixel_values_videos'])}"
+    assert result.stdout.strip() == f"{expected['input_ids'].tolist()} {list(expected['pixel_values_videos'].shape)}"

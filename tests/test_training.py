@@ -35,7 +35,7 @@ from transformers_merv.training import (
 )
 from transformers_merv.training.data import logger as data_logger
 
-from conftest import MEDIA, tiny_config
+from conftest import MEDIA, tiny_config, unpack_pixels
 
 
 ENCODER_IMAGE_SIZES = {"languagebind": 16, "dinov2": 28, "vivit": 16, "siglip": 32}
@@ -338,13 +338,13 @@ def test_multi_turn_video_example_has_the_authors_ids_and_labels(media_root, pro
     assert item["attention_mask"].tolist() == [1] * len(item["input_ids"])
     answer = processor.tokenizer.decode(item["input_ids"][item["labels"] != IGNORE_INDEX])
     assert answer == "It is red.</s> To the right.</s>"
-    shapes = {name: tuple(pixels.shape) for name, pixels in item["pixel_values_videos"].items()}
-    assert shapes == {
+    assert processor.video_processor.video_pixel_shapes() == {
         "languagebind": (8, 3, 16, 16),
         "dinov2": (8, 3, 28, 28),
         "vivit": (16, 3, 16, 16),
         "siglip": (8, 3, 32, 32),
     }
+    assert item["pixel_values_videos"].shape == (8 * 3 * (16 * 16 + 28 * 28 + 32 * 32) + 16 * 3 * 16 * 16,)
 
 
 def test_text_only_example_has_no_video_and_labels_on_the_answer(media_root, processor):
@@ -395,8 +395,9 @@ def test_the_video_is_the_first_block_of_the_first_user_message(media_root, proc
 def test_image_example_is_a_one_frame_video_repeated(media_root, processor):
     item = chat_dataset(media_root, processor)[6]
     assert (item["input_ids"] == processor.video_token_id).sum() == processor.num_video_tokens
-    for pixels in item["pixel_values_videos"].values():
-        assert torch.equal(pixels, pixels[:1].expand_as(pixels))
+    shapes = processor.video_processor.video_pixel_shapes()
+    for pixels in unpack_pixels(item["pixel_values_videos"][None], shapes).values():
+        assert torch.equal(pixels, pixels[:, :1].expand_as(pixels))
 
 
 def test_caption_format_drops_the_question_and_learns_caption_and_eos(media_root, processor):
@@ -509,7 +510,7 @@ def test_corrupted_video_is_skipped_counted_and_replaced_by_the_next_example(wit
     assert len(dataset.skipped) == 1  # known unreadable examples are not retried
     loader = DataLoader(dataset, batch_size=3, collate_fn=MervDataCollator.from_processor(processor))
     batch = next(iter(loader))
-    assert batch["pixel_values_videos"]["vivit"].shape[0] == 3
+    assert batch["pixel_values_videos"].shape[0] == 3
 
     checked = VideoLlavaDataset(with_corrupted, media_root, processor, on_bad_example="skip")
     checked.check_media()
@@ -545,10 +546,8 @@ def test_collator_right_pads_and_stacks_the_videos_of_rows_that_have_one(media_r
         assert batch["input_ids"][row, size:].eq(processor.tokenizer.pad_token_id).all()
         assert batch["labels"][row, size:].eq(IGNORE_INDEX).all()
         assert batch["attention_mask"][row].tolist() == [1] * size + [0] * (length - size)
-    for name, pixels in batch["pixel_values_videos"].items():
-        assert torch.equal(
-            pixels, torch.stack([items[1]["pixel_values_videos"][name], items[3]["pixel_values_videos"][name]])
-        )
+    videos = torch.stack([items[1]["pixel_values_videos"], items[3]["pixel_values_videos"]])
+    assert torch.equal(batch["pixel_values_videos"], videos)
     text_only = MervDataCollator.from_processor(processor, video_in_every_batch=False)([items[0], items[2]])
     assert "pixel_values_videos" not in text_only and text_only["input_ids"].shape[0] == 2
 
@@ -567,7 +566,7 @@ def test_text_only_batch_gets_a_filler_video_that_changes_nothing_but_runs_every
         filled["input_ids"][2, : 1 + processor.num_video_tokens].tolist()
         == [processor.tokenizer.bos_token_id] + [processor.video_token_id] * processor.num_video_tokens
     )
-    assert all(pixels.shape[0] == 1 for pixels in filled["pixel_values_videos"].values())
+    assert filled["pixel_values_videos"].shape[0] == 1
     model = load_model(model_dir)
     set_trainable(model, "finetune")
     losses, without_gradient = [], []

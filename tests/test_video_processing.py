@@ -1,6 +1,7 @@
 """`MervVideoProcessor` against what the authors' code feeds each encoder (../shared/fixtures/reference/preprocess)."""
 
 import json
+import math
 import random
 
 import numpy as np
@@ -15,7 +16,7 @@ from transformers_merv import MERV_FULL_ENCODER_SETTINGS, MervVideoProcessor, Vi
 from transformers_merv.video_io import open_video, sample_frame_indices_at_rate
 from transformers_merv.video_processing_merv import EncoderTransform
 
-from conftest import FIXTURES, MEDIA
+from conftest import FIXTURES, MEDIA, unpack_pixels
 
 
 PREPROCESS = FIXTURES / "preprocess"
@@ -37,6 +38,11 @@ def pancake(processor):
     return processor(str(PANCAKE), return_metadata=True)
 
 
+def _by_encoder(processor: MervVideoProcessor, outputs) -> dict[str, torch.Tensor]:
+    """The per-encoder blocks of `outputs["pixel_values_videos"]`, unpacked by the processor's shapes."""
+    return unpack_pixels(outputs["pixel_values_videos"], processor.video_pixel_shapes())
+
+
 def _reference(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
     info = json.loads((PREPROCESS / f"{name}.json").read_text())
     tensors = load_file(PREPROCESS / f"{name}.safetensors")
@@ -55,9 +61,9 @@ def _assert_matches_reference(ours: torch.Tensor, reference: torch.Tensor, encod
     assert ((ours - reference) * std).abs().max() <= ONE_LEVEL
 
 
-def test_pancake_matches_the_authors_per_encoder(pancake):
+def test_pancake_matches_the_authors_per_encoder(processor, pancake):
     info, reference = _reference("pancake-merv-full")
-    pixels = pancake["pixel_values_videos"]
+    pixels = _by_encoder(processor, pancake)
     assert list(pixels) == list(ENCODERS)
     assert pancake["video_metadata"][0].frames_indices == info["shared_decode_frame_indices"]
     for encoder in ENCODERS:
@@ -89,25 +95,25 @@ def test_languagebind_is_bit_exact_with_the_authors_clip_layout_ops(torch_thread
     clip = torch.nn.functional.interpolate(clip, size=(224, 397), mode="bilinear", align_corners=False)
     clip = clip[..., :, 86 : 86 + 224]  # (397 - 224) / 2 = 86.5 rounds half to even
     ours = MervVideoProcessor(vision_encoders=("languagebind",))(frames.numpy())["pixel_values_videos"]
-    assert torch.equal(ours["languagebind"][0], clip.transpose(0, 1))
+    assert torch.equal(ours, clip.transpose(0, 1).reshape(1, -1))  # one encoder: its block is the whole row
 
 
 def test_decoded_frames_give_the_same_inputs_as_the_file(processor, pancake):
     _, reference = _reference("pancake-merv-full")
     from_array = processor(reference["decoded_frames_uint8"].numpy())["pixel_values_videos"]
-    for encoder in ENCODERS:
-        assert torch.equal(from_array[encoder], pancake["pixel_values_videos"][encoder])
+    assert torch.equal(from_array, pancake["pixel_values_videos"])
 
 
 def test_three_frame_video_repeats_frames_like_the_authors(processor):
     info, reference = _reference("video_0-merv-full")
     outputs = processor(VIDEO_0, return_metadata=True)
     assert outputs["video_metadata"][0].frames_indices == info["shared_decode_frame_indices"]
+    pixels = _by_encoder(processor, outputs)
     for encoder in ENCODERS:
         stored = info["encoders"][encoder]["stored"]
         full = reference[encoder].index_select(0, torch.tensor(stored["frame_map"]))
         _assert_matches_reference(
-            outputs["pixel_values_videos"][encoder][0],
+            pixels[encoder][0],
             full,
             encoder,
             info["encoders"][encoder]["float16_max_abs_rounding_error"],
@@ -119,7 +125,7 @@ def test_single_image_is_repeated_per_encoder(processor, as_input):
     info, reference = _reference("image-pancake-frame0-merv-full")
     image = Image.open(PANCAKE_FRAME0)
     video = {"pil": image, "array": np.asarray(image.convert("RGB"))[None], "path": PANCAKE_FRAME0}[as_input]
-    pixels = processor(video)["pixel_values_videos"]
+    pixels = _by_encoder(processor, processor(video))
     for encoder in ENCODERS:
         frames = MERV_FULL_ENCODER_SETTINGS[encoder]["num_frames"]
         expected = reference[encoder].unsqueeze(0).repeat_interleave(frames, 0)
@@ -127,24 +133,19 @@ def test_single_image_is_repeated_per_encoder(processor, as_input):
         _assert_matches_reference(pixels[encoder][0], expected, encoder, rounding)
 
 
-def test_languagebind_flip_is_off_by_default_and_optional(pancake):
+def test_languagebind_flip_is_off_by_default_and_optional(processor, pancake):
     _, reference = _reference("pancake-merv-full")
     frames = reference["decoded_frames_uint8"].numpy()
     random.seed(FLIP_SEED)
-    assert torch.equal(
-        MervVideoProcessor()(frames)["pixel_values_videos"]["languagebind"],
-        pancake["pixel_values_videos"]["languagebind"],
-    )
+    assert torch.equal(MervVideoProcessor()(frames)["pixel_values_videos"], pancake["pixel_values_videos"])
     flipping = MervVideoProcessor(languagebind_random_flip=True)
     random.seed(FLIP_SEED)
-    flipped = flipping(frames)["pixel_values_videos"]
-    assert torch.equal(flipped["languagebind"], pancake["pixel_values_videos"]["languagebind"].flip(-1))
+    flipped, unflipped = _by_encoder(flipping, flipping(frames)), _by_encoder(processor, pancake)
+    assert torch.equal(flipped["languagebind"], unflipped["languagebind"].flip(-1))
     for encoder in ("dinov2", "vivit", "siglip"):
-        assert torch.equal(flipped[encoder], pancake["pixel_values_videos"][encoder])
+        assert torch.equal(flipped[encoder], unflipped[encoder])
     random.seed(NO_FLIP_SEED)
-    assert torch.equal(
-        flipping(frames)["pixel_values_videos"]["languagebind"], pancake["pixel_values_videos"]["languagebind"]
-    )
+    assert torch.equal(flipping(frames)["pixel_values_videos"], pancake["pixel_values_videos"])
 
 
 def test_frames_are_resized_once_per_distinct_target(processor, monkeypatch):
@@ -160,13 +161,13 @@ def test_batch_with_per_video_clip_windows(processor):
     outputs = processor(
         [PANCAKE, VIDEO_0.read_bytes()], clip_start_sec=[2.0, None], clip_end_sec=[4.0, None], return_metadata=True
     )
-    pixels = outputs["pixel_values_videos"]
+    pixels = _by_encoder(processor, outputs)
     assert pixels["vivit"].shape == (2, 32, 3, 224, 224) and pixels["dinov2"].shape == (2, 16, 3, 224, 224)
     first, second = outputs["video_metadata"]
     assert (first.frames_indices[0], first.frames_indices[-1]) == (60, 119)
     assert second.frames_indices == processor(VIDEO_0, return_metadata=True)["video_metadata"][0].frames_indices
     single = processor(PANCAKE, clip_start_sec=2.0, clip_end_sec=4.0)["pixel_values_videos"]
-    assert torch.equal(pixels["siglip"][:1], single["siglip"])
+    assert torch.equal(outputs["pixel_values_videos"][:1], single)
     with pytest.raises(ValueError, match="`end_frame` has 1 values for 2 videos"):
         processor([PANCAKE, VIDEO_0], end_frame=[10])
 
@@ -176,8 +177,7 @@ def test_fps_sampling_keeps_encoder_shapes(processor):
     grid = list(range(0, 310, 31))  # int(310 / 30 * 1) = 10 frames at arange(10) * 310 // 10
     indices = outputs["video_metadata"][0].frames_indices
     assert set(indices) <= set(grid) and indices == sorted(indices)
-    for encoder in ENCODERS:
-        assert outputs["pixel_values_videos"][encoder].shape[1] == MERV_FULL_ENCODER_SETTINGS[encoder]["num_frames"]
+    assert outputs["pixel_values_videos"].shape == processor(PANCAKE)["pixel_values_videos"].shape
 
 
 @pytest.mark.parametrize(
@@ -218,11 +218,12 @@ def test_fps_sampled_frames_reach_each_encoder(processor):
     plan = processor.frame_plan(outputs["video_metadata"][0], fps=4.0)
     with open_video(PANCAKE) as reader:
         frames = reader.get_frames(plan.indices)
+    pixels = _by_encoder(processor, outputs)
     for encoder in ("dinov2", "vivit"):
         rows = plan.rows[encoder]
         single = MervVideoProcessor(vision_encoders=(encoder,), encoder_settings={encoder: {"num_frames": len(rows)}})
-        expected = single(frames[rows])["pixel_values_videos"][encoder]  # decoded frames: every one of them, in order
-        assert torch.equal(outputs["pixel_values_videos"][encoder], expected)
+        expected = _by_encoder(single, single(frames[rows]))[encoder]  # decoded frames: every one of them, in order
+        assert torch.equal(pixels[encoder], expected)
 
 
 @pytest.mark.parametrize(
@@ -251,6 +252,19 @@ def test_short_side_scaling_floors_the_long_side(height, width, resized):
     assert _transform().resized_size(height, width) == resized
 
 
+@pytest.mark.parametrize(
+    ("settings", "size"),
+    [
+        ({}, (224, 224)),  # the short side scaled to 224, then the square crop
+        ({"size": {"height": 100, "width": 60}}, (100, 60)),
+        ({"size": {"height": 100, "width": 60}, "crop_size": {"height": 50, "width": 40}}, (50, 40)),
+        ({"crop_size": {"height": 200, "width": 210}}, (200, 210)),
+    ],
+)
+def test_output_size_is_the_crop_else_the_fixed_size(settings, size):
+    assert _transform(**settings).output_size() == size
+
+
 def test_fixed_size_and_explicit_crop():
     transform = _transform(size={"height": 100, "width": 60}, crop_size={"height": 50, "width": 40})
     assert transform.resized_size(240, 426) == (100, 60)
@@ -270,7 +284,7 @@ def test_centre_crop_takes_the_middle_pixels(encoder):
     frame = np.broadcast_to(columns[None, :, None], (1, 4, 11, 3)).copy()
     settings = {"num_frames": 1, "size": {"shortest_edge": 4}, "image_mean": [0, 0, 0], "image_std": [1, 1, 1]}
     processor = MervVideoProcessor(vision_encoders=(encoder,), encoder_settings={encoder: settings})
-    pixels = processor(frame)["pixel_values_videos"][encoder][0, 0]
+    pixels = _by_encoder(processor, processor(frame))[encoder][0, 0]
     expected = torch.from_numpy(columns[4:8].astype(np.float32) / np.float32(255)).expand(3, 4, 4)
     assert torch.equal(pixels, expected)
 
@@ -282,8 +296,25 @@ def test_normalising_after_the_torch_resize_equals_normalising_before():
     for before in (True, False):
         settings = {"languagebind": {"normalize_before_resize": before}}
         processor = MervVideoProcessor(vision_encoders=("languagebind",), encoder_settings=settings)
-        pixels[before] = processor(VIDEO_0)["pixel_values_videos"]["languagebind"]
+        pixels[before] = processor(VIDEO_0)["pixel_values_videos"]
     torch.testing.assert_close(pixels[False], pixels[True], atol=1e-5, rtol=0)
+
+
+def test_a_batch_is_one_float32_tensor_packing_each_videos_encoder_blocks():
+    """`(num_videos, D)`: per video, every encoder's `(frames, 3, height, width)` block (`video_pixel_shapes()`, a
+    cropped size included) flattened, in encoder order; each row holds the pixels the video gives on its own."""
+    settings = {"siglip": {"size": {"height": 40, "width": 36}, "crop_size": {"height": 32, "width": 24}}}
+    processor = MervVideoProcessor(vision_encoders=("siglip", "vivit"), encoder_settings=settings)
+    assert processor.video_pixel_shapes() == {"siglip": (16, 3, 32, 24), "vivit": (32, 3, 224, 224)}
+    pixels = processor([VIDEO_0, PANCAKE])["pixel_values_videos"]
+    assert pixels.shape == (2, 16 * 3 * 32 * 24 + 32 * 3 * 224 * 224) and pixels.dtype == torch.float32
+    assert pixels.is_contiguous()
+    for row, video in enumerate((VIDEO_0, PANCAKE)):
+        assert torch.equal(pixels[row : row + 1], processor(video)["pixel_values_videos"])
+    swapped = MervVideoProcessor(vision_encoders=("vivit", "siglip"), encoder_settings=settings)(VIDEO_0)
+    siglip_size = 16 * 3 * 32 * 24  # the encoder order swaps the blocks
+    swapped = swapped["pixel_values_videos"]
+    assert torch.equal(pixels[:1], torch.cat([swapped[:, -siglip_size:], swapped[:, :-siglip_size]], dim=1))
 
 
 def test_metadata_is_returned_only_when_asked(processor):
@@ -299,9 +330,8 @@ def test_encoder_subset_and_partial_settings():
         },
     )
     outputs = processor(PANCAKE, return_metadata=True)
-    assert list(outputs["pixel_values_videos"]) == ["dinov2", "languagebind"]
-    assert outputs["pixel_values_videos"]["dinov2"].shape == (1, 16, 3, 56, 56)
-    assert outputs["pixel_values_videos"]["languagebind"].shape == (1, 16, 3, 32, 32)
+    assert processor.video_pixel_shapes() == {"dinov2": (16, 3, 56, 56), "languagebind": (16, 3, 32, 32)}
+    assert outputs["pixel_values_videos"].shape == (1, 16 * 3 * 56 * 56 + 16 * 3 * 32 * 32)
     assert len(outputs["video_metadata"][0].frames_indices) == 16  # decode count is max(num_frames) of these two
     assert processor.encoder_settings["dinov2"]["interpolation"] == "bicubic"
 
@@ -313,13 +343,14 @@ def test_from_encoder_sizes_keeps_each_resize_strategy():
     )
     assert processor.encoder_settings["languagebind"]["size"] == {"shortest_edge": 32}
     assert processor.encoder_settings["dinov2"]["size"] == {"height": 56, "width": 56}
-    pixels = processor(VIDEO_0)["pixel_values_videos"]
-    assert {name: tuple(tensor.shape[1:]) for name, tensor in pixels.items()} == {
+    assert processor.video_pixel_shapes() == {
         "languagebind": (16, 3, 32, 32),
         "dinov2": (16, 3, 56, 56),
         "vivit": (32, 3, 28, 28),
         "siglip": (16, 3, 64, 64),
     }
+    width = sum(math.prod(shape) for shape in processor.video_pixel_shapes().values())
+    assert processor(VIDEO_0)["pixel_values_videos"].shape == (1, width)
 
 
 def test_settings_round_trip(tmp_path):

@@ -293,6 +293,15 @@ class MervConfig(PreTrainedConfig):
         """The sub-config of encoder `name`."""
         return getattr(self, ENCODER_CONFIG_KEYS[name])
 
+    def video_pixel_shapes(self) -> dict[str, tuple[int, int, int, int]]:
+        """Per encoder of `vision_encoders` (in that order), the `(frames, channels, height, width)` pixels one video
+        gives it. `pixel_values_videos` packs them: each flattened, concatenated in this order."""
+        shapes = {}
+        for name in self.vision_encoders:
+            config = self.encoder_config(name)
+            shapes[name] = (self.num_frames[name], config.num_channels, *_pair(config.image_size))
+        return shapes
+
     def encoder_token_grid(self, name: str) -> tuple[int, int, int]:
         """(temporal positions, grid height, grid width) of the tokens encoder `name` produces for one video."""
         config = self.encoder_config(name)

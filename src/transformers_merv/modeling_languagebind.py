@@ -13,7 +13,7 @@ from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention, CLIPV
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.generic import merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_merv import MervLanguageBindVideoConfig
 
@@ -85,7 +85,11 @@ class MervLanguageBindVideoPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _can_record_outputs = {"hidden_states": MervLanguageBindEncoderLayer}
+    # a layer's attentions are its spatial attention's (as CLIP's); the temporal attention's are not recorded
+    _can_record_outputs = {
+        "hidden_states": MervLanguageBindEncoderLayer,
+        "attentions": OutputRecorder(CLIPAttention, index=1, layer_name="self_attn"),
+    }
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

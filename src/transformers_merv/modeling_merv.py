@@ -5,10 +5,13 @@ Data flow (`MervModel.get_video_features`): each encoder in `config.vision_encod
 the fusion module mixes the encoders into one sequence. `MervModel.forward` scatters that sequence into the
 `<video>` placeholder positions of the prompt embeddings and runs the language model."""
 
+import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from itertools import chain
 from typing import NamedTuple
 
 import torch
@@ -51,13 +54,16 @@ class TowerAdapter:
     """Runs one encoder piece by piece, so that MERV stops at the layer it reads instead of computing (and discarding)
     the later ones; the towers keep every layer, so checkpoints stay complete.
 
-    This relies on the tower's module layout (the modules before the layers, the layer list, the final norm) and on
-    its layers being callable as `layer(hidden_states, attention_mask)`: transformers internals, not API.
-    `tests/test_tower_adapters.py` compares every adapter with the tower's own `forward(output_hidden_states=True)`
-    on the installed transformers, so a release that changes them fails there, loudly."""
+    This relies on the tower's module layout (the modules before the layers, the layer list, each layer's attention
+    module returning `(output, weights)`, the final norm) and on its layers being callable as
+    `layer(hidden_states, attention_mask)`: transformers internals, not API. `tests/test_tower_adapters.py` compares
+    every adapter with the tower's own `forward(output_hidden_states=True, output_attentions=True)` on the installed
+    transformers, so a release that changes them fails there, loudly."""
 
     stem: tuple[str, ...]
     layers: str
+    attention: str
+    """Path of the attention module inside one layer (the one the tower reports as that layer's attentions)."""
     final_norm: str
 
     def num_layers(self, tower: nn.Module) -> int:
@@ -73,16 +79,33 @@ class TowerAdapter:
             hidden = layer(hidden, None)
             yield hidden
 
+    @contextmanager
+    def recording_attentions(self, tower: nn.Module, num_layers: int) -> Iterator[list[torch.Tensor]]:
+        """Within the block, the attention weights of the tower's first `num_layers` layers are appended to the yielded
+        list as the layers run (only the eager implementation computes them; the others give None)."""
+        weights = []
+        hooks = [
+            layer.get_submodule(self.attention).register_forward_hook(
+                lambda module, args, output: weights.append(output[1])
+            )
+            for layer in tower.get_submodule(self.layers)[:num_layers]
+        ]
+        try:
+            yield weights
+        finally:
+            for hook in hooks:
+                hook.remove()
+
     def normalize(self, tower: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """The tower's final norm applied to `hidden`."""
         return getattr(tower, self.final_norm)(hidden)
 
 
 TOWER_ADAPTERS = {
-    "languagebind": TowerAdapter(("embeddings", "pre_layrnorm"), "encoder.layers", "post_layernorm"),
-    "dinov2": TowerAdapter(("embeddings",), "encoder.layer", "layernorm"),
-    "vivit": TowerAdapter(("embeddings",), "layers", "layernorm"),
-    "siglip": TowerAdapter(("embeddings",), "encoder.layers", "post_layernorm"),
+    "languagebind": TowerAdapter(("embeddings", "pre_layrnorm"), "encoder.layers", "self_attn", "post_layernorm"),
+    "dinov2": TowerAdapter(("embeddings",), "encoder.layer", "attention", "layernorm"),
+    "vivit": TowerAdapter(("embeddings",), "layers", "attention", "layernorm"),
+    "siglip": TowerAdapter(("embeddings",), "encoder.layers", "self_attn", "post_layernorm"),
 }
 
 
@@ -91,6 +114,15 @@ class MervVideoFeaturesOutput(BaseModelOutputWithPooling):
     r"""
     pooler_output (`torch.FloatTensor` of shape `(num_videos, num_video_tokens, text_hidden_size)`):
         The fused visual tokens that replace the `<video>` placeholders (also in `last_hidden_state`).
+    hidden_states (`tuple[torch.FloatTensor]`, *optional*):
+        With `output_hidden_states`: the hidden states of the towers, tower after tower in `config.vision_encoders`
+        order, each from its embeddings' output (state 0) to its feature layer (the later layers do not run), frames
+        folded into the batch except for ViViT. A tower contributes `depth + 1` states, `depth` being its feature
+        layer's index among its layers; `encoder_hidden_states` holds the same tensors per encoder.
+    attentions (`tuple[torch.FloatTensor]`, *optional*):
+        With `output_attentions` (eager attention only): the attention weights of the layers that ran, tower after
+        tower in the same order, one `(batch, heads, tokens, tokens)` tensor per layer (LanguageBind's: its spatial
+        attention); `encoder_attentions` holds the same tensors per encoder.
     fusion_weights (`torch.FloatTensor` of shape `(num_videos, num_encoders)`, *optional*):
         How much each encoder contributes to the fused tokens (weighted fusions only).
     encoder_features (`dict[str, torch.FloatTensor]`, *optional*):
@@ -98,23 +130,38 @@ class MervVideoFeaturesOutput(BaseModelOutputWithPooling):
     projected_features (`dict[str, torch.FloatTensor]`, *optional*):
         Per encoder, the aligned tokens `(num_videos, tokens, text_hidden_size)` before fusion.
     encoder_hidden_states (`dict[str, tuple[torch.FloatTensor]]`, *optional*):
-        With `output_hidden_states=True`: per encoder, the tower's hidden states from its embeddings' output to the
-        feature layer (the later layers do not run), frames folded into the batch except for ViViT.
+        `hidden_states` per encoder (the encoders asked for them).
+    encoder_attentions (`dict[str, tuple[torch.FloatTensor]]`, *optional*):
+        `attentions` per encoder (the encoders asked for them).
     """
 
     fusion_weights: torch.FloatTensor | None = None
     encoder_features: dict[str, torch.FloatTensor] | None = None
     projected_features: dict[str, torch.FloatTensor] | None = None
     encoder_hidden_states: dict[str, tuple[torch.FloatTensor, ...]] | None = None
+    encoder_attentions: dict[str, tuple[torch.FloatTensor, ...]] | None = None
+
+
+class TowerRecording(NamedTuple):
+    """Which intermediate outputs of one tower `get_video_features` returns."""
+
+    hidden_states: bool = False
+    attentions: bool = False
+
+
+class TowerOutput(NamedTuple):
+    """One tower's selected tokens and, if asked, its hidden states and attention weights up to the feature layer."""
+
+    features: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 class EncoderBranch(NamedTuple):
-    """One encoder's results: its selected tokens, their aligned (pooled and projected) version and, if asked, the
-    tower's hidden states up to the feature layer."""
+    """One encoder's results: its tower's output and the aligned (pooled and projected) tokens."""
 
-    features: torch.Tensor
+    tower: TowerOutput
     aligned: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...] | None
 
 
 # --- alignment: token resamplers -------------------------------------------------------------------------------------
@@ -447,6 +494,17 @@ def _has_trainable_parameters(module: nn.Module) -> bool:
     return any(parameter.requires_grad for parameter in module.parameters())
 
 
+def _recorded(towers: dict[str, TowerOutput], output: str) -> dict[str, tuple[torch.Tensor, ...]] | None:
+    """`output` ("hidden_states" or "attentions") of the towers that recorded it, or None if none did."""
+    recorded = {name: getattr(tower, output) for name, tower in towers.items() if getattr(tower, output) is not None}
+    return recorded or None
+
+
+def _concatenated(per_encoder: dict[str, tuple[torch.Tensor, ...]] | None) -> tuple[torch.Tensor, ...] | None:
+    """The encoders' tuples one after the other (in the dict's order, `config.vision_encoders`)."""
+    return None if per_encoder is None else tuple(chain.from_iterable(per_encoder.values()))
+
+
 @auto_docstring
 class MervPreTrainedModel(PreTrainedModel):
     config: MervConfig
@@ -517,6 +575,28 @@ class MervPreTrainedModel(PreTrainedModel):
         self._require_grads_hooks = [hook]
         self._require_grads_hook = hook
 
+    def split_pixel_values_videos(self, pixel_values_videos: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-encoder view of packed `pixel_values_videos` (`(num_videos, D)`, as `MervVideoProcessor` returns
+        it): `{encoder: (num_videos, frames, channels, height, width)}` in `config.vision_encoders` order, views of
+        the packed tensor (nothing is copied). Raises a `ValueError` naming the expected shapes if it is not
+        `(num_videos, D)` with this config's `D`."""
+        if not isinstance(pixel_values_videos, torch.Tensor):
+            raise TypeError(
+                "`pixel_values_videos` must be a tensor (num_videos, D) or a dict {encoder: (num_videos, frames, "
+                f"channels, height, width)}}, got {type(pixel_values_videos).__name__}"
+            )
+        shapes = self.config.video_pixel_shapes()
+        sizes = [math.prod(shape) for shape in shapes.values()]
+        if pixel_values_videos.ndim != 2 or pixel_values_videos.shape[1] != sum(sizes):
+            listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+            raise ValueError(
+                f"`pixel_values_videos` must have shape (num_videos, {sum(sizes)}): the (frames, channels, height, "
+                f"width) pixels of each encoder ({listed}) flattened and concatenated in that order; got "
+                f"{tuple(pixel_values_videos.shape)}"
+            )
+        parts = pixel_values_videos.split(sizes, dim=1)
+        return {name: part.view(part.shape[0], *shape) for (name, shape), part in zip(shapes.items(), parts)}
+
 
 @auto_docstring(custom_intro="MERV's encoders, alignment and fusion, and the language model without its head.")
 class MervModel(MervPreTrainedModel):
@@ -543,55 +623,98 @@ class MervModel(MervPreTrainedModel):
     @auto_docstring(custom_intro="Encodes videos with every encoder, aligns and fuses them into the visual tokens.")
     def get_video_features(
         self,
-        pixel_values_videos: dict[str, torch.Tensor],
+        pixel_values_videos: torch.Tensor | dict[str, torch.Tensor],
         output_encoder_features: bool = False,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MervVideoFeaturesOutput:
         r"""
-        pixel_values_videos (`dict[str, torch.FloatTensor]`):
-            One tensor per encoder of `config.vision_encoders`, shaped `(num_videos, frames, channels, height,
-            width)` with that encoder's own frame count and resolution (see `MervVideoProcessor`).
+        pixel_values_videos (`torch.FloatTensor` of shape `(num_videos, D)`):
+            Every encoder's pixels packed by `MervVideoProcessor`: for each encoder of `config.vision_encoders`, its
+            `(frames, channels, height, width)` (`config.video_pixel_shapes()`) flattened, then concatenated. The
+            per-encoder dict `{encoder: (num_videos, frames, channels, height, width)}` is taken too.
         output_encoder_features (`bool`, *optional*, defaults to `False`):
             Also return each encoder's selected tokens and projected tokens.
-        output_hidden_states (`bool`, *optional*, defaults to `False`):
-            Also return each tower's hidden states up to its feature layer (`encoder_hidden_states`).
+        output_hidden_states (`bool`, *optional*):
+            Also return the towers' hidden states up to their feature layers. Unset: per tower,
+            `config.output_hidden_states` or the tower's sub-config's.
+        output_attentions (`bool`, *optional*):
+            Also return the attention weights of the towers' layers that run (eager attention only). Unset: as for
+            `output_hidden_states`.
         """
-        unsupported = set(kwargs) - {"output_hidden_states"}
-        if unsupported:
-            raise TypeError(
-                f"get_video_features() got unsupported arguments {sorted(unsupported)}; it takes "
-                "`output_encoder_features` and `output_hidden_states`"
-            )
-        output_hidden_states = bool(kwargs.get("output_hidden_states"))
-        self._check_pixel_values(pixel_values_videos)
-        branches = self._run_encoder_branches(pixel_values_videos, output_hidden_states)
+        recordings = self._tower_recordings(kwargs)
+        pixels = self._pixels_by_encoder(pixel_values_videos)
+        branches = self._run_encoder_branches(pixels, recordings)
         projected = {name: branch.aligned for name, branch in branches.items()}
         target = next(iter(projected.values())).device
         fused, weights = self.fusion([features.to(target) for features in projected.values()])
+        towers = {name: branch.tower for name, branch in branches.items()}
+        hidden_states, attentions = _recorded(towers, "hidden_states"), _recorded(towers, "attentions")
         return MervVideoFeaturesOutput(
             last_hidden_state=fused,
             pooler_output=fused,
+            hidden_states=_concatenated(hidden_states),
+            attentions=_concatenated(attentions),
             fusion_weights=weights,
-            encoder_features={name: branch.features for name, branch in branches.items()}
+            encoder_features={name: tower.features for name, tower in towers.items()}
             if output_encoder_features
             else None,
             projected_features=projected if output_encoder_features else None,
-            encoder_hidden_states={name: branch.hidden_states for name, branch in branches.items()}
-            if output_hidden_states
-            else None,
+            encoder_hidden_states=hidden_states,
+            encoder_attentions=attentions,
         )
 
+    def _tower_recordings(self, kwargs: dict) -> dict[str, TowerRecording]:
+        """What each tower records for `get_video_features(**kwargs)`: `output_hidden_states` / `output_attentions`
+        where given, else the MERV config's flag or the tower's sub-config's. Attention weights need eager
+        attention."""
+        flags = [f"output_{output}" for output in TowerRecording._fields]
+        unsupported = set(kwargs) - set(flags)
+        if unsupported:
+            raise TypeError(
+                f"get_video_features() got unsupported arguments {sorted(unsupported)}; it takes "
+                f"`output_encoder_features`, {', '.join(f'`{flag}`' for flag in flags)}"
+            )
+        recordings = {
+            name: TowerRecording(*(self._output_flag(flag, name, kwargs) for flag in flags))
+            for name in self.config.vision_encoders
+        }
+        not_eager = {
+            name: self.config.encoder_config(name)._attn_implementation
+            for name, recording in recordings.items()
+            if recording.attentions and self.config.encoder_config(name)._attn_implementation != "eager"
+        }
+        if not_eager:
+            raise ValueError(
+                f"`output_attentions` needs the eager attention implementation, but these encoders use another: "
+                f"{not_eager}; load the model with `attn_implementation='eager'` or call "
+                "`model.set_attn_implementation('eager')`"
+            )
+        return recordings
+
+    def _output_flag(self, flag: str, name: str, kwargs: dict) -> bool:
+        if kwargs.get(flag) is not None:
+            return bool(kwargs[flag])
+        return bool(getattr(self.config, flag) or getattr(self.config.encoder_config(name), flag))
+
+    def _pixels_by_encoder(
+        self, pixel_values_videos: torch.Tensor | Mapping[str, torch.Tensor]
+    ) -> Mapping[str, torch.Tensor]:
+        """`{encoder: (num_videos, frames, channels, height, width)}` of packed pixels, or the per-encoder form as
+        given; checked against the config either way."""
+        if isinstance(pixel_values_videos, Mapping):
+            self._check_pixel_values(pixel_values_videos)
+            return pixel_values_videos
+        return self.split_pixel_values_videos(pixel_values_videos)
+
     def _run_encoder_branches(
-        self, pixel_values_videos: dict[str, torch.Tensor], output_hidden_states: bool = False
+        self, pixel_values_videos: Mapping[str, torch.Tensor], recordings: dict[str, TowerRecording]
     ) -> dict[str, EncoderBranch]:
         """Every encoder's branch, one after the other or, with
         `config.concurrent_encoders`, each in its own thread (and CUDA stream), so encoders on different GPUs (or
         sharing one) overlap. Results are identical either way."""
         names = self.config.vision_encoders
         if not self.config.concurrent_encoders or len(names) == 1:
-            return {
-                name: self._encoder_branch(name, pixel_values_videos[name], output_hidden_states) for name in names
-            }
+            return {name: self._encoder_branch(name, pixel_values_videos[name], recordings[name]) for name in names}
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             raise ValueError(
                 "`config.concurrent_encoders` cannot be used in distributed training (FSDP / DeepSpeed gather "
@@ -602,64 +725,60 @@ class MervModel(MervPreTrainedModel):
         def run(name: str) -> EncoderBranch:
             # grad and inference modes are thread-local: carry the caller's into the worker
             with torch.inference_mode(inference_mode), torch.set_grad_enabled(grad_enabled):
-                return self._encoder_branch_on_own_stream(name, pixel_values_videos[name], output_hidden_states)
+                return self._encoder_branch_on_own_stream(name, pixel_values_videos[name], recordings[name])
 
         with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="merv-encoder") as pool:
             futures = {name: pool.submit(run, name) for name in names}
             return {name: future.result() for name, future in futures.items()}
 
     def _encoder_branch_on_own_stream(
-        self, name: str, pixels: torch.Tensor, output_hidden_states: bool
+        self, name: str, pixels: torch.Tensor, recording: TowerRecording
     ) -> EncoderBranch:
         device = _execution_device(self.vision_towers[name])
         if device.type != "cuda":
-            return self._encoder_branch(name, pixels, output_hidden_states)
+            return self._encoder_branch(name, pixels, recording)
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))  # the inputs may still be in flight on the caller's
         with torch.cuda.stream(stream):
-            result = self._encoder_branch(name, pixels, output_hidden_states)
+            result = self._encoder_branch(name, pixels, recording)
         stream.synchronize()  # blocks this worker only; the caller then reads finished tensors
         return result
 
     @torch.no_grad()
     def standardize_projector_inputs(
-        self, pixel_values_videos: dict[str, torch.Tensor], generator: torch.Generator | None = None
+        self, pixel_values_videos: torch.Tensor | dict[str, torch.Tensor], generator: torch.Generator | None = None
     ) -> None:
         """Data-dependent initialisation of the projectors (before training): each encoder's first projector layer
-        is set to standardise that encoder's pooled features over the given videos. Encoder features mix a large
-        video-independent part (position embeddings, background) with a small video-dependent one; without this,
-        the visual tokens start almost identical for every video (measured on randomly initialised encoders:
-        ~10% of the feature magnitude varies between videos), and the language model is slow to learn to read
-        them."""
-        self._check_pixel_values(pixel_values_videos)
+        is set to standardise that encoder's pooled features over the given videos (`pixel_values_videos` as
+        `get_video_features` takes them). Encoder features mix a large video-independent part (position embeddings,
+        background) with a small video-dependent one; without this, the visual tokens start almost identical for
+        every video (measured on randomly initialised encoders: ~10% of the feature magnitude varies between
+        videos), and the language model is slow to learn to read them."""
+        pixels = self._pixels_by_encoder(pixel_values_videos)
         for name in self.config.vision_encoders:
             projector = self.projectors[name]
-            features = self._encode(name, pixel_values_videos[name])[0].to(_execution_device(projector))
+            features = self._encode(name, pixels[name]).features.to(_execution_device(projector))
             grid_frames = self.config.encoder_token_grid(name)[0]
             pooled = projector.resampler(
                 features.unflatten(1, (grid_frames, -1)).to(next(projector.parameters()).dtype)
             )
             projector.mlp.standardize_first_layer(pooled.flatten(0, 1), generator)
 
-    def _encoder_branch(self, name: str, pixels: torch.Tensor, output_hidden_states: bool) -> EncoderBranch:
-        features, hidden_states = self._encode(name, pixels, output_hidden_states)
-        return EncoderBranch(features, self._align(name, features), hidden_states)
+    def _encoder_branch(self, name: str, pixels: torch.Tensor, recording: TowerRecording) -> EncoderBranch:
+        tower = self._encode(name, pixels, recording)
+        return EncoderBranch(tower, self._align(name, tower.features))
 
-    def _check_pixel_values(self, pixel_values_videos: dict[str, torch.Tensor]) -> None:
-        if not isinstance(pixel_values_videos, dict):
-            raise TypeError(
-                "`pixel_values_videos` must be a dict {encoder name: (videos, frames, channels, height, width) "
-                f"tensor}}, got {type(pixel_values_videos).__name__}"
-            )
+    def _check_pixel_values(self, pixel_values_videos: Mapping[str, torch.Tensor]) -> None:
+        """Checks the per-encoder form: every encoder of the config, each with its shape, the same number of
+        videos."""
         missing = [name for name in self.config.vision_encoders if name not in pixel_values_videos]
         if missing:
             raise ValueError(
                 f"`pixel_values_videos` lacks encoders {missing}; expected keys {self.config.vision_encoders}"
             )
         batch_sizes = set()
-        for name in self.config.vision_encoders:
+        for name, expected in self.config.video_pixel_shapes().items():
             pixels = pixel_values_videos[name]
-            expected = self._expected_pixel_shape(name)
             if pixels.ndim != 5 or tuple(pixels.shape[1:]) != expected:
                 raise ValueError(
                     f"`pixel_values_videos[{name!r}]` must have shape (videos, {', '.join(map(str, expected))}), "
@@ -669,41 +788,39 @@ class MervModel(MervPreTrainedModel):
         if len(batch_sizes) != 1:
             raise ValueError(f"every encoder needs the same number of videos, got {sorted(batch_sizes)}")
 
-    def _expected_pixel_shape(self, name: str) -> tuple[int, int, int, int]:
-        sub_config = self.config.encoder_config(name)
-        size = sub_config.image_size
-        height, width = (size, size) if isinstance(size, int) else size
-        return self.config.num_frames[name], sub_config.num_channels, height, width
-
-    def _encode(
-        self, name: str, pixels: torch.Tensor, output_hidden_states: bool = False
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """Selected tokens of encoder `name`, `(videos, frames) -> (videos, tokens, encoder_hidden_size)`, and the
-        tower's hidden states up to the feature layer if `output_hidden_states`."""
+    def _encode(self, name: str, pixels: torch.Tensor, recording: TowerRecording = TowerRecording()) -> TowerOutput:
+        """Selected tokens of encoder `name`, `(videos, frames) -> (videos, tokens, encoder_hidden_size)`, with the
+        tower's hidden states and attention weights up to the feature layer as `recording` asks."""
         tower = self.vision_towers[name]
         num_videos = pixels.shape[0]
         pixels = pixels.to(device=_execution_device(tower), dtype=tower.dtype)
         tower_input = pixels if name in VIDEO_INPUT_TOWERS else pixels.flatten(0, 1)
         with torch.set_grad_enabled(torch.is_grad_enabled() and _has_trainable_parameters(tower)):
-            hidden, hidden_states = self._tower_hidden_state(name, tower, tower_input, output_hidden_states)
+            output = self._tower_hidden_state(name, tower, tower_input, recording)
+            hidden = output.features
             if self.config.vision_feature_final_norm[name]:
                 hidden = TOWER_ADAPTERS[name].normalize(tower, hidden)
         if self.config.vision_feature_select_strategy[name] == "default":
             hidden = hidden[:, self.config.encoder_num_prefix_tokens(name) :]
-        return hidden.reshape(num_videos, -1, hidden.shape[-1]), hidden_states
+        return output._replace(features=hidden.reshape(num_videos, -1, hidden.shape[-1]))
 
     def _tower_hidden_state(
-        self, name: str, tower: nn.Module, pixels: torch.Tensor, keep_all: bool = False
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """Hidden state `config.vision_feature_layer[name]` of the tower (0 = after the embeddings), running only the
-        layers up to it; with `keep_all`, also every hidden state up to it (else only one is held at a time)."""
+        self, name: str, tower: nn.Module, pixels: torch.Tensor, recording: TowerRecording = TowerRecording()
+    ) -> TowerOutput:
+        """Hidden state `config.vision_feature_layer[name]` of the tower (0 = after the embeddings) as `features`,
+        running only the layers up to it; as `recording` asks, also every hidden state up to it (else only one is
+        held at a time) and the attention weights of the layers that ran."""
         adapter = TOWER_ADAPTERS[name]
         num_layers = self.config.vision_feature_layer[name] % (adapter.num_layers(tower) + 1)
-        states = adapter.hidden_states(tower, pixels, num_layers)
-        if keep_all:
-            kept = tuple(states)
-            return kept[-1], kept
-        return deque(states, maxlen=1).pop(), None
+        recorder = adapter.recording_attentions(tower, num_layers) if recording.attentions else nullcontext()
+        with recorder as attentions:
+            states = adapter.hidden_states(tower, pixels, num_layers)
+            kept = tuple(states) if recording.hidden_states else (deque(states, maxlen=1).pop(),)
+        return TowerOutput(
+            features=kept[-1],
+            hidden_states=kept if recording.hidden_states else None,
+            attentions=None if attentions is None else tuple(attentions),
+        )
 
     def _align(self, name: str, features: torch.Tensor) -> torch.Tensor:
         """Pool and project one encoder's tokens to `(videos, visual_tokens, text_hidden_size)`."""
@@ -745,7 +862,7 @@ class MervModel(MervPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        pixel_values_videos: dict[str, torch.Tensor] | None = None,
+        pixel_values_videos: torch.Tensor | dict[str, torch.Tensor] | None = None,
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
@@ -754,8 +871,9 @@ class MervModel(MervPreTrainedModel):
         **kwargs: Unpack[TransformersKwargs],
     ) -> MultimodalBaseModelOutputWithPast:
         r"""
-        pixel_values_videos (`dict[str, torch.FloatTensor]`, *optional*):
-            One tensor per encoder, `(num_videos, frames, channels, height, width)`; see `get_video_features`.
+        pixel_values_videos (`torch.FloatTensor` of shape `(num_videos, D)`, *optional*):
+            Every encoder's pixels, packed by `MervVideoProcessor` (or the per-encoder dict); see
+            `get_video_features`.
         cache (`Cache`, *optional*):
             The language model's KV cache from earlier steps (`past_key_values`, its name before transformers 5.24, is
             accepted too).
@@ -812,17 +930,19 @@ class MervForConditionalGeneration(MervPreTrainedModel, GenerationMixin):
     @auto_docstring(custom_intro="Encodes videos with every encoder, aligns and fuses them into the visual tokens.")
     def get_video_features(
         self,
-        pixel_values_videos: dict[str, torch.Tensor],
+        pixel_values_videos: torch.Tensor | dict[str, torch.Tensor],
         output_encoder_features: bool = False,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MervVideoFeaturesOutput:
         r"""
-        pixel_values_videos (`dict[str, torch.FloatTensor]`):
-            One tensor per encoder, `(num_videos, frames, channels, height, width)`.
+        pixel_values_videos (`torch.FloatTensor` of shape `(num_videos, D)`):
+            Every encoder's pixels, packed by `MervVideoProcessor` (or the per-encoder dict).
         output_encoder_features (`bool`, *optional*, defaults to `False`):
             Also return each encoder's selected tokens and projected tokens.
-        output_hidden_states (`bool`, *optional*, defaults to `False`):
-            Also return each tower's hidden states up to its feature layer (`encoder_hidden_states`).
+        output_hidden_states (`bool`, *optional*):
+            Also return the towers' hidden states; see `MervModel.get_video_features`.
+        output_attentions (`bool`, *optional*):
+            Also return the towers' attention weights (eager attention only); see `MervModel.get_video_features`.
         """
         return self.model.get_video_features(pixel_values_videos, output_encoder_features, **kwargs)
 
@@ -833,7 +953,7 @@ class MervForConditionalGeneration(MervPreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        pixel_values_videos: dict[str, torch.Tensor] | None = None,
+        pixel_values_videos: torch.Tensor | dict[str, torch.Tensor] | None = None,
         labels: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
@@ -844,8 +964,9 @@ class MervForConditionalGeneration(MervPreTrainedModel, GenerationMixin):
         **kwargs: Unpack[TransformersKwargs],
     ) -> MultimodalCausalLMOutputWithPast:
         r"""
-        pixel_values_videos (`dict[str, torch.FloatTensor]`, *optional*):
-            One tensor per encoder, `(num_videos, frames, channels, height, width)`.
+        pixel_values_videos (`torch.FloatTensor` of shape `(num_videos, D)`, *optional*):
+            Every encoder's pixels, packed by `MervVideoProcessor` (or the per-encoder dict); see
+            `get_video_features`.
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Target ids; -100 is ignored. Positions holding the `<video>` placeholder are never scored.
         cache (`Cache`, *optional*):

@@ -4,12 +4,13 @@ from collections.abc import Sequence
 from importlib.resources import files
 
 import torch
+from transformers import BatchFeature
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
 from transformers.utils import logging
 
 from .compat import DirectVideoProcessorLoading
 from .video_io import make_batched_video_inputs
-from .video_processing_merv import MervBatchFeature, MervVideoProcessor, MervVideosKwargs
+from .video_processing_merv import MervVideoProcessor, MervVideosKwargs
 
 
 logger = logging.get_logger(__name__)
@@ -127,14 +128,14 @@ class MervProcessor(DirectVideoProcessorLoading, ProcessorMixin):
 
     def __call__(
         self, text: str | list[str] | None = None, videos: object = None, **kwargs: Unpack[MervProcessorKwargs]
-    ) -> MervBatchFeature:
+    ) -> BatchFeature:
         """Tokenize `text` (each `<video>` expanded) and process `videos` (see [`MervVideoProcessor`]).
 
         Text kwargs (`padding`, `padding_side`, `truncation`, ...) go to the tokenizer, sampling kwargs
         (`clip_start_sec`, `clip_end_sec`, `end_frame`, `fps`) to the video processor. This is
-        `ProcessorMixin.__call__`, returning a [`MervBatchFeature`] so that `.to(...)` also moves `pixel_values_videos`.
+        `ProcessorMixin.__call__` with `text` and `videos` as its first two positional arguments.
         """
-        return MervBatchFeature(super().__call__(text=text, videos=videos, **kwargs).data)
+        return super().__call__(text=text, videos=videos, **kwargs)
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs) -> None:
         """Check that the text has exactly one `<video>` marker per video, naming both counts."""
@@ -153,11 +154,11 @@ class MervProcessor(DirectVideoProcessorLoading, ProcessorMixin):
                 "put one marker per video in the text (the chat template does this for video blocks)"
             )
 
-    def _process_videos(self, videos: object, **kwargs) -> tuple[MervBatchFeature, list[str]]:
+    def _process_videos(self, videos: object, **kwargs) -> tuple[BatchFeature, list[str]]:
         # The hook in-tree processors override too (qwen2_5_vl): the base counts videos with transformers'
         # `make_batched_videos`, which does not know every input `video_io` reads; the video processor's output does.
         processed = self.video_processor(videos, **kwargs)
-        num_videos = next(iter(processed["pixel_values_videos"].values())).shape[0]
+        num_videos = processed["pixel_values_videos"].shape[0]
         return processed, [self.replace_video_token(processed, index) for index in range(num_videos)]
 
     def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:

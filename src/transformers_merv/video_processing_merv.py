@@ -4,6 +4,7 @@ normalisation, exactly as the authors' code prepares them (princetonvisualai/mer
 
 import math
 import random
+import warnings
 from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass
@@ -169,11 +170,20 @@ class EncoderTransform:
             return int(math.floor((float(height) / width) * short)), short
         return short, int(math.floor((float(width) / height) * short))
 
+    def centre_crop(self) -> dict[str, int] | None:
+        """The centre crop: `crop_size`, else a square of the short side's target when the short side is scaled."""
+        if self.crop_size is None and "shortest_edge" in self.size:
+            return {"height": self.size["shortest_edge"], "width": self.size["shortest_edge"]}
+        return self.crop_size
+
+    def output_size(self) -> tuple[int, int]:
+        """(height, width) of the frames this transform gives, whatever the source frames' size."""
+        size = self.centre_crop() or self.size  # without a crop, the size is fixed: a short side is always cropped
+        return size["height"], size["width"]
+
     def crop_box(self, height: int, width: int) -> tuple[int, int, int, int] | None:
         """(top, left, crop height, crop width) of the centre crop (Python `round`, as torchvision), or None."""
-        crop = self.crop_size
-        if crop is None and "shortest_edge" in self.size:
-            crop = {"height": self.size["shortest_edge"], "width": self.size["shortest_edge"]}
+        crop = self.centre_crop()
         if crop is None or (crop["height"], crop["width"]) == (height, width):
             return None
         if crop["height"] > height or crop["width"] > width:
@@ -191,20 +201,25 @@ class FramePlan:
 
 
 class MervBatchFeature(BatchFeature):
-    """`BatchFeature` whose `.to(...)` also moves and casts the tensors of nested dicts (`pixel_values_videos`)."""
+    """Deprecated: MERV's processors return a plain `BatchFeature`, since `pixel_values_videos` is one tensor."""
 
-    def to(self, *args, **kwargs) -> "MervBatchFeature":
-        super().to(*args, **kwargs)
-        self.data = {
-            key: dict(BatchFeature(value).to(*args, **kwargs)) if isinstance(value, dict) else value
-            for key, value in self.items()
-        }
-        return self
+    def __init__(self, *args, **kwargs):
+        warnings.warn(
+            "`MervBatchFeature` is deprecated and will be removed in a future release: `pixel_values_videos` is one "
+            "tensor, so MERV's processors return a plain `transformers.BatchFeature`; use that instead",
+            FutureWarning,
+            stacklevel=2,
+        )
+        super().__init__(*args, **kwargs)
 
 
 class MervVideoProcessor(VideoProcessorMixin):
     r"""
-    Turns videos into the per-encoder pixel tensors of MERV, reproducing the authors' preprocessing.
+    Turns videos into MERV's `pixel_values_videos`, reproducing the authors' preprocessing.
+
+    `pixel_values_videos` is one float32 tensor `(num_videos, D)`: for each encoder of `vision_encoders`, in order,
+    its `(frames, 3, height, width)` pixels (`video_pixel_shapes()`) flattened, concatenated; `D` is the sum of their
+    sizes. `MervModel.split_pixel_values_videos` gives the per-encoder view of it.
 
     Each video is decoded once, at `max(num_frames)` frames sampled the authors' way (`video_io`); encoder `e` takes
     every `max(num_frames) // num_frames[e]`-th of them (rows 0, 2, ..., 30 for the 16-frame encoders of merv-full),
@@ -280,15 +295,24 @@ class MervVideoProcessor(VideoProcessorMixin):
         """Frames fed to each encoder."""
         return {name: self.encoder_settings[name]["num_frames"] for name in self.vision_encoders}
 
+    def video_pixel_shapes(self) -> dict[str, tuple[int, int, int, int]]:
+        """Per encoder, in order, the `(frames, channels, height, width)` pixels of one video; a model takes this
+        processor's output if its `config.video_pixel_shapes()` is the same."""
+        return {
+            name: (transform.num_frames, RGB_CHANNELS, *transform.output_size())
+            for name, transform in self.transforms.items()
+        }
+
     def preprocess(
         self,
         videos: object,
         return_tensors: str | None = "pt",
         return_metadata: bool = False,
         **kwargs: Unpack[MervVideosKwargs],
-    ) -> MervBatchFeature:
-        """Decode and transform `videos` (see `video_io` for accepted inputs) into
-        `pixel_values_videos = {encoder: FloatTensor[batch, frames, 3, H, W]}` (and `video_metadata` if asked)."""
+    ) -> BatchFeature:
+        """Decode and transform `videos` (see `video_io` for accepted inputs) into `pixel_values_videos`, a
+        `(num_videos, D)` float32 tensor packing every encoder's pixels (see the class docstring), and
+        `video_metadata` if asked."""
         if return_tensors not in (None, "pt"):
             raise ValueError(f"MervVideoProcessor returns PyTorch tensors only, got return_tensors={return_tensors!r}")
         sampling = self._sampling_kwargs(kwargs)
@@ -298,21 +322,17 @@ class MervVideoProcessor(VideoProcessorMixin):
             for i in range(len(videos))
         ]
         transforms = self.transforms
-        frames = {name: [] for name in self.vision_encoders}
+        shapes = self.video_pixel_shapes()
+        packed = np.empty((len(videos), sum(math.prod(shape) for shape in shapes.values())), dtype=np.float32)
         metadata = []
         for i, (video, video_sampling) in enumerate(zip(videos, per_video, strict=True)):
             video_frames, video_metadata = self._process_one(video, f"videos[{i}]", transforms, **video_sampling)
-            for name, encoder_frames in video_frames.items():
-                frames[name].extend(encoder_frames)
+            _pack_video(video_frames, shapes, packed[i])
             metadata.append(video_metadata)
-        pixels = {  # one copy into the batch tensor
-            name: torch.from_numpy(np.stack(encoder_frames).reshape(len(videos), -1, *encoder_frames[0].shape))
-            for name, encoder_frames in frames.items()
-        }
-        data = {"pixel_values_videos": pixels}
+        data = {"pixel_values_videos": torch.from_numpy(packed)}
         if return_metadata:
             data["video_metadata"] = metadata
-        return MervBatchFeature(data)
+        return BatchFeature(data)
 
     def _sampling_kwargs(self, kwargs: dict) -> dict:
         """Keep the sampling kwargs; reject per-call resize/normalise options, which live in `encoder_settings`."""
@@ -446,6 +466,16 @@ def _torch_transform(frame: np.ndarray, transform: EncoderTransform) -> np.ndarr
     if not transform.normalize_before_resize:
         resized = _normalize(np.ascontiguousarray(resized), transform)
     return resized
+
+
+def _pack_video(frames: dict[str, list[np.ndarray]], shapes: dict[str, tuple[int, ...]], row: np.ndarray) -> None:
+    """Copy one video's frames into its row of the packed batch: each encoder's `(frames, 3, H, W)` block,
+    C-contiguous, one after the other in the order of `shapes`."""
+    start = 0
+    for name, shape in shapes.items():
+        size = math.prod(shape)
+        np.stack(frames[name], out=row[start : start + size].reshape(shape))
+        start += size
 
 
 def _merge_settings(vision_encoders: list[str], overrides: dict[str, dict]) -> dict[str, dict]:

@@ -42,6 +42,15 @@ TARGETS = {
             # encoding, alignment and the placeholder scatter
             "xǁMervModelǁ_encode",
             "xǁMervModelǁ_tower_hidden_state",
+            # packed pixels and the towers' recorded outputs
+            "xǁMervPreTrainedModelǁsplit_pixel_values_videos",
+            "xǁMervModelǁ_pixels_by_encoder",
+            "xǁMervModelǁ_check_pixel_values",
+            "xǁMervModelǁ_tower_recordings",
+            "xǁMervModelǁ_output_flag",
+            "xǁTowerAdapterǁrecording_attentions",
+            "x__recorded",
+            "x__concatenated",
             "xǁMervModelǁ_align",
             "xǁMervModelǁ_encoder_branch",
             "xǁMervModelǁget_placeholder_mask",
@@ -61,7 +70,11 @@ TARGETS = {
     "transformers_merv.video_processing_merv": Target(
         functions=(
             "xǁEncoderTransformǁresized_size",
+            "xǁEncoderTransformǁcentre_crop",
+            "xǁEncoderTransformǁoutput_size",
             "xǁEncoderTransformǁcrop_box",
+            "xǁMervVideoProcessorǁvideo_pixel_shapes",
+            "x__pack_video",
             "xǁMervVideoProcessorǁpreprocess",
             "xǁMervVideoProcessorǁ_process_one",
             "xǁMervVideoProcessorǁframe_plan",

@@ -63,10 +63,9 @@ def encode_from_args(args: argparse.Namespace) -> tuple[Any, Any, VideoPrefix]:
 
 def answer_question(model, processor, inputs, generation: Mapping[str, Any]) -> tuple[str, Any]:
     """The answer to one prepared question, and the video features it was generated from (`fusion_weights`...)."""
-    inputs = inputs.to(model.device)
-    pixels = {name: value.to(model.dtype) for name, value in inputs["pixel_values_videos"].items()}
+    inputs = inputs.to(model.device, model.dtype)  # casts the pixels only
     with torch.inference_mode():
-        features = model.get_video_features(pixels)
+        features = model.get_video_features(inputs["pixel_values_videos"])
         output = model.generate(
             input_ids=inputs["input_ids"],
             attention_mask=inputs["attention_mask"],

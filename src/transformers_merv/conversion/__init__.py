@@ -6,6 +6,7 @@ state dicts for DINOv2 and SigLIP, a transformers directory for ViViT) and the L
 Every source tensor is mapped or listed as deliberately unused and every target tensor is filled, or the conversion
 fails naming the keys. Weights are streamed into shards, so memory stays near one input file plus one shard."""
 
+import math
 import shlex
 import sys
 from dataclasses import dataclass
@@ -151,16 +152,7 @@ def verify_output(output_dir: Path, tensors, dtype: torch.dtype | None) -> int:
     checked = verify_tensors(model, tensors, dtype)
     config = model.config
     input_ids = torch.tensor([[config.text_config.bos_token_id] + [config.video_token_id] * config.num_video_tokens])
-    pixels = {
-        name: torch.zeros(
-            1,
-            config.num_frames[name],
-            3,
-            config.encoder_config(name).image_size,
-            config.encoder_config(name).image_size,
-        )
-        for name in config.vision_encoders
-    }
+    pixels = torch.zeros(1, sum(math.prod(shape) for shape in config.video_pixel_shapes().values()))
     with torch.no_grad():
         logits = model(input_ids=input_ids, pixel_values_videos=pixels, logits_to_keep=1).logits
     if not torch.isfinite(logits).all():

@@ -200,10 +200,7 @@ def _answer(
         padding_side="left",
         return_tensors="pt",
     )
-    pixels = {
-        name: torch.cat([row["pixel_values_videos"][name] for row in inputs]).to(model.device, model.dtype)
-        for name in inputs[0]["pixel_values_videos"]
-    }
+    pixels = torch.cat([row["pixel_values_videos"] for row in inputs]).to(model.device, model.dtype)
     input_ids = padded["input_ids"].to(model.device)
     with torch.inference_mode():
         output = model.generate(

@@ -117,8 +117,8 @@ def question_inputs(processor, question: str, video: str | Path, sampling: Mappi
     return processor(text=[text], videos=[str(video)], return_tensors="pt", **sampling)
 
 
-def process_video(processor, video: str | Path, sampling: Mapping[str, float | int] | None = None):
-    """Decode and transform one video: `{encoder: (1, frames, C, H, W)}`. `sampling` is the clip window
+def process_video(processor, video: str | Path, sampling: Mapping[str, float | int] | None = None) -> torch.Tensor:
+    """Decode and transform one video: its `pixel_values_videos`, `(1, D)`. `sampling` is the clip window
     (`clip_start_sec`, `clip_end_sec`, `end_frame`)."""
     return processor.video_processor([str(video)], **(sampling or {}))["pixel_values_videos"]
 
@@ -136,12 +136,9 @@ def prefill_video(
 
 
 @torch.inference_mode()
-def prefill_pixels(
-    model, processor, pixel_values_videos: Mapping[str, torch.Tensor], chat_template: str | None = None
-) -> VideoPrefix:
+def prefill_pixels(model, processor, pixel_values_videos: torch.Tensor, chat_template: str | None = None) -> VideoPrefix:
     """`prefill_video` for an already decoded video (`process_video`'s output, a batch of one)."""
-    pixels = {name: value.to(model.device, model.dtype) for name, value in pixel_values_videos.items()}
-    video_features = model.get_video_features(pixels)
+    video_features = model.get_video_features(pixel_values_videos.to(model.device, model.dtype))
     input_ids = torch.tensor([shared_prefix_ids(processor, chat_template)], device=model.device)
     output = model(input_ids=input_ids, mm_encoder_outputs={"video": video_features}, use_cache=True, logits_to_keep=1)
     return VideoPrefix(video_features, CachedPrompt(input_ids, output.cache), chat_template)

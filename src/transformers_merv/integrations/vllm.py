@@ -66,8 +66,6 @@ logger = init_logger(f"vllm.{__name__}")
 
 ARCHITECTURE = "MervForConditionalGeneration"
 """`config.architectures[0]` of saved MERV models: the name vLLM looks the model class up by."""
-PIXEL_FIELD_PREFIX = "pixel_values_videos_"
-"""vLLM passes flat tensors to the model: `pixel_values_videos[encoder]` travels as `pixel_values_videos_<encoder>`."""
 MODEL_PREFIX = "model."
 VIDEO_WEIGHT_PREFIXES = tuple(f"{MODEL_PREFIX}{part}." for part in ("vision_towers", "projectors", "fusion"))
 """Checkpoint keys of the video model (everything of `MervModel` but its language model)."""
@@ -203,14 +201,12 @@ class MervMultiModalProcessor(BaseMultiModalProcessor[MervProcessingInfo]):
     def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:
         video_processor = self.info.get_hf_processor().video_processor
         videos = [_processor_input(video) for video in hf_data["videos"]]
-        pixels = video_processor(videos, **hf_kwargs)["pixel_values_videos"]
-        return BatchFeature({PIXEL_FIELD_PREFIX + name: value for name, value in pixels.items()})
+        return BatchFeature({"pixel_values_videos": video_processor(videos, **hf_kwargs)["pixel_values_videos"]})
 
     def _get_mm_fields_config(
         self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
     ) -> Mapping[str, MultiModalFieldConfig]:
-        encoders = self.info.get_hf_config().vision_encoders
-        return {PIXEL_FIELD_PREFIX + name: MultiModalFieldConfig.batched("video") for name in encoders}
+        return {"pixel_values_videos": MultiModalFieldConfig.batched("video")}
 
     def _get_prompt_updates(
         self,
@@ -286,12 +282,9 @@ class MervForConditionalGenerationVllm(nn.Module, SupportsMultiModal, SupportsPP
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         """The fused visual tokens of every video in the batch, one `(num_video_tokens, hidden)` tensor each (logged
         at debug level: vLLM calls this once per video, however many prefill chunks the video's tokens span)."""
-        pixels = {name: kwargs.get(PIXEL_FIELD_PREFIX + name) for name in self.config.vision_encoders}
-        if any(value is None for value in pixels.values()):
+        pixels = kwargs.get("pixel_values_videos")  # the videos' packed pixels, stacked by vLLM: (videos, D)
+        if pixels is None:
             return []
-        pixels = {
-            name: torch.stack(list(value)) if isinstance(value, list) else value for name, value in pixels.items()
-        }
         features = tuple(self.video_model.get_video_features(pixels).pooler_output)
         logger.debug("MERV encoded %d videos", len(features))
         return features

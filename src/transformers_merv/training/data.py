@@ -153,7 +153,7 @@ class VideoLlavaDataset(Dataset):
     Examples of a Video-LLaVA / MERV training JSON, tokenized and with their videos processed by a `MervProcessor`.
 
     Each item is `{"input_ids", "attention_mask", "labels"}` (1-D) plus, for examples with a video or image,
-    `"pixel_values_videos"` (`{encoder: (frames, 3, H, W)}`); labels are -100 except on the tokens to learn (see the
+    `"pixel_values_videos"` (the video's packed pixels, `(D,)`); labels are -100 except on the tokens to learn (see the
     module docstring). Batch items with `MervDataCollator`.
 
     Bad examples never surface as an unclear crash hours into training. Malformed entries and missing files are found
@@ -213,7 +213,7 @@ class VideoLlavaDataset(Dataset):
         self.skipped: list[BadExample] = []
         self._unreadable: set[int] = set()
         self._cache: dict[int, dict[str, Any]] | None = {} if cache else None
-        self._pixels_by_media: dict[str, dict[str, torch.Tensor]] = {}
+        self._pixels_by_media: dict[str, torch.Tensor] = {}
         self.examples = self._parse(Path(data_path), Path(media_root))
 
     def _parse(self, data_path: Path, media_root: Path) -> list[Example]:
@@ -315,7 +315,7 @@ class VideoLlavaDataset(Dataset):
             "labels": labels[0, : self.max_length],
         }
         if media is not None:
-            item["pixel_values_videos"] = {name: pixels[0] for name, pixels in inputs["pixel_values_videos"].items()}
+            item["pixel_values_videos"] = inputs["pixel_values_videos"][0]
         return item
 
     def _encode_chat(self, example: Example, media: str | Image.Image | None) -> tuple[dict, torch.Tensor]:
@@ -404,7 +404,7 @@ class MervDataCollator:
         }
         videos = [item["pixel_values_videos"] for item in items if "pixel_values_videos" in item]
         if videos:
-            batch["pixel_values_videos"] = {name: torch.stack([video[name] for video in videos]) for name in videos[0]}
+            batch["pixel_values_videos"] = torch.stack(videos)
         return batch
 
 
@@ -416,5 +416,5 @@ def filler_item(processor: MervProcessor) -> dict[str, Any]:
         "input_ids": inputs["input_ids"][0],
         "attention_mask": inputs["attention_mask"][0],
         "labels": torch.full_like(inputs["input_ids"][0], IGNORE_INDEX),
-        "pixel_values_videos": {name: pixels[0] for name, pixels in inputs["pixel_values_videos"].items()},
+        "pixel_values_videos": inputs["pixel_values_videos"][0],
     }

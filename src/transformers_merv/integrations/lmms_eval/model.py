@@ -247,7 +247,7 @@ def _user_turn(text: str, num_videos: int) -> list[dict[str, Any]]:
 
 
 def _text_ids(processor, text: str) -> list[int]:
-    """Token ids of a prompt text, its video markers expanded to the placeholders (as `video_prefix.prompt_ids`)."""
+    """Token ids of a prompt text, its video markers expanded to the placeholders (as `inference.prefix_cache.prompt_ids`)."""
     expanded = text.replace(processor.video_token, processor.video_token * processor.num_video_tokens)
     return processor.tokenizer(expanded)["input_ids"]
 
