@@ -27,7 +27,7 @@ from transformers import AutoModel, AutoProcessor
 
 from transformers_merv import default_model_path
 from transformers_merv.inference.prefix_cache import question_inputs
-from transformers_merv.serving import ServerProcess
+from transformers_merv.integrations.vllm.server import ServerProcess
 from transformers_merv.testing_utils import write_moving_square
 
 

@@ -2,6 +2,8 @@
 so a violation fails here before anyone notices it at run time."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +102,22 @@ def test_the_rules_see_relative_and_absolute_imports(tmp_path):
 
 def _layers_of(module: str, path: Path) -> set[str]:
     return {_layer(name) for name in _imported(module, path) if name}
+
+
+@pytest.mark.parametrize(
+    "entry_point, engine",
+    [("transformers_merv.integrations.vllm", "vllm"), ("transformers_merv.integrations.lmms_eval", "lmms_eval")],
+)
+def test_plugin_entry_points_load_without_their_engine_or_model_class(entry_point, engine):
+    """Engines load every installed plugin's entry point; ours import neither the engine nor the engine-side model
+    classes until the engine asks for them (vLLM's `"module:Class"` registration, lmms-eval's class paths)."""
+    script = f"""
+import sys
+sys.modules[{engine!r}] = None  # the engine is not importable: a top-level import of it would fail here
+import {entry_point} as plugin
+loaded = sorted(name for name in sys.modules if name.startswith("{entry_point}."))
+print(",".join(loaded))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "", f"{entry_point} loaded {result.stdout.strip()}"

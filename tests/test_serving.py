@@ -8,7 +8,7 @@ from transformers import AutoProcessor
 
 from transformers_merv import default_model_path
 from transformers_merv.cli import main
-from transformers_merv.serving import BOS_TEMPLATE_PREFIX, server_command, serving_chat_template
+from transformers_merv.integrations.vllm.server import BOS_TEMPLATE_PREFIX, server_command, serving_chat_template
 
 
 EXAMPLE_VIDEO = Path(__file__).resolve().parents[1] / "examples" / "example.mp4"

