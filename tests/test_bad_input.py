@@ -382,6 +382,16 @@ def test_config_values_out_of_range_are_rejected_when_loaded(tmp_path, capsys):
     assert MervConfig(**tiny_config().to_diff_dict()).video_token_id == 1001  # in-range values pass
 
 
+def test_a_config_choice_outside_its_values_is_one_line_naming_the_field_and_the_values(tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(default_model_path(), folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"fusion_type": "mean"}))
+    assert main(_ask(EXAMPLE_VIDEO, "--model", str(folder))) == 1
+    error = _error_line(capsys.readouterr().err)
+    assert "field 'fusion_type'" in error and "expected one of ('cross_attention'" in error and "got mean" in error
+
+
 # --- evaluation files ------------------------------------------------------------------------------------------------
 
 GOOD_QUESTION = {"question_id": 1, "video_name": "v", "question": "Q?", "options": ["a", "b", "c"]}
@@ -430,7 +440,8 @@ def test_malformed_evaluation_files_are_reported_before_model_work(tmp_path, que
         load_items(tmp_path / "q.json", tmp_path / "a.json", mode)
     argv = ["eval", "--questions", str(tmp_path / "q.json"), "--answers", str(tmp_path / "a.json"), "--video-dir",
             str(tmp_path), "--mode", mode, "--output", str(tmp_path / "r.json")]  # fmt: skip
-    with mock.patch("transformers_merv.evaluation.runs.load_model") as load_model, mock.patch("transformers_merv.evaluation.runs.load_processor") as processor:
+    runs = "transformers_merv.evaluation.runs"
+    with mock.patch(f"{runs}.load_model") as load_model, mock.patch(f"{runs}.load_processor") as processor:
         assert main(argv) == 1
     load_model.assert_not_called()
     processor.assert_not_called()

@@ -17,6 +17,7 @@ from transformers_merv import default_model_path
 from transformers_merv import cli
 from transformers_merv.conversion import command as conversion_command
 from transformers_merv.cli import main
+from transformers_merv.utils.console import first_line
 from transformers_merv.inference.hub_reachability import hub_reachable
 
 from conftest import CONVERTER_SCRIPT, EXAMPLE_VIDEO, FIXTURE_IMAGE_SIZES, FIXTURES, TINY_FULL, load_script
@@ -130,7 +131,8 @@ def test_truncated_encoder_weights_in_convert_name_the_file(tmp_path, capsys, en
 
 @pytest.mark.parametrize("entry", [main, _converter_script_main], ids=["merv convert", "convert_merv_to_hf.py"])
 def test_unexpected_convert_failures_are_one_line_unless_debugging(monkeypatch, capsys, entry):
-    monkeypatch.setattr(conversion_command, "convert", mock.Mock(side_effect=RuntimeError("the shard writer broke\nsecond line")))
+    failure = RuntimeError("the shard writer broke\nsecond line")
+    monkeypatch.setattr(conversion_command, "convert", mock.Mock(side_effect=failure))
     argv = ["convert", "--run-dir", str(TINY_FULL / "run"), "--llm", str(FIXTURES / "llm"), "--output-dir", "out"]
     assert entry(argv) == 1
     assert _error_line(capsys.readouterr().err) == (
@@ -233,3 +235,17 @@ def test_a_proxy_is_probed_instead_of_the_hub(monkeypatch):
     hub_reachable.cache_clear()
     monkeypatch.setenv("NO_PROXY", "hub.invalid")  # now the connection goes to the (unresolvable) host itself
     assert not hub_reachable("https://hub.invalid")
+
+
+@pytest.mark.parametrize(
+    "message, line",
+    [
+        ("first\nsecond", "first"),
+        ("\n  first  \n", "first"),
+        ("Validation error for 'x':\n    TypeError: expected int", "Validation error for 'x': TypeError: expected int"),
+        ("ends with a colon:", "ends with a colon:"),
+        ("", "RuntimeError"),
+    ],
+)
+def test_an_error_is_reported_by_its_first_line_and_the_cause_it_introduces(message, line):
+    assert first_line(RuntimeError(message)) == line

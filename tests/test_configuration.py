@@ -1,6 +1,7 @@
 """MervConfig: merv-full defaults, round trips, derived sizes, and clear errors for invalid settings."""
 
 import pytest
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import AutoConfig, CLIPVisionConfig, Dinov2WithRegistersConfig, SiglipVisionConfig, VivitConfig
 
 from transformers_merv import MervConfig, MervLanguageBindVideoConfig
@@ -91,14 +92,19 @@ def test_token_count_follows_fusion_and_alignment():
         ({"vision_feature_select_strategy": {"dinov2": "full"}}, "vision_feature_select_strategy"),
     ],
 )
-def test_invalid_settings_raise_value_error_naming_the_field(overrides, field):
-    with pytest.raises(ValueError, match=field):
+def test_invalid_settings_raise_an_error_naming_the_field(overrides, field):
+    """A value outside a choice field's `Literal` is refused by the strict validation, an invalid combination of
+    values by MERV's own check (a `ValueError`)."""
+    with pytest.raises((ValueError, StrictDataclassFieldValidationError), match=field):
         tiny_config(**overrides)
 
 
 def test_allowed_values_are_listed():
-    with pytest.raises(ValueError, match="cross_attention.*concat_tokens"):
+    with pytest.raises(StrictDataclassFieldValidationError, match="expected one of .*'cross_attention'.*'scalar'"):
         tiny_config(fusion_type="mean")
+    config = tiny_config()
+    with pytest.raises(StrictDataclassFieldValidationError, match="fusion_type"):
+        config.fusion_type = "mean"  # assignments are validated too
 
 
 def test_mismatched_token_counts_need_token_concatenation():

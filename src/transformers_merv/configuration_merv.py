@@ -1,6 +1,8 @@
 """MERV configuration: one sub-config per visual encoder, the language model's config, and the alignment/fusion
 settings of the authors' model registry (princetonvisualai/merv)."""
 
+from typing import Literal, get_args
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, CLIPVisionConfig, PreTrainedConfig
 
@@ -14,17 +16,24 @@ ENCODER_CONFIG_KEYS = {
 }
 """Encoder name -> the `MervConfig` field holding that encoder's config."""
 
-ALIGNMENT_POOLINGS = ("3davg", "3dconv", "avg", "attntv", "conv", "none")
+Encoder = Literal["languagebind", "dinov2", "vivit", "siglip"]
+AlignmentPooling = Literal["3davg", "3dconv", "avg", "attntv", "conv", "none"]
+AlignmentProjector = Literal["linear", "gelu-mlp", "fused-gelu-mlp"]
+FusionType = Literal["cross_attention", "concat_tokens", "concat_channel", "concat_channel_ln", "first", "scalar"]
+FeatureSelectStrategy = Literal["default", "full"]
+"""The values of `MervConfig`'s choice fields, checked by transformers' strict config validation."""
+
+ALIGNMENT_POOLINGS = get_args(AlignmentPooling)
 """Token resamplers of the authors' `arch_specifier`: 3D/2D average pooling, 3D convolution, JEPA attentive pooling,
 Honeybee C-Abstractor, or none (every encoder token is projected)."""
 
-ALIGNMENT_PROJECTORS = ("linear", "gelu-mlp", "fused-gelu-mlp")
+ALIGNMENT_PROJECTORS = get_args(AlignmentProjector)
 """Channel projectors of the authors' `arch_specifier` (its suffix)."""
 
-FUSION_TYPES = ("cross_attention", "concat_tokens", "concat_channel", "concat_channel_ln", "first", "scalar")
+FUSION_TYPES = get_args(FusionType)
 """How per-encoder visual tokens become one sequence. `cross_attention` is MERV's learnable-query mixing."""
 
-FEATURE_SELECT_STRATEGIES = ("default", "full")
+FEATURE_SELECT_STRATEGIES = get_args(FeatureSelectStrategy)
 """`default` drops an encoder's prefix tokens (CLS, registers); `full` keeps them."""
 
 # merv-full's per-encoder settings: the config's defaults, and the video processor's (`MERV_FULL_ENCODER_SETTINGS`)
@@ -177,18 +186,18 @@ class MervConfig(PreTrainedConfig):
     dinov2_config: dict | PreTrainedConfig | None = None
     vivit_config: dict | PreTrainedConfig | None = None
     siglip_config: dict | PreTrainedConfig | None = None
-    vision_encoders: list[str] | tuple[str, ...] = ("languagebind", "dinov2", "vivit", "siglip")
+    vision_encoders: list[Encoder] | tuple[Encoder, ...] = ("languagebind", "dinov2", "vivit", "siglip")
     num_frames: dict[str, int] | None = None
     vision_feature_layer: dict[str, int] | None = None
     vision_feature_final_norm: dict[str, bool] | None = None
-    vision_feature_select_strategy: dict[str, str] | None = None
-    alignment_pooling: str = "3davg"
-    alignment_projector: str = "linear"
+    vision_feature_select_strategy: dict[str, FeatureSelectStrategy] | None = None
+    alignment_pooling: AlignmentPooling = "3davg"
+    alignment_projector: AlignmentProjector = "linear"
     alignment_tokens_per_frame: int = 64
     alignment_temporal_stride: int = 1
     alignment_attention_heads: int = 8
     alignment_conv_depth: int = 3
-    fusion_type: str = "cross_attention"
+    fusion_type: FusionType = "cross_attention"
     fusion_hidden_size: int = 3072
     concurrent_encoders: bool = False
     video_token_id: int = 32001
@@ -213,19 +222,10 @@ class MervConfig(PreTrainedConfig):
         self.check_merv_settings()
 
     def check_merv_settings(self) -> None:
-        """Raise a `ValueError` naming the field and the allowed values for any invalid MERV setting."""
-        _check_choice("vision_encoders", self.vision_encoders, tuple(ENCODER_CONFIG_KEYS))
+        """Raise a `ValueError` naming the field and the valid values for any invalid combination of MERV settings
+        (a value outside a choice field's `Literal` is refused by the strict validation itself)."""
         if not self.vision_encoders or len(set(self.vision_encoders)) != len(self.vision_encoders):
             raise ValueError(f"`vision_encoders` must list distinct encoders, got {self.vision_encoders}")
-        _check_choice("alignment_pooling", [self.alignment_pooling], ALIGNMENT_POOLINGS)
-        _check_choice("alignment_projector", [self.alignment_projector], ALIGNMENT_PROJECTORS)
-        _check_choice("fusion_type", [self.fusion_type], FUSION_TYPES)
-        for name in self.vision_encoders:
-            _check_choice(
-                "vision_feature_select_strategy",
-                [self.vision_feature_select_strategy[name]],
-                FEATURE_SELECT_STRATEGIES,
-            )
         self._check_frames()
         _check_value_ranges(self)
         self._check_grids()
@@ -384,12 +384,6 @@ def check_frame_counts(counts: dict[str, int], setting: str) -> None:
 
 def _pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
-
-
-def _check_choice(field: str, values: list[str], allowed: tuple[str, ...]) -> None:
-    for value in values:
-        if value not in allowed:
-            raise ValueError(f"`{field}` got {value!r}; allowed values are {list(allowed)}")
 
 
 __all__ = ["MervConfig", "MervLanguageBindVideoConfig"]

@@ -6,17 +6,22 @@ import os
 import sys
 from collections.abc import Callable
 
+from huggingface_hub.errors import StrictDataclassError
+
 
 DEBUG_ENVIRONMENT_VARIABLE = "MERV_DEBUG"
 """Set to 1 for the full traceback of a failure instead of the one `error:` line (as `--debug` does)."""
 EXIT_ERROR = 1
-EXPECTED_ERRORS = (OSError, ValueError)
-"""Failures of the user's input (missing or unreadable files, bad values): reported by their message alone."""
+EXPECTED_ERRORS = (OSError, ValueError, StrictDataclassError)
+"""Failures of the user's input (missing or unreadable files, bad values, a config value outside its field's
+choices): reported by their message alone."""
 
 
 def first_line(err: BaseException) -> str:
-    """The first non-empty line of an error's message (its type's name when it has none)."""
-    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    """The first non-empty line of an error's message (its type's name when it has none), joined with the next line
+    when it ends with a colon, which introduces the cause (as in huggingface_hub's strict validation errors)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    return " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 def add_debug_argument(parser: argparse.ArgumentParser, default: object = argparse.SUPPRESS) -> None:
