@@ -201,10 +201,10 @@ RESOLVES_SUBPROCESSORS = hasattr(ProcessorMixin, "_resolve_subprocessors")
 processor through `AutoVideoProcessor` (which needs torchvision); before, in `_get_arguments_from_pretrained`."""
 
 
-class DirectVideoProcessorLoading:
-    """Mixin for a `ProcessorMixin` whose video processor is loaded as `direct_video_processor_class` itself rather than
-    through transformers' `AutoVideoProcessor`, which refuses to work without torchvision (every release; from 5.25
-    `ProcessorMixin.from_pretrained` goes through it)."""
+class DirectVideoProcessorLoading(ProcessorMixin):
+    """`ProcessorMixin` whose video processor is loaded as `direct_video_processor_class` itself rather than through
+    transformers' `AutoVideoProcessor`, which refuses to work without torchvision (every release; from 5.25
+    `ProcessorMixin.from_pretrained` goes through it). A processor derives from it in place of `ProcessorMixin`."""
 
     direct_video_processor_class: type
 

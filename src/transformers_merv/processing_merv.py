@@ -4,12 +4,12 @@ from collections.abc import Sequence
 from importlib.resources import files
 
 import torch
-from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
+from transformers.processing_utils import ProcessingKwargs, Unpack
 from transformers.utils import logging
 
 from .compat import DirectVideoProcessorLoading
 from .video_io import make_batched_video_inputs
-from .video_processing_merv import MervBatchFeature, MervVideoProcessor, MervVideosKwargs
+from .video_processing_merv import MervBatchFeature, MervVideoProcessor, MervVideoProcessorKwargs
 
 
 logger = logging.get_logger(__name__)
@@ -42,11 +42,11 @@ class MervProcessorKwargs(ProcessingKwargs, total=False):
     padded, on the left as generation needs; either can be overridden per call. (`_defaults` is honoured by every
     supported transformers release; processor class attributes, its successor, only from 5.23.)"""
 
-    videos_kwargs: MervVideosKwargs
+    videos_kwargs: MervVideoProcessorKwargs
     _defaults = {"text_kwargs": {"padding": True, "padding_side": "left"}}
 
 
-class MervProcessor(DirectVideoProcessorLoading, ProcessorMixin):
+class MervProcessor(DirectVideoProcessorLoading):
     r"""
     Tokenizer and [`MervVideoProcessor`] in one: `processor(text=..., videos=...)` expands each `<video>` in the
     text to `num_video_tokens` placeholder tokens (which the model replaces by the fused visual tokens), tokenizes and
@@ -73,6 +73,8 @@ class MervProcessor(DirectVideoProcessorLoading, ProcessorMixin):
     """
 
     _auto_class = "AutoProcessor"  # saved processors carry `auto_map` and these files, for `trust_remote_code=True`
+    # one tensor per encoder, kept as a dict
+    skip_tensor_conversion = [*DirectVideoProcessorLoading.skip_tensor_conversion, "pixel_values_videos"]
     valid_processor_kwargs = MervProcessorKwargs
     direct_video_processor_class = MervVideoProcessor  # loaded without `AutoVideoProcessor` (needs torchvision)
 
@@ -112,6 +114,19 @@ class MervProcessor(DirectVideoProcessorLoading, ProcessorMixin):
             raise TypeError(f"`video_processor` must be a MervVideoProcessor, got {type(argument).__name__}")
         return MervVideoProcessor
 
+    def save_pretrained(self, save_directory, *args, **kwargs) -> list[str]:
+        """[`ProcessorMixin.save_pretrained`], leaving this processor as it was: its tokenizer saves the processor's
+        chat templates (the two write the same files, and the tokenizer's own would leave stale named templates
+        beside them), and the `auto_map` that transformers sets on the processor while saving goes to the file only,
+        so that the processor stays equal to one loaded from the folder."""
+        tokenizer_templates = self.tokenizer.chat_template
+        self.tokenizer.chat_template = self.chat_template
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.tokenizer.chat_template = tokenizer_templates
+            self.__dict__.pop("auto_map", None)
+
     def _warn_if_no_prefix_space_after_specials(self) -> None:
         """The authors tokenize the prompt on its own after BOS, where SentencePiece adds its leading "▁". Text
         right after our `<video>` placeholders only gets it from tokenizers that prefix every text segment
@@ -130,9 +145,10 @@ class MervProcessor(DirectVideoProcessorLoading, ProcessorMixin):
     ) -> MervBatchFeature:
         """Tokenize `text` (each `<video>` expanded) and process `videos` (see [`MervVideoProcessor`]).
 
-        Text kwargs (`padding`, `padding_side`, `truncation`, ...) go to the tokenizer, sampling kwargs
-        (`clip_start_sec`, `clip_end_sec`, `end_frame`, `fps`) to the video processor. This is
-        `ProcessorMixin.__call__`, returning a [`MervBatchFeature`] so that `.to(...)` also moves `pixel_values_videos`.
+        Text kwargs (`padding`, `padding_side`, `truncation`, ...) go to the tokenizer, video kwargs (sampling:
+        `clip_start_sec`, `clip_end_sec`, `end_frame`, `fps`, `num_frames`; transformers' resize and normalisation
+        options) to the video processor. This is `ProcessorMixin.__call__`, returning a [`MervBatchFeature`] so that
+        `.to(...)` also moves `pixel_values_videos`.
         """
         return MervBatchFeature(super().__call__(text=text, videos=videos, **kwargs).data)
 
@@ -149,8 +165,9 @@ class MervProcessor(DirectVideoProcessorLoading, ProcessorMixin):
         num_videos = 0 if videos is None else len(make_batched_video_inputs(videos))
         if num_markers != num_videos:
             raise ValueError(
-                f"The text has {num_markers} {self.video_token} marker(s) but {num_videos} video(s) were given; "
-                "put one marker per video in the text (the chat template does this for video blocks)"
+                f"The total number of {self.video_token} tokens in the prompts should be the same as the number of "
+                f"videos passed: found {num_markers} {self.video_token} marker(s) and {num_videos} video(s); put one "
+                "marker per video in the text (the chat template does this for video blocks)"
             )
 
     def _process_videos(self, videos: object, **kwargs) -> tuple[MervBatchFeature, list[str]]:
