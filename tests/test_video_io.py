@@ -475,7 +475,9 @@ def test_channels_first_frames_read_as_channels_last():
     # three channels at both ends: last, unless `input_data_format` says first
     ambiguous = np.random.default_rng(1).integers(0, 256, (2, 3, 4, 3), dtype=np.uint8)
     assert np.array_equal(to_frame_array(ambiguous), ambiguous)
-    assert np.array_equal(to_frame_array(ambiguous, input_data_format="channels_first"), ambiguous.transpose(0, 2, 3, 1))
+    assert np.array_equal(
+        to_frame_array(ambiguous, input_data_format="channels_first"), ambiguous.transpose(0, 2, 3, 1)
+    )
     assert np.array_equal(to_frame_array(video, input_data_format="channels_last"), video)
 
 

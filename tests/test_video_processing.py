@@ -450,7 +450,9 @@ def test_options_set_at_construction_round_trip(tmp_path):
     processor.save_pretrained(tmp_path)
     loaded = MervVideoProcessor.from_pretrained(tmp_path)
     assert loaded.to_dict() == processor.to_dict()
-    assert torch.equal(loaded(VIDEO_0)["pixel_values_videos"]["vivit"], processor(VIDEO_0)["pixel_values_videos"]["vivit"])
+    assert torch.equal(
+        loaded(VIDEO_0)["pixel_values_videos"]["vivit"], processor(VIDEO_0)["pixel_values_videos"]["vivit"]
+    )
 
 
 def test_bad_media_fails_before_any_output(processor):

@@ -193,7 +193,6 @@ except ImportError:  # transformers < 5.19: `BaseVideoProcessor` is the only bas
             BaseImageProcessor.__init__(self, **kwargs)
 
 
-
 # --- processor loading -----------------------------------------------------------------------------------------------
 
 RESOLVES_SUBPROCESSORS = hasattr(ProcessorMixin, "_resolve_subprocessors")

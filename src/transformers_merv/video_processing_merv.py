@@ -243,14 +243,14 @@ ENCODER_OPTIONS = {
 }
 """transformers' video options that, when set, replace an `encoder_settings` key (the value) for every encoder."""
 CLIP_WINDOW_OPTIONS = ("clip_start_sec", "clip_end_sec", "end_frame")
-UNSUPPORTED_OPTIONS = {
+RESTRICTED_OPTIONS = {
     "do_convert_rgb": (True, None),
     "do_pad": (False, None),
     "data_format": ("channels_first", None),
     "return_tensors": ("pt", None),
 }
-"""Options MERV's preprocessing cannot honour other than as listed: its encoders take RGB `(channels, height,
-width)` PyTorch frames of one size, without padding."""
+"""Options MERV's preprocessing honours with these values only (None: unset): its encoders take RGB `(channels,
+height, width)` PyTorch frames of one size, without padding."""
 
 
 class MervVideoProcessor(VideoProcessorMixin):
@@ -378,7 +378,7 @@ class MervVideoProcessor(VideoProcessorMixin):
         for name in self.valid_kwargs.__annotations__:
             values = (kwargs.get(name), getattr(self, name, None), getattr(type(self), name, None))
             options[name] = next((value for value in values if value is not None), None)
-        for name, accepted in UNSUPPORTED_OPTIONS.items():
+        for name, accepted in RESTRICTED_OPTIONS.items():
             if options[name] not in accepted:
                 raise ValueError(f"MervVideoProcessor supports `{name}` = {accepted[0]!r} only, got {options[name]!r}")
         return self._standardize(options)

@@ -11,6 +11,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_
 from transformers.testing_utils import require_torch, torch_device
 
 from transformers_merv import MervConfig, MervForConditionalGeneration, MervModel
+
 from transformers_tests.generation.test_utils import GenerationTesterMixin
 from transformers_tests.test_configuration_common import ConfigTester
 from transformers_tests.test_modeling_common import ModelTesterMixin, floats_tensor, ids_tensor
@@ -185,7 +186,7 @@ class MervForConditionalGenerationModelTest(ModelTesterMixin, GenerationTesterMi
     def test_config(self):
         self.config_tester.run_common_tests()
 
-    # overwrite inputs_embeds tests because we need to delete "pixel values" for LVLMs
+    # as in transformers' video-LLM testers, the embeddings path runs on the text alone (without the pixels)
     def test_inputs_embeds(self):
         config, inputs_dict = self.model_tester.prepare_config_and_inputs_for_common()
         for model_class in self.all_model_classes:
@@ -197,7 +198,7 @@ class MervForConditionalGenerationModelTest(ModelTesterMixin, GenerationTesterMi
             with torch.no_grad():
                 model(**inputs)
 
-    # overwrite inputs_embeds tests because we need to delete "pixel values" for LVLMs
+    # as in transformers' video-LLM testers, both paths run on the text alone (without the pixels)
     def test_inputs_embeds_matches_input_ids(self):
         config, inputs_dict = self.model_tester.prepare_config_and_inputs_for_common()
         for model_class in self.all_model_classes:

@@ -7,6 +7,7 @@ import pytest
 from transformers.testing_utils import require_torch, require_torchvision, require_vision
 
 from transformers_merv import MervProcessor, MervVideoProcessor, default_model_path
+
 from transformers_tests.test_processing_common import ProcessorTesterMixin
 
 

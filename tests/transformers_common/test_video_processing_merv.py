@@ -8,6 +8,7 @@ from transformers.testing_utils import require_torch, require_torchvision, requi
 from transformers.video_utils import VideoMetadata
 
 from transformers_merv import MERV_FULL_ENCODER_SETTINGS, MervVideoProcessor
+
 from transformers_tests.test_video_processing_common import VideoProcessingTestMixin, prepare_video_inputs
 
 
@@ -41,7 +42,8 @@ class MervVideoProcessingTester:
 
     def prepare_video_processor_dict(self):
         settings = {
-            name: {**MERV_FULL_ENCODER_SETTINGS[name], "num_frames": count} for name, count in self.encoder_frames.items()
+            name: {**MERV_FULL_ENCODER_SETTINGS[name], "num_frames": count}
+            for name, count in self.encoder_frames.items()
         }
         return {
             "vision_encoders": list(self.encoder_frames),
