@@ -72,6 +72,18 @@ def test_video_pixel_shapes_follow_the_encoder_order_frames_and_input_sizes():
     ]
 
 
+def test_token_count_can_be_confirmed_but_not_set(tmp_path):
+    """`from_pretrained` sets every keyword argument naming an attribute, the derived token count included (a
+    processor loading from a model folder passes its own)."""
+    config = tiny_config()
+    config.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path, num_video_tokens=64).num_video_tokens == 64
+    with pytest.raises(ValueError, match="`num_video_tokens` = 65 disagrees with the config.*give 64"):
+        AutoConfig.from_pretrained(tmp_path, num_video_tokens=65)
+    with pytest.raises(ValueError, match="`num_video_tokens` = 1"):
+        config.num_video_tokens = 1
+
+
 def test_token_count_follows_fusion_and_alignment():
     assert tiny_config(fusion_type="concat_tokens").num_video_tokens == 4 * 64
     assert tiny_config(alignment_temporal_stride=2).num_video_tokens == 32

@@ -388,6 +388,15 @@ def test_headless_model_loads_from_a_generation_checkpoint(model, tmp_path):
     assert hidden.last_hidden_state.shape[-1] == model.config.text_config.hidden_size
 
 
+def test_weights_missing_from_a_checkpoint_get_their_towers_own_init(model):
+    """A checkpoint without the SigLIP tower: its layers are initialised as SigLIP initialises them (MLP biases drawn
+    with std 1e-6, where a plain linear layer's are zeros), as when the tower is built."""
+    state = {key: value for key, value in model.state_dict().items() if ".vision_towers.siglip." not in key}
+    loaded = MervForConditionalGeneration.from_pretrained(None, config=model.config, state_dict=state)
+    for layer in loaded.model.vision_towers["siglip"].encoder.layers:
+        assert 0 < layer.mlp.fc1.bias.abs().max() < 1e-4
+
+
 def test_greedy_generation_with_cache_matches_teacher_forcing(model):
     config = model.config
     input_ids, pixels = _prompt(config), random_pixels(config, seed=5)

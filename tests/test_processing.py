@@ -1,5 +1,6 @@
 """`MervProcessor`: prompt ids exactly as the authors build them, chat templates, batching, saving."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from transformers import AutoProcessor, AutoTokenizer, BatchFeature
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
-from transformers_merv import MervBatchFeature, MervProcessor, MervVideoProcessor, processing_merv
+from transformers_merv import MervBatchFeature, MervProcessor, MervVideoProcessor, default_model_path, processing_merv
 from transformers_merv.processing_merv import PROMPT_FORMATS
 
 from conftest import SHARED, unpack_pixels
@@ -169,11 +170,13 @@ def test_every_prompt_format_renders_like_the_authors_builder(processor, prompt_
     assert rendered == "<video>" + _authors_prompt(prompt_format, turns)
 
 
-def test_system_prompt_override_and_pure_rejects_it(processor):
+def test_system_prompt_override_and_pure_puts_it_on_its_own_line(processor):
     conversation = [{"role": "system", "content": "Be brief."}, _user("Hi")]
     assert processor.apply_chat_template(conversation, chat_template="vicuna") == "Be brief. USER: Hi ASSISTANT:"
+    # the authors' pure builder has no system prompt: a leading system turn is a line of its own
+    assert processor.apply_chat_template(conversation) == "Be brief.\nIn: Hi\nOut:"
     with pytest.raises(Exception, match="role.*system"):
-        processor.apply_chat_template(conversation)
+        processor.apply_chat_template([_user("Hi"), *conversation])
 
 
 # --- batching, padding, markers, decoding ----------------------------------------------------------------------------
@@ -231,10 +234,10 @@ def test_sampling_kwargs_reach_the_video_processor(processor):
 @pytest.mark.parametrize(
     ("text", "videos", "counts"),
     [
-        ("<video><video>In: two?\nOut:", [VIDEO_0], "2 <video> marker.*1 video"),
-        ("<video>In: none?\nOut:", None, "1 <video> marker.*0 video"),
-        ("In: where is it?\nOut:", VIDEO_0, "0 <video> marker.*1 video"),
-        (["<video>In: a\nOut:", "In: b\nOut:"], [VIDEO_0, VIDEO_0], "1 <video> marker.*2 video"),
+        ("<video><video>In: two?\nOut:", [VIDEO_0], "found 2 <video> marker.*and 1 video"),
+        ("<video>In: none?\nOut:", None, "found 1 <video> marker.*and 0 video"),
+        ("In: where is it?\nOut:", VIDEO_0, "found 0 <video> marker.*and 1 video"),
+        (["<video>In: a\nOut:", "In: b\nOut:"], [VIDEO_0, VIDEO_0], "found 1 <video> marker.*and 2 video"),
     ],
 )
 def test_marker_count_mismatch_states_both_counts(processor, text, videos, counts):
@@ -309,6 +312,32 @@ def test_save_and_load_with_auto_processor(processor, tmp_path):
     )
     assert torch.equal(before["input_ids"], after["input_ids"])
     assert torch.equal(before["pixel_values_videos"], after["pixel_values_videos"])
+
+
+def test_saving_leaves_the_processor_equal_to_the_one_loaded(processor, tmp_path):
+    before = processor.to_dict()
+    processor.save_pretrained(tmp_path)
+    assert "auto_map" in json.loads((tmp_path / "processor_config.json").read_text())  # for trust_remote_code
+    assert processor.to_dict() == before == MervProcessor.from_pretrained(tmp_path).to_dict()
+
+
+def test_saved_chat_templates_are_the_processors(processor, tmp_path):
+    """The tokenizer writes its own chat templates into the same folder: a single template set on the processor must
+    not be saved beside the tokenizer's named ones."""
+    processor = MervProcessor(processor.video_processor, _tokenizer(), num_video_tokens=NUM_VIDEO_TOKENS)
+    processor.tokenizer.chat_template = processor.chat_template
+    processor.chat_template = "{{ messages[0]['content'] }}"
+    processor.save_pretrained(tmp_path)
+    assert not (tmp_path / "additional_chat_templates").exists()
+    loaded = MervProcessor.from_pretrained(tmp_path)
+    assert loaded.chat_template == loaded.tokenizer.chat_template == processor.chat_template
+    assert isinstance(processor.tokenizer.chat_template, dict)  # the processor's tokenizer is left as it was
+
+
+def test_processor_options_given_when_loading_from_a_model_folder():
+    # AutoTokenizer reads the model's config.json with the same keyword arguments (test_configuration.py)
+    processor = MervProcessor.from_pretrained(default_model_path(), num_video_tokens=64, video_token="<video>")
+    assert processor.num_video_tokens == 64
 
 
 def test_push_to_hub_uploads_the_processor_and_its_code(processor, fake_hub):

@@ -459,7 +459,7 @@ def test_single_image_is_repeated_like_the_authors_do():
     ("video", "message"),
     [
         (np.zeros((2, 4, 5, 3), dtype=np.float32), "dtype uint8.*float32"),
-        (np.zeros((2, 3, 4, 5), dtype=np.uint8), r"shape \[frames, height, width, 3\].*\[2, 3, 4, 5\]"),
+        (np.zeros((2, 4, 4, 5), dtype=np.uint8), r"shape \[frames, height, width, 3\].*\[2, 4, 4, 5\]"),
         (np.zeros((4, 5), dtype=np.uint8), r"shape.*\[4, 5\]"),
         (np.zeros((16, 5, 3), dtype=np.uint8), r"3-D array \[16, 5, 3\].*ambiguous"),
         (np.zeros((0, 4, 5, 3), dtype=np.uint8), r"shape.*\[0, 4, 5, 3\]"),
@@ -472,6 +472,21 @@ def test_wrong_decoded_frames_name_the_argument(video, message):
     with pytest.raises(ValueError, match=message) as excinfo:
         to_frame_array(video, "clip")
     assert "`clip" in str(excinfo.value)
+
+
+def test_channels_first_frames_read_as_channels_last():
+    video = np.random.default_rng(0).integers(0, 256, (2, 4, 5, 3), dtype=np.uint8)
+    channels_first = video.transpose(0, 3, 1, 2)
+    assert np.array_equal(to_frame_array(channels_first), video)
+    assert np.array_equal(to_frame_array(torch.from_numpy(channels_first)), video)
+    assert np.array_equal(to_frame_array(list(channels_first)), video)
+    # three channels at both ends: last, unless `input_data_format` says first
+    ambiguous = np.random.default_rng(1).integers(0, 256, (2, 3, 4, 3), dtype=np.uint8)
+    assert np.array_equal(to_frame_array(ambiguous), ambiguous)
+    assert np.array_equal(
+        to_frame_array(ambiguous, input_data_format="channels_first"), ambiguous.transpose(0, 2, 3, 1)
+    )
+    assert np.array_equal(to_frame_array(video, input_data_format="channels_last"), video)
 
 
 def test_unsupported_input_type():

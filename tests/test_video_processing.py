@@ -382,17 +382,105 @@ def test_invalid_settings(kwargs, message):
         MervVideoProcessor(**kwargs)
 
 
+def test_processors_share_no_settings():
+    first = MervVideoProcessor()
+    first.encoder_settings["dinov2"]["size"]["height"] = 1
+    first.encoder_settings["dinov2"]["image_mean"][0] = -1.0
+    assert MervVideoProcessor().encoder_settings["dinov2"] == MERV_FULL_ENCODER_SETTINGS["dinov2"]
+    assert MERV_FULL_ENCODER_SETTINGS["dinov2"]["size"]["height"] == 224
+
+
+OVERRIDES = {
+    "num_frames": 4,
+    "size": {"shortest_edge": 10},
+    "crop_size": {"height": 8, "width": 6},
+    "resample": int(Image.Resampling.NEAREST),
+    "image_mean": 0.5,
+    "image_std": [0.25, 0.5, 1.0],
+}
+"""transformers' per-encoder options, and the `encoder_settings` entry each amounts to."""
+OVERRIDES_AS_SETTINGS = {
+    "num_frames": 4,
+    "size": {"shortest_edge": 10},
+    "crop_size": {"height": 8, "width": 6},
+    "interpolation": "nearest",
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.25, 0.5, 1.0],
+}
+
+
+@pytest.mark.parametrize("given", ["per_call", "at_construction"])
+def test_transformers_options_replace_every_encoders_setting(processor, given):
+    expected = MervVideoProcessor(encoder_settings=dict.fromkeys(ENCODERS, OVERRIDES_AS_SETTINGS))(VIDEO_0)
+    if given == "per_call":
+        outputs = processor(VIDEO_0, **OVERRIDES)
+    else:
+        outputs = MervVideoProcessor(**OVERRIDES)(VIDEO_0)
+    assert outputs["pixel_values_videos"].shape == (1, len(ENCODERS) * 4 * 3 * 8 * 6)
+    assert torch.equal(outputs["pixel_values_videos"], expected["pixel_values_videos"])
+
+
+def test_steps_can_be_turned_off(processor):
+    frames = np.random.default_rng(0).integers(0, 256, (2, 12, 10, 3), dtype=np.uint8)
+    as_floats = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    no_steps = {"num_frames": 2, "do_resize": False, "do_center_crop": False, "do_normalize": False}
+    shapes = dict.fromkeys(ENCODERS, (2, 3, 12, 10))
+    raw = unpack_pixels(processor(frames, do_rescale=False, **no_steps)["pixel_values_videos"], shapes)
+    negated = unpack_pixels(processor(frames, rescale_factor=-1.0, **no_steps)["pixel_values_videos"], shapes)
+    for encoder in ENCODERS:
+        assert torch.equal(raw[encoder][0], as_floats)
+        assert torch.equal(negated[encoder][0], -as_floats)
+
+
+def test_without_frame_sampling_every_frame_reaches_every_encoder(processor):
+    frames = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    outputs = processor(frames, do_sample_frames=False, num_frames=2, return_metadata=True)
+    assert outputs["video_metadata"][0].frames_indices == [0, 1, 2, 3, 4]
+    five_frames = {name: (5, *shape[1:]) for name, shape in processor.video_pixel_shapes().items()}
+    assert outputs["pixel_values_videos"].shape == (1, sum(math.prod(shape) for shape in five_frames.values()))
+    with pytest.raises(ValueError, match="'languagebind' frames of different counts or sizes"):
+        processor([frames, frames[:3]], do_sample_frames=False)
+
+
+def test_video_metadata_gives_decoded_frames_their_frame_rate(processor):
+    frames = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="`video_metadata`"):
+        processor(frames, fps=2)
+    metadata = {"total_num_frames": 8, "fps": 4}
+    outputs = processor(frames, fps=2, video_metadata=metadata, return_metadata=True)
+    # 2 seconds at 4 fps, sampled at 2 fps: int(8 / 4 * 2) = 4 frames at arange(4) * 8 // 4
+    assert outputs["video_metadata"][0].frames_indices == [0, 2, 4, 6]
+    nested = processor([frames, frames], fps=2, video_metadata=[[metadata], [VideoMetadata(8, fps=4)]])
+    assert torch.equal(nested["pixel_values_videos"][1], outputs["pixel_values_videos"][0])
+    with pytest.raises(ValueError, match="2 entries for 1 videos"):
+        processor(frames, fps=2, video_metadata=[metadata, metadata])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"size": {"height": 8, "width": 8}}, "Unsupported arguments.*size"),
-        ({"num_frames": 8}, "encoder_settings"),
-        ({"return_tensors": "np"}, "PyTorch"),
+        ({"return_tensors": "np"}, "`return_tensors` = 'pt' only"),
+        ({"do_convert_rgb": False}, "`do_convert_rgb` = True only"),
+        ({"do_pad": True}, "`do_pad` = False only"),
+        ({"data_format": "channels_last"}, "`data_format` = 'channels_first' only"),
+        ({"resample": int(Image.Resampling.HAMMING)}, "`resample` = 5 .hamming."),
+        ({"num_frames": 0}, "num_frames must be a positive integer"),
+        ({"sharpen": True}, "Unsupported arguments.*sharpen"),
     ],
 )
-def test_per_call_options_that_belong_to_the_settings_are_rejected(processor, kwargs, message):
+def test_options_merv_cannot_honour_are_refused(processor, kwargs, message):
     with pytest.raises(ValueError, match=message):
         processor(VIDEO_0, **kwargs)
+
+
+def test_options_set_at_construction_round_trip(tmp_path):
+    processor = MervVideoProcessor.from_dict({}, size=42, crop_size=40, image_mean=0.5, do_normalize=False)
+    assert processor.size == {"shortest_edge": 42} and processor.crop_size == {"height": 40, "width": 40}
+    assert processor.image_mean == [0.5, 0.5, 0.5] and processor.do_normalize is False
+    processor.save_pretrained(tmp_path)
+    loaded = MervVideoProcessor.from_pretrained(tmp_path)
+    assert loaded.to_dict() == processor.to_dict()
+    assert torch.equal(loaded(VIDEO_0)["pixel_values_videos"], processor(VIDEO_0)["pixel_values_videos"])
 
 
 def test_bad_media_fails_before_any_output(processor):

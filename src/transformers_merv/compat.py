@@ -193,7 +193,6 @@ except ImportError:  # transformers < 5.19: `BaseVideoProcessor` is the only bas
             BaseImageProcessor.__init__(self, **kwargs)
 
 
-
 # --- processor loading -----------------------------------------------------------------------------------------------
 
 RESOLVES_SUBPROCESSORS = hasattr(ProcessorMixin, "_resolve_subprocessors")
@@ -201,10 +200,10 @@ RESOLVES_SUBPROCESSORS = hasattr(ProcessorMixin, "_resolve_subprocessors")
 processor through `AutoVideoProcessor` (which needs torchvision); before, in `_get_arguments_from_pretrained`."""
 
 
-class DirectVideoProcessorLoading:
-    """Mixin for a `ProcessorMixin` whose video processor is loaded as its `direct_video_processor_class` rather than
-    through transformers' `AutoVideoProcessor`, which refuses to work without torchvision (every release; from 5.25
-    `ProcessorMixin.from_pretrained` goes through it)."""
+class DirectVideoProcessorLoading(ProcessorMixin):
+    """`ProcessorMixin` whose video processor is loaded as `direct_video_processor_class` itself rather than through
+    transformers' `AutoVideoProcessor`, which refuses to work without torchvision (every release; from 5.25
+    `ProcessorMixin.from_pretrained` goes through it). A processor derives from it in place of `ProcessorMixin`."""
 
     direct_video_processor_class: type
 

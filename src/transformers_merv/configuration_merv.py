@@ -338,6 +338,16 @@ class MervConfig(PreTrainedConfig):
         lengths = [self.encoder_num_visual_tokens(name) for name in self.vision_encoders]
         return sum(lengths) if self.fusion_type == "concat_tokens" else lengths[0]
 
+    @num_video_tokens.setter
+    def num_video_tokens(self, value: int) -> None:
+        # `from_pretrained` sets every keyword argument that names an attribute; the processor's own `num_video_tokens`
+        # reaches the config when a processor loads from a model folder. A derived count can only be confirmed.
+        if value != self.num_video_tokens:
+            raise ValueError(
+                f"`num_video_tokens` = {value} disagrees with the config, whose encoders, `num_frames` and `alignment_*` "
+                f"settings give {self.num_video_tokens} visual tokens per video"
+            )
+
 
 def _check_value_ranges(config: MervConfig) -> None:
     """Indices that must point inside what they index: each encoder's feature layer within its hidden states, token

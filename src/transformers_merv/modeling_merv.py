@@ -531,6 +531,14 @@ class MervPreTrainedModel(PreTrainedModel):
         "MervChannelFusion",
     ]
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """False, though MERV lives outside transformers: its modeling follows transformers' own conventions (weights
+        set through `transformers.initialization`, parameter tying only), so the accommodations transformers makes for
+        remote code must not apply. One of them passes to the towers and skips their composite modules' inits (SigLIP's
+        attention and MLP) for weights missing from a checkpoint."""
+        return False
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)

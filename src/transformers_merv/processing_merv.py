@@ -5,12 +5,12 @@ from importlib.resources import files
 
 import torch
 from transformers import BatchFeature
-from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
+from transformers.processing_utils import ProcessingKwargs, Unpack
 from transformers.utils import logging
 
 from .compat import DirectVideoProcessorLoading
 from .video_io import make_batched_video_inputs
-from .video_processing_merv import MervVideoProcessor, MervVideosKwargs
+from .video_processing_merv import MervVideoProcessor, MervVideoProcessorKwargs
 
 
 logger = logging.get_logger(__name__)
@@ -43,11 +43,11 @@ class MervProcessorKwargs(ProcessingKwargs, total=False):
     padded, on the left as generation needs; either can be overridden per call. (`_defaults` is honoured by every
     supported transformers release; processor class attributes, its successor, only from 5.23.)"""
 
-    videos_kwargs: MervVideosKwargs
+    videos_kwargs: MervVideoProcessorKwargs
     _defaults = {"text_kwargs": {"padding": True, "padding_side": "left"}}
 
 
-class MervProcessor(DirectVideoProcessorLoading, ProcessorMixin):
+class MervProcessor(DirectVideoProcessorLoading):
     r"""
     Tokenizer and [`MervVideoProcessor`] in one: `processor(text=..., videos=...)` expands each `<video>` in the
     text to `num_video_tokens` placeholder tokens (which the model replaces by the fused visual tokens), tokenizes and
@@ -74,6 +74,8 @@ class MervProcessor(DirectVideoProcessorLoading, ProcessorMixin):
     """
 
     _auto_class = "AutoProcessor"  # saved processors carry `auto_map` and these files, for `trust_remote_code=True`
+    # one tensor per encoder, kept as a dict
+    skip_tensor_conversion = [*DirectVideoProcessorLoading.skip_tensor_conversion, "pixel_values_videos"]
     valid_processor_kwargs = MervProcessorKwargs
     direct_video_processor_class = MervVideoProcessor  # loaded without `AutoVideoProcessor` (needs torchvision)
 
@@ -113,6 +115,19 @@ class MervProcessor(DirectVideoProcessorLoading, ProcessorMixin):
             raise TypeError(f"`video_processor` must be a MervVideoProcessor, got {type(argument).__name__}")
         return MervVideoProcessor
 
+    def save_pretrained(self, save_directory, *args, **kwargs) -> list[str]:
+        """[`ProcessorMixin.save_pretrained`], leaving this processor as it was: its tokenizer saves the processor's
+        chat templates (the two write the same files, and the tokenizer's own would leave stale named templates
+        beside them), and the `auto_map` that transformers sets on the processor while saving goes to the file only,
+        so that the processor stays equal to one loaded from the folder."""
+        tokenizer_templates = self.tokenizer.chat_template
+        self.tokenizer.chat_template = self.chat_template
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.tokenizer.chat_template = tokenizer_templates
+            self.__dict__.pop("auto_map", None)
+
     def _warn_if_no_prefix_space_after_specials(self) -> None:
         """The authors tokenize the prompt on its own after BOS, where SentencePiece adds its leading "▁". Text
         right after our `<video>` placeholders only gets it from tokenizers that prefix every text segment
@@ -131,9 +146,10 @@ class MervProcessor(DirectVideoProcessorLoading, ProcessorMixin):
     ) -> BatchFeature:
         """Tokenize `text` (each `<video>` expanded) and process `videos` (see [`MervVideoProcessor`]).
 
-        Text kwargs (`padding`, `padding_side`, `truncation`, ...) go to the tokenizer, sampling kwargs
-        (`clip_start_sec`, `clip_end_sec`, `end_frame`, `fps`) to the video processor. This is
-        `ProcessorMixin.__call__` with `text` and `videos` as its first two positional arguments.
+        Text kwargs (`padding`, `padding_side`, `truncation`, ...) go to the tokenizer, video kwargs (sampling:
+        `clip_start_sec`, `clip_end_sec`, `end_frame`, `fps`, `num_frames`; transformers' resize and normalisation
+        options) to the video processor. This is `ProcessorMixin.__call__` with `text` and `videos` as its first two
+        positional arguments.
         """
         return super().__call__(text=text, videos=videos, **kwargs)
 
@@ -150,8 +166,9 @@ class MervProcessor(DirectVideoProcessorLoading, ProcessorMixin):
         num_videos = 0 if videos is None else len(make_batched_video_inputs(videos))
         if num_markers != num_videos:
             raise ValueError(
-                f"The text has {num_markers} {self.video_token} marker(s) but {num_videos} video(s) were given; "
-                "put one marker per video in the text (the chat template does this for video blocks)"
+                f"The total number of {self.video_token} tokens in the prompts should be the same as the number of "
+                f"videos passed: found {num_markers} {self.video_token} marker(s) and {num_videos} video(s); put one "
+                "marker per video in the text (the chat template does this for video blocks)"
             )
 
     def _process_videos(self, videos: object, **kwargs) -> tuple[BatchFeature, list[str]]:

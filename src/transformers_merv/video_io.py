@@ -20,9 +20,10 @@ frames than requested therefore gets repeated indices (a 3-frame clip sampled at
 exactly as the authors' code does; it is not an error.
 
 Besides paths, bytes and binary file objects, already decoded frames are accepted: a uint8 array or tensor
-`[frames, height, width, 3]`, a list of PIL images or of `[height, width, 3]` arrays (one video), or a single PIL
-image (a one-frame video, which the sampling repeats, as the authors do for images). A bare 3-D array is refused: it
-could be one image `[height, width, 3]` or grey frames `[frames, height, width]`.
+`[frames, height, width, 3]` (or channels first, `[frames, 3, height, width]`, as torch tensors usually are), a list
+of PIL images or of `[height, width, 3]` (or `[3, height, width]`) arrays (one video), or a single PIL image (a
+one-frame video, which the sampling repeats, as the authors do for images). A bare 3-D array is refused: it could be
+one image `[height, width, 3]` or grey frames `[frames, height, width]`.
 
 What reading may cost is bounded by `media_limits` (frame size, decoded bytes, decoding time, URL timeouts); paths
 that are not regular files and URLs other than http(s) are refused before anything is opened.
@@ -44,6 +45,7 @@ from av.video.reformatter import VideoReformatter
 import numpy as np
 import torch
 from PIL import Image, ImageSequence
+from transformers.image_utils import ChannelDimension
 from transformers.video_utils import VideoMetadata
 
 from .media_limits import (
@@ -129,7 +131,10 @@ def sample_frame_indices_at_rate(
     `max(1, int(N / video_fps * sample_fps))` frames at `arange(n) * N // n`; a clip window restricts `N` to it.
     """
     if video_fps is None:
-        raise ValueError("Sampling at a frame rate (`fps`) needs the video's frame rate; decoded frames have none")
+        raise ValueError(
+            "Sampling at a frame rate (`fps`) needs the video's frame rate; decoded frames have none unless "
+            "`video_metadata` gives it"
+        )
     if not 0 < sample_fps <= video_fps:
         raise ValueError(
             f"`fps` must be positive and at most the video's {video_fps:g} fps (it samples distinct frames), "
@@ -465,8 +470,11 @@ def decode_in_background(frames: Iterator[np.ndarray], depth: int = DECODE_AHEAD
                 worker.join(timeout=0.01)
 
 
-def open_video(video: SingleVideoInput, name: str = "video") -> VideoReader:
-    """A reader for one video: a path, bytes, a binary file object, or decoded frames (see the module docstring).
+def open_video(
+    video: SingleVideoInput, name: str = "video", input_data_format: str | ChannelDimension | None = None
+) -> VideoReader:
+    """A reader for one video: a path, bytes, a binary file object, or decoded frames (see the module docstring), whose
+    channels come last or first as `input_data_format` says (inferred when None).
 
     Image files (still or animated) are decoded by PIL, as the authors open images and GIFs; everything else by PyAV.
     Raises `FileNotFoundError` for a missing file, `VideoDecodingError` (a `ValueError`) for unreadable media, and
@@ -491,7 +499,7 @@ def open_video(video: SingleVideoInput, name: str = "video") -> VideoReader:
     elif hasattr(video, "read"):
         source, label = video, f"`{name}` ({getattr(video, 'name', type(video).__name__)})"
     else:
-        return FrameArrayReader(to_frame_array(video, name), name=f"`{name}`")
+        return FrameArrayReader(to_frame_array(video, name, input_data_format), name=f"`{name}`")
     frames = _read_image_frames(source, label)
     if frames is not None:
         return FrameArrayReader(frames, name=label, backend=IMAGE_BACKEND)
@@ -586,14 +594,18 @@ def read_video(
     return frames, metadata
 
 
-def to_frame_array(video: FrameSource, name: str = "video") -> np.ndarray:
-    """Decoded frames as a uint8 RGB array `[T, H, W, 3]`; a single PIL image becomes a one-frame video."""
+def to_frame_array(
+    video: FrameSource, name: str = "video", input_data_format: str | ChannelDimension | None = None
+) -> np.ndarray:
+    """Decoded frames as a uint8 RGB array `[T, H, W, 3]`; a single PIL image becomes a one-frame video. Arrays and
+    tensors may hold their channels first (`[T, 3, H, W]`, frames `[3, H, W]`): `input_data_format`, or inferred
+    from where the 3 channels are (last when both ends hold 3)."""
     if isinstance(video, Image.Image):
         return np.asarray(to_rgb(video, f"`{name}`"))[None]
     if isinstance(video, (list, tuple)):
         if not video:
             raise ValueError(f"`{name}` is an empty list of frames")
-        frames = [_frame_array(frame, f"{name}[{i}]") for i, frame in enumerate(video)]
+        frames = [_frame_array(frame, f"{name}[{i}]", input_data_format) for i, frame in enumerate(video)]
         if len({frame.shape for frame in frames}) > 1:
             raise ValueError(
                 f"The frames of `{name}` must all have the same size, got {sorted({f.shape for f in frames})}"
@@ -606,16 +618,29 @@ def to_frame_array(video: FrameSource, name: str = "video") -> np.ndarray:
             "[frames, height, width]? Its layout is ambiguous; pass uint8 RGB frames [frames, height, width, 3] "
             "(one image: [1, height, width, 3]), a list of [height, width, 3] frames, or a PIL image"
         )
-    _check_frames(array, name, "[frames, height, width, 3]")
+    array = _channels_last(array, input_data_format)
+    _check_frames(array, name, "[frames, height, width, 3] or [frames, 3, height, width]")
     return array
 
 
-def _frame_array(frame: Image.Image | np.ndarray | torch.Tensor, name: str) -> np.ndarray:
+def _frame_array(
+    frame: Image.Image | np.ndarray | torch.Tensor, name: str, input_data_format: str | ChannelDimension | None
+) -> np.ndarray:
     if isinstance(frame, Image.Image):
         return np.asarray(to_rgb(frame, f"`{name}`"))
-    array = _as_numpy(frame, name)
-    _check_frames(array[None], name, "[height, width, 3]")
+    array = _channels_last(_as_numpy(frame, name), input_data_format)
+    _check_frames(array[None], name, "[height, width, 3] or [3, height, width]")
     return array
+
+
+def _channels_last(array: np.ndarray, input_data_format: str | ChannelDimension | None) -> np.ndarray:
+    """`array` with its channel axis last: moved there from before height and width when the frames are channels
+    first (as `input_data_format` says or, when None, when only that axis holds 3 values)."""
+    if input_data_format is None:
+        channels_first = array.ndim >= 3 and array.shape[-3] == RGB_CHANNELS and array.shape[-1] != RGB_CHANNELS
+    else:
+        channels_first = ChannelDimension(input_data_format) == ChannelDimension.FIRST
+    return np.ascontiguousarray(np.moveaxis(array, -3, -1)) if channels_first else array
 
 
 def _as_numpy(video: object, name: str) -> np.ndarray:
@@ -633,7 +658,7 @@ def _check_frames(array: np.ndarray, name: str, expected: str) -> None:
     if array.dtype != np.uint8:
         raise ValueError(f"`{name}` must have dtype uint8 (RGB values 0..255), got {array.dtype}")
     if array.ndim != 4 or array.shape[-1] != RGB_CHANNELS or 0 in array.shape:
-        raise ValueError(f"`{name}` must have shape {expected} with 3 RGB channels last, got {list(array.shape)}")
+        raise ValueError(f"`{name}` must have shape {expected} (3 RGB channels), got {list(array.shape)}")
 
 
 def make_batched_video_inputs(videos: object, name: str = "videos") -> list[SingleVideoInput]:

@@ -2,6 +2,7 @@
 normalisation, exactly as the authors' code prepares them (princetonvisualai/merv,
 `merv/models/vidlms/merv.py::MERV.generate`)."""
 
+import copy
 import math
 import random
 import warnings
@@ -13,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers.image_processing_utils import BatchFeature
+from huggingface_hub.dataclasses import validate_typed_dict
+from transformers.image_processing_utils import BatchFeature, get_size_dict
 from transformers.image_utils import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
@@ -96,8 +98,10 @@ MERV_FULL_ENCODER_SETTINGS = {
 frame counts and sizes are the config's (`configuration_merv.MERV_FULL_*`)."""
 
 
-class MervVideosKwargs(VideosKwargs, total=False):
-    """Sampling controls of the authors' `load_video`; a list gives one value per video of the batch.
+class MervVideoProcessorKwargs(VideosKwargs, total=False):
+    """Call options of `MervVideoProcessor`: transformers' video options, where `num_frames`, `size`, `crop_size`,
+    `resample`, `image_mean` and `image_std` apply to every encoder (overriding its `encoder_settings`), plus the
+    authors' clip window; a window value may be a list with one value per video of the batch.
 
     clip_start_sec (`float` or `list[float]`, *optional*, defaults to 0):
         Start of the clip window in seconds.
@@ -112,9 +116,27 @@ class MervVideosKwargs(VideosKwargs, total=False):
     end_frame: int | list[int | None] | None
 
 
+MervVideosKwargs = MervVideoProcessorKwargs
+"""The earlier name of `MervVideoProcessorKwargs`."""
+
+
+ENCODER_SETTING_KEYS = (
+    "num_frames",
+    "size",
+    "crop_size",
+    "resize_backend",
+    "interpolation",
+    "image_mean",
+    "image_std",
+    "normalize_before_resize",
+)
+"""The keys of one encoder's `encoder_settings` entry."""
+
+
 @dataclass(frozen=True)
 class EncoderTransform:
-    """One encoder's preprocessing, built from its `encoder_settings` entry."""
+    """One encoder's preprocessing: its `encoder_settings` entry, and which steps run (the processor's `do_*`
+    options, the same for every encoder)."""
 
     num_frames: int
     size: dict[str, int]
@@ -124,26 +146,31 @@ class EncoderTransform:
     image_mean: tuple[float, ...]
     image_std: tuple[float, ...]
     normalize_before_resize: bool
+    do_resize: bool = True
+    do_center_crop: bool = True
+    rescale_factor: float | None = 1 / UINT8_MAX
+    do_normalize: bool = True
 
     @classmethod
-    def from_settings(cls, name: str, settings: dict) -> "EncoderTransform":
-        unknown = set(settings) - set(cls.__dataclass_fields__)
-        missing = set(cls.__dataclass_fields__) - set(settings)
+    def from_settings(cls, name: str, settings: dict, **steps) -> "EncoderTransform":
+        """The transform of encoder `name` from its complete `encoder_settings` entry and the `steps` options
+        (`do_resize`, `do_center_crop`, `rescale_factor` (None: no rescaling), `do_normalize`)."""
+        unknown = set(settings) - set(ENCODER_SETTING_KEYS)
+        missing = set(ENCODER_SETTING_KEYS) - set(settings)
         if unknown or missing:
             raise ValueError(
                 f"encoder_settings[{name!r}]: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}; "
-                f"expected {sorted(cls.__dataclass_fields__)}"
+                f"expected {sorted(ENCODER_SETTING_KEYS)}"
             )
-        transform = cls(
-            **{**settings, "image_mean": tuple(settings["image_mean"]), "image_std": tuple(settings["image_std"])}
-        )
+        means = {"image_mean": tuple(settings["image_mean"]), "image_std": tuple(settings["image_std"])}
+        transform = cls(**{**settings, **means}, **steps)
         transform.validate(name)
         return transform
 
     def validate(self, name: str) -> None:
         interpolations = tuple(PIL_RESAMPLING) if self.resize_backend == "pil" else TORCH_INTERPOLATIONS
-        if self.num_frames < 1:
-            problem = f"num_frames must be positive, got {self.num_frames}"
+        if not isinstance(self.num_frames, int) or self.num_frames < 1:
+            problem = f"num_frames must be a positive integer, got {self.num_frames!r}"
         elif set(self.size) not in ({"height", "width"}, {"shortest_edge"}):
             problem = f"size must have keys 'height' and 'width', or 'shortest_edge'; got {self.size}"
         elif self.crop_size is not None and set(self.crop_size) != {"height", "width"}:
@@ -151,18 +178,22 @@ class EncoderTransform:
         elif self.resize_backend not in RESIZE_BACKENDS:
             problem = f"resize_backend must be one of {RESIZE_BACKENDS}, got {self.resize_backend!r}"
         elif self.interpolation not in interpolations:
-            problem = f"interpolation must be one of {interpolations} with {self.resize_backend!r}"
+            problem = f"interpolation {self.interpolation!r} is not one of {interpolations} ({self.resize_backend!r})"
         elif len(self.image_mean) != RGB_CHANNELS or len(self.image_std) != RGB_CHANNELS:
             problem = f"image_mean and image_std need {RGB_CHANNELS} values (RGB)"
         elif self.normalize_before_resize and self.resize_backend != "torch":
             problem = "normalize_before_resize needs resize_backend='torch'"
+        elif self.rescale_factor == 0:
+            problem = "rescale_factor must not be 0"
         else:
             return
         raise ValueError(f"encoder_settings[{name!r}]: {problem}")
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
         """Output of the resize step: fixed `(height, width)`, or the short side scaled as pytorchvideo's
-        `short_side_scale` does (long side `floor(long / short * size)`)."""
+        `short_side_scale` does (long side `floor(long / short * size)`); the input size without `do_resize`."""
+        if not self.do_resize:
+            return height, width
         if "shortest_edge" not in self.size:
             return self.size["height"], self.size["width"]
         short = self.size["shortest_edge"]
@@ -177,14 +208,20 @@ class EncoderTransform:
         return self.crop_size
 
     def output_size(self) -> tuple[int, int]:
-        """(height, width) of the frames this transform gives, whatever the source frames' size."""
-        size = self.centre_crop() or self.size  # without a crop, the size is fixed: a short side is always cropped
+        """(height, width) of the frames this transform gives, whatever the source frames' size; a `ValueError`
+        when it depends on them (no resize, or a short-side resize without the centre crop)."""
+        crop = self.centre_crop() if self.do_center_crop else None
+        if not self.do_resize or (crop is None and "shortest_edge" in self.size):
+            raise ValueError(
+                "the frame size depends on each video's: resizing is off, or a short-side resize has no centre crop"
+            )
+        size = crop or self.size
         return size["height"], size["width"]
 
     def crop_box(self, height: int, width: int) -> tuple[int, int, int, int] | None:
         """(top, left, crop height, crop width) of the centre crop (Python `round`, as torchvision), or None."""
         crop = self.centre_crop()
-        if crop is None or (crop["height"], crop["width"]) == (height, width):
+        if not self.do_center_crop or crop is None or (crop["height"], crop["width"]) == (height, width):
             return None
         if crop["height"] > height or crop["width"] > width:
             raise ValueError(f"crop_size {crop} is larger than the resized frames ({height}x{width})")
@@ -213,6 +250,26 @@ class MervBatchFeature(BatchFeature):
         super().__init__(*args, **kwargs)
 
 
+ENCODER_OPTIONS = {
+    "num_frames": "num_frames",
+    "size": "size",
+    "crop_size": "crop_size",
+    "resample": "interpolation",
+    "image_mean": "image_mean",
+    "image_std": "image_std",
+}
+"""transformers' video options that, when set, replace an `encoder_settings` key (the value) for every encoder."""
+CLIP_WINDOW_OPTIONS = ("clip_start_sec", "clip_end_sec", "end_frame")
+RESTRICTED_OPTIONS = {
+    "do_convert_rgb": (True, None),
+    "do_pad": (False, None),
+    "data_format": ("channels_first", None),
+    "return_tensors": ("pt", None),
+}
+"""Options MERV's preprocessing honours with these values only (None: unset): its encoders take RGB `(channels,
+height, width)` PyTorch frames of one size, without padding."""
+
+
 class MervVideoProcessor(VideoProcessorMixin):
     r"""
     Turns videos into MERV's `pixel_values_videos`, reproducing the authors' preprocessing.
@@ -228,7 +285,13 @@ class MervVideoProcessor(VideoProcessorMixin):
 
     With `fps=...`, frames are instead sampled at that rate over the clip window (transformers' sampler) and each
     encoder takes its `num_frames` evenly spaced ones from them (`np.linspace(0, n - 1, num_frames, dtype=int)`,
-    repeating frames when fewer than `num_frames` were sampled), so encoder inputs keep their fixed shapes.
+    repeating frames when fewer than `num_frames` were sampled), so encoder inputs keep their fixed shapes. With
+    `do_sample_frames=False`, every encoder gets every frame of the video.
+
+    transformers' video options (`MervVideoProcessorKwargs`) are accepted at construction and per call. `num_frames`,
+    `size`, `crop_size`, `resample`, `image_mean` and `image_std` default to each encoder's own settings and, when
+    set, apply to every encoder; `do_resize`, `do_center_crop`, `do_rescale` (with `rescale_factor`) and
+    `do_normalize` turn a step off for every encoder. Frames may come channels last or first (`input_data_format`).
 
     Args:
         vision_encoders (`Sequence[str]`, *optional*, defaults to `("languagebind", "dinov2", "vivit", "siglip")`):
@@ -247,17 +310,33 @@ class MervVideoProcessor(VideoProcessorMixin):
     """
 
     model_input_names = ["pixel_values_videos"]
-    valid_kwargs = MervVideosKwargs
+    valid_kwargs = MervVideoProcessorKwargs
+    do_convert_rgb = True
+    do_sample_frames = True
+    do_resize = True
+    do_center_crop = True
+    do_rescale = True
+    rescale_factor = 1 / UINT8_MAX
+    do_normalize = True
+    default_to_square = False  # an int `size` scales the short side: `{"shortest_edge": size}`
+    return_metadata = False
+    # None: each encoder's own `encoder_settings`
+    num_frames = None
+    size = None
+    crop_size = None
+    resample = None
+    image_mean = None
+    image_std = None
 
     def __init__(
         self,
         vision_encoders: Sequence[str] = ("languagebind", "dinov2", "vivit", "siglip"),
         encoder_settings: dict[str, dict] | None = None,
         languagebind_random_flip: bool = False,
-        **kwargs,
+        **kwargs: Unpack[MervVideoProcessorKwargs],
     ):
         kwargs.pop("video_processor_type", None)
-        super().__init__(**kwargs)
+        super().__init__(**self._standardize(kwargs))
         self.vision_encoders = list(vision_encoders)
         self.encoder_settings = _merge_settings(self.vision_encoders, encoder_settings or {})
         self.languagebind_random_flip = languagebind_random_flip
@@ -286,77 +365,116 @@ class MervVideoProcessor(VideoProcessorMixin):
 
     @property
     def transforms(self) -> dict[str, EncoderTransform]:
+        """Each encoder's preprocessing with this processor's options (no per-call ones)."""
+        return self._transforms(self._options({}))
+
+    def _transforms(self, options: dict) -> dict[str, EncoderTransform]:
+        overrides = {
+            setting: options[option] for option, setting in ENCODER_OPTIONS.items() if options[option] is not None
+        }
+        if "interpolation" in overrides:
+            overrides["interpolation"] = _interpolation_name(overrides["interpolation"])
+        steps = {
+            "do_resize": options["do_resize"],
+            "do_center_crop": options["do_center_crop"],
+            "rescale_factor": options["rescale_factor"] if options["do_rescale"] else None,
+            "do_normalize": options["do_normalize"],
+        }
         return {
-            name: EncoderTransform.from_settings(name, self.encoder_settings[name]) for name in self.vision_encoders
+            name: EncoderTransform.from_settings(name, {**self.encoder_settings[name], **overrides}, **steps)
+            for name in self.vision_encoders
         }
 
-    @property
-    def num_frames(self) -> dict[str, int]:
-        """Frames fed to each encoder."""
-        return {name: self.encoder_settings[name]["num_frames"] for name in self.vision_encoders}
+    def _options(self, kwargs: dict) -> dict:
+        """Every option for one call: the call's value, else this processor's, else the class default (`None` means
+        unset at each level), standardised; unknown and unsupported options are refused, naming them."""
+        unknown = set(kwargs) - set(self.valid_kwargs.__annotations__)
+        if unknown:
+            raise ValueError(
+                f"Unsupported arguments {sorted(unknown)}: MervVideoProcessor takes "
+                f"{sorted(self.valid_kwargs.__annotations__)}"
+            )
+        validate_typed_dict(self.valid_kwargs, kwargs)
+        options = {}
+        for name in self.valid_kwargs.__annotations__:
+            values = (kwargs.get(name), getattr(self, name, None), getattr(type(self), name, None))
+            options[name] = next((value for value in values if value is not None), None)
+        for name, accepted in RESTRICTED_OPTIONS.items():
+            if options[name] not in accepted:
+                raise ValueError(f"MervVideoProcessor supports `{name}` = {accepted[0]!r} only, got {options[name]!r}")
+        return self._standardize(options)
+
+    def _standardize(self, options: dict) -> dict:
+        """transformers' canonical forms: `size` and `crop_size` as dicts (an int `size` scales the short side unless
+        `default_to_square`), `image_mean` and `image_std` as one value per RGB channel, `resample` as an int."""
+        options = dict(options)
+        default_to_square = options.get("default_to_square") or self.default_to_square
+        if options.get("size") is not None:
+            options["size"] = get_size_dict(options["size"], default_to_square=default_to_square)
+        if options.get("crop_size") is not None:
+            options["crop_size"] = get_size_dict(options["crop_size"], param_name="crop_size")
+        for name in ("image_mean", "image_std"):
+            if isinstance(options.get(name), (int, float)):
+                options[name] = [float(options[name])] * RGB_CHANNELS
+            elif options.get(name) is not None:
+                options[name] = list(options[name])
+        if options.get("resample") is not None:
+            options["resample"] = int(options["resample"])
+        return options
+
+    def encoder_frame_counts(self, num_frames: int | None = None) -> dict[str, int]:
+        """Frames fed to each encoder: its `encoder_settings` count, or `num_frames` for every encoder."""
+        return {
+            name: self.encoder_settings[name]["num_frames"] if num_frames is None else num_frames
+            for name in self.vision_encoders
+        }
 
     def video_pixel_shapes(self) -> dict[str, tuple[int, int, int, int]]:
         """Per encoder, in order, the `(frames, channels, height, width)` pixels of one video; a model takes this
-        processor's output if its `config.video_pixel_shapes()` is the same."""
+        processor's output if its `config.video_pixel_shapes()` is the same. A `ValueError` when the frame size
+        depends on the video (resizing off, or a short-side resize without the centre crop)."""
         return {
             name: (transform.num_frames, RGB_CHANNELS, *transform.output_size())
             for name, transform in self.transforms.items()
         }
 
-    def preprocess(
-        self,
-        videos: object,
-        return_tensors: str | None = "pt",
-        return_metadata: bool = False,
-        **kwargs: Unpack[MervVideosKwargs],
-    ) -> BatchFeature:
+    def preprocess(self, videos: object, **kwargs: Unpack[MervVideoProcessorKwargs]) -> BatchFeature:
         """Decode and transform `videos` (see `video_io` for accepted inputs) into `pixel_values_videos`, a
         `(num_videos, D)` float32 tensor packing every encoder's pixels (see the class docstring), and
         `video_metadata` if asked."""
-        if return_tensors not in (None, "pt"):
-            raise ValueError(f"MervVideoProcessor returns PyTorch tensors only, got return_tensors={return_tensors!r}")
-        sampling = self._sampling_kwargs(kwargs)
+        options = self._options(kwargs)
+        transforms = self._transforms(options)
         videos = make_batched_video_inputs(videos)
-        per_video = [
-            {key: _value_for(key, value, i, len(videos)) for key, value in sampling.items()}
-            for i in range(len(videos))
-        ]
-        transforms = self.transforms
-        shapes = self.video_pixel_shapes()
-        packed = np.empty((len(videos), sum(math.prod(shape) for shape in shapes.values())), dtype=np.float32)
-        metadata = []
-        for i, (video, video_sampling) in enumerate(zip(videos, per_video, strict=True)):
-            video_frames, video_metadata = self._process_one(video, f"videos[{i}]", transforms, **video_sampling)
-            _pack_video(video_frames, shapes, packed[i])
-            metadata.append(video_metadata)
-        data = {"pixel_values_videos": torch.from_numpy(packed)}
-        if return_metadata:
-            data["video_metadata"] = metadata
-        return BatchFeature(data)
-
-    def _sampling_kwargs(self, kwargs: dict) -> dict:
-        """Keep the sampling kwargs; reject per-call resize/normalise options, which live in `encoder_settings`."""
-        if kwargs.get("num_frames") is not None:
-            raise ValueError("Set each encoder's frame count in `encoder_settings[...]['num_frames']`, not per call")
-        ignored = {
-            "do_sample_frames",
-            "device",
-            "video_metadata",
-            "input_data_format",
-            "data_format",
-            "do_convert_rgb",
-        }
-        sampling_keys = ("clip_start_sec", "clip_end_sec", "end_frame", "fps")
-        unsupported = set(kwargs) - ignored - set(sampling_keys) - {"num_frames"}
-        if unsupported:
-            raise ValueError(
-                f"Unsupported arguments {sorted(unsupported)}: MervVideoProcessor takes {list(sampling_keys)}; "
-                "resize and normalisation are per-encoder `encoder_settings`"
+        given_metadata = _metadata_per_video(options["video_metadata"], len(videos))
+        sampling = {key: options[key] for key in ("fps", "num_frames", "do_sample_frames")}
+        processed, metadata = [], []
+        for i, video in enumerate(videos):
+            window = {key: _value_for(key, options[key], i, len(videos)) for key in CLIP_WINDOW_OPTIONS}
+            video_frames, video_metadata = self._process_one(
+                video,
+                f"videos[{i}]",
+                transforms,
+                given_metadata[i],
+                options["input_data_format"],
+                **window,
+                **sampling,
             )
-        return {key: kwargs.get(key) for key in sampling_keys}
+            processed.append(video_frames)
+            metadata.append(video_metadata)
+        data = {"pixel_values_videos": _pack(processed)}
+        if options["return_metadata"]:
+            data["video_metadata"] = metadata
+        features = BatchFeature(data)
+        return features.to(options["device"]) if options["device"] is not None else features
 
     def _process_one(
-        self, video: object, name: str, transforms: dict[str, EncoderTransform], **sampling
+        self,
+        video: object,
+        name: str,
+        transforms: dict[str, EncoderTransform],
+        given_metadata: VideoMetadata | None,
+        input_data_format: str | None,
+        **sampling,
     ) -> tuple[dict[str, list[np.ndarray]], VideoMetadata]:
         """One video as float32 `[3, H, W]` frames per encoder (a repeated frame is the same array).
 
@@ -365,7 +483,8 @@ class MervVideoProcessor(VideoProcessorMixin):
         frames (LanguageBind) are kept as uint8 and transformed once decoding is over, when torch's own threads no
         longer compete with the decoding thread.
         """
-        with open_video(video, name) as reader:
+        with open_video(video, name, input_data_format) as reader:
+            _fill_missing(reader.metadata, given_metadata)
             plan = self.frame_plan(reader.metadata, **sampling)
             distinct, positions = np.unique(plan.indices, return_inverse=True)
             rows = {encoder: positions[plan.rows[encoder]].tolist() for encoder in transforms}
@@ -399,9 +518,15 @@ class MervVideoProcessor(VideoProcessorMixin):
         clip_end_sec: float | None = None,
         end_frame: int | None = None,
         fps: float | None = None,
+        num_frames: int | None = None,
+        do_sample_frames: bool = True,
     ) -> FramePlan:
-        """Source frame indices of one video (with repeats for short videos) and each encoder's rows into them."""
-        counts = self.num_frames
+        """Source frame indices of one video (with repeats for short videos) and each encoder's rows into them;
+        `num_frames` replaces every encoder's frame count, and without `do_sample_frames` every frame is used."""
+        counts = self.encoder_frame_counts(num_frames)
+        if not do_sample_frames:
+            every_frame = np.arange(metadata.total_num_frames)
+            return FramePlan(every_frame, dict.fromkeys(counts, every_frame))
         window = {"clip_start_sec": clip_start_sec, "clip_end_sec": clip_end_sec, "end_frame": end_frame}
         if fps is None:
             decode_count = max(counts.values())
@@ -415,57 +540,66 @@ class MervVideoProcessor(VideoProcessorMixin):
 
 
 def _pil_transform(frame: np.ndarray, transform: EncoderTransform, resized: dict) -> np.ndarray:
-    """One uint8 `[H, W, 3]` frame -> float32 `[3, h, w]` through PIL resize (+ crop), /255 and normalisation.
+    """One uint8 `[H, W, 3]` frame -> float32 `[3, h, w]` through PIL resize (+ crop), rescaling and normalisation.
     `resized` caches this frame's resizes by target for encoders that share one."""
     height, width = transform.resized_size(*frame.shape[:2])
     box = transform.crop_box(height, width)
     key = (height, width, transform.interpolation, box)
     if key not in resized:
-        image = Image.fromarray(frame).resize((width, height), PIL_RESAMPLING[transform.interpolation])
+        image = Image.fromarray(frame)
+        if transform.do_resize:
+            image = image.resize((width, height), PIL_RESAMPLING[transform.interpolation])
         if box is not None:
             top, left, crop_height, crop_width = box
             image = image.crop((left, top, left + crop_width, top + crop_height))
         resized[key] = np.asarray(image)
-    return _normalize(_to_float(resized[key]), transform)
+    return _normalize(_to_float(resized[key], transform), transform)
 
 
-def _to_float(image: np.ndarray) -> np.ndarray:
-    """uint8 `[H, W, 3]` -> float32 `[3, H, W]` in [0, 1], as torchvision's `ToTensor` and the authors' `x / 255.0`
-    compute it (IEEE float32 division, so numpy and torch agree bit for bit)."""
+def _to_float(image: np.ndarray, transform: EncoderTransform) -> np.ndarray:
+    """uint8 `[H, W, 3]` -> float32 `[3, H, W]`, rescaled: by default to [0, 1] as torchvision's `ToTensor` and the
+    authors' `x / 255.0` compute it (IEEE float32 division, so numpy and torch agree bit for bit). Any factor divides
+    as `x / (1 / factor)`, which for 1 / 255 is that division exactly (1 / (1 / 255) rounds to 255 in float32)."""
     pixels = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
-    pixels /= np.float32(UINT8_MAX)
+    if transform.rescale_factor is not None:
+        pixels /= np.float32(1 / transform.rescale_factor)
     return pixels
 
 
 def _normalize(pixels: np.ndarray, transform: EncoderTransform) -> np.ndarray:
-    """`(x - mean) / std` per channel in float32, in place, as torchvision's `Normalize` / `NormalizeVideo`."""
+    """`(x - mean) / std` per channel in float32, in place, as torchvision's `Normalize` / `NormalizeVideo` (unless
+    `do_normalize` is off)."""
+    if not transform.do_normalize:
+        return pixels
     pixels -= np.asarray(transform.image_mean, dtype=np.float32)[:, None, None]
     pixels /= np.asarray(transform.image_std, dtype=np.float32)[:, None, None]
     return pixels
 
 
 def _torch_transform(frame: np.ndarray, transform: EncoderTransform) -> np.ndarray:
-    """The torch path (LanguageBind): /255, [normalise], `F.interpolate` (no antialias), centre crop, [normalise].
+    """The torch path (LanguageBind): rescale, [normalise], `F.interpolate` (no antialias), centre crop, [normalise].
 
     Frame by frame: the authors interpolate the whole `[C, T, H, W]` clip, which treats every frame plane
     independently, so the result is the same while full-resolution float copies stay one frame at a time.
     """
-    pixels = _to_float(frame)
+    pixels = _to_float(frame, transform)
     if transform.normalize_before_resize:
         pixels = _normalize(pixels, transform)
     height, width = transform.resized_size(*frame.shape[:2])
-    # (C, 1, H, W): each channel plane on its own, as in the authors' (C, T, H, W) clip; a (1, C, H, W) batch takes
-    # another kernel path whose float32 results differ in the last bit on one thread
-    # align_corners left unset: False for the linear modes, as the authors' call, and the only value "nearest" takes
-    resized = F.interpolate(torch.from_numpy(pixels)[:, None], size=(height, width), mode=transform.interpolation)
-    resized = resized[:, 0].numpy()
+    if transform.do_resize:
+        # (C, 1, H, W): each channel plane on its own, as in the authors' (C, T, H, W) clip; a (1, C, H, W) batch
+        # takes another kernel path whose float32 results differ in the last bit on one thread.
+        # align_corners left unset: False for the linear modes, as the authors' call, and the only value "nearest"
+        # takes
+        resized = F.interpolate(torch.from_numpy(pixels)[:, None], size=(height, width), mode=transform.interpolation)
+        pixels = resized[:, 0].numpy()
     box = transform.crop_box(height, width)
     if box is not None:
         top, left, crop_height, crop_width = box
-        resized = resized[:, top : top + crop_height, left : left + crop_width]
+        pixels = pixels[:, top : top + crop_height, left : left + crop_width]
     if not transform.normalize_before_resize:
-        resized = _normalize(np.ascontiguousarray(resized), transform)
-    return resized
+        pixels = _normalize(np.ascontiguousarray(pixels), transform)
+    return pixels
 
 
 def _pack_video(frames: dict[str, list[np.ndarray]], shapes: dict[str, tuple[int, ...]], row: np.ndarray) -> None:
@@ -478,11 +612,30 @@ def _pack_video(frames: dict[str, list[np.ndarray]], shapes: dict[str, tuple[int
         start += size
 
 
+def _pack(videos: list[dict[str, list[np.ndarray]]]) -> torch.Tensor:
+    """The videos' frames packed as `pixel_values_videos` `(videos, D)` (one copy): per video, each encoder's
+    `(frames, 3, H, W)` block, C-contiguous, one after the other. Every video must give each encoder the same block."""
+    shapes = {name: (len(frames), *frames[0].shape) for name, frames in videos[0].items()}
+    for video in videos[1:]:
+        for name, frames in video.items():
+            if (len(frames), *frames[0].shape) != shapes[name]:
+                raise ValueError(
+                    f"The videos give encoder {name!r} frames of different counts or sizes "
+                    f"({shapes[name]} and {(len(frames), *frames[0].shape)}), which do not batch: sample the same "
+                    "number of frames (`do_sample_frames`) and resize them to one size (`do_resize`)"
+                )
+    packed = np.empty((len(videos), sum(math.prod(shape) for shape in shapes.values())), dtype=np.float32)
+    for row, video in zip(packed, videos):
+        _pack_video(video, shapes, row)
+    return torch.from_numpy(packed)
+
+
 def _merge_settings(vision_encoders: list[str], overrides: dict[str, dict]) -> dict[str, dict]:
-    """Defaults of each named encoder with the user's partial overrides on top (JSON-serialisable)."""
+    """Defaults of each named encoder with the user's partial overrides on top: JSON-serialisable copies, which share
+    no dict or list with the defaults, the overrides or another processor."""
     settings = {}
     for name in vision_encoders:
-        merged = {**MERV_FULL_ENCODER_SETTINGS.get(name, {}), **overrides.get(name, {})}
+        merged = copy.deepcopy({**MERV_FULL_ENCODER_SETTINGS.get(name, {}), **overrides.get(name, {})})
         settings[name] = {key: list(value) if isinstance(value, tuple) else value for key, value in merged.items()}
     return settings
 
@@ -496,4 +649,33 @@ def _value_for(key: str, value: object, index: int, batch_size: int) -> object:
     return value[index]
 
 
-__all__ = ["MervVideoProcessor", "MervBatchFeature", "MERV_FULL_ENCODER_SETTINGS"]
+def _interpolation_name(resample: int) -> str:
+    """The `encoder_settings` name of PIL resampling filter `resample`, refused unless MERV's resizing offers it."""
+    name = Image.Resampling(resample).name.lower()
+    if name not in PIL_RESAMPLING:
+        raise ValueError(f"`resample` = {resample} ({name}) is not supported; use one of {list(PIL_RESAMPLING)}")
+    return name
+
+
+def _metadata_per_video(video_metadata: object, num_videos: int) -> list[VideoMetadata | None]:
+    """`video_metadata` as one `VideoMetadata` (or None) per video: one entry (dict or `VideoMetadata`) for a single
+    video, or a list of them, nested lists flattened, as transformers takes it."""
+    if video_metadata is None:
+        return [None] * num_videos
+    entries = video_metadata if isinstance(video_metadata, (list, tuple)) else [video_metadata]
+    entries = [entry for item in entries for entry in (item if isinstance(item, (list, tuple)) else [item])]
+    if len(entries) != num_videos:
+        raise ValueError(f"`video_metadata` has {len(entries)} entries for {num_videos} videos; pass one per video")
+    return [entry if isinstance(entry, VideoMetadata) else VideoMetadata(**entry) for entry in entries]
+
+
+def _fill_missing(metadata: VideoMetadata, given: VideoMetadata | None) -> None:
+    """Complete what a video does not tell about itself (decoded frames carry no frame rate) from `given`."""
+    if given is None:
+        return
+    for field in ("fps", "duration"):
+        if getattr(metadata, field, None) is None:
+            setattr(metadata, field, getattr(given, field, None))
+
+
+__all__ = ["MervVideoProcessor", "MervVideoProcessorKwargs", "MervBatchFeature", "MERV_FULL_ENCODER_SETTINGS"]
