@@ -392,7 +392,15 @@ class MervUnusedLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features))
 
 
-class MervCrossAttentionFusion(nn.Module):
+class MervFusion(nn.Module):
+    """Base of the fusions: `forward(features)` takes each encoder's projected tokens `(videos, tokens, width)`, in
+    `config.vision_encoders` order, and returns the fused tokens and the per-encoder weights (None where the fusion
+    weighs no encoder). (Deriving the fusions from it rather than from `nn.Module` also keeps transformers' source
+    heuristic in `_can_set_attn_implementation`, which reads any `class *Attention*(nn.Module)` as an attention layer
+    lacking the attention interface, from refusing `set_attn_implementation` on MERV.)"""
+
+
+class MervCrossAttentionFusion(MervFusion):
     """MERV's fusion: one learnable query scores every encoder by its token-mean (single-head attention), and the
     fused tokens are the score-weighted sum of the encoders' projected tokens.
 
@@ -417,7 +425,7 @@ class MervCrossAttentionFusion(nn.Module):
         return fused, weights
 
 
-class MervScalarFusion(nn.Module):
+class MervScalarFusion(MervFusion):
     """Softmax over one learned scalar per encoder, shared by all videos."""
 
     def __init__(self, config: MervConfig):
@@ -430,7 +438,7 @@ class MervScalarFusion(nn.Module):
         return torch.einsum("be,bend->bnd", weights, stacked), weights
 
 
-class MervChannelFusion(nn.Module):
+class MervChannelFusion(MervFusion):
     """Concatenates the encoders along channels ([LayerNorm] and) Linear back to the LLM width."""
 
     def __init__(self, config: MervConfig):
@@ -444,21 +452,21 @@ class MervChannelFusion(nn.Module):
         return self.projector(self.norm(torch.cat(features, dim=-1))), None
 
 
-class MervTokenConcatFusion(nn.Module):
+class MervTokenConcatFusion(MervFusion):
     """Concatenates the encoders' token sequences (one after the other)."""
 
     def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, None]:
         return torch.cat(features, dim=1), None
 
 
-class MervFirstEncoderFusion(nn.Module):
+class MervFirstEncoderFusion(MervFusion):
     """Uses the first encoder only."""
 
     def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, None]:
         return features[0], None
 
 
-def build_fusion(config: MervConfig) -> nn.Module:
+def build_fusion(config: MervConfig) -> MervFusion:
     """The fusion module named by `config.fusion_type`."""
     return {
         "cross_attention": lambda: MervCrossAttentionFusion(config),
