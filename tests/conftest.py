@@ -19,13 +19,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from transformers_merv import MervConfig  # noqa: E402
 from transformers_merv.testing_utils import tiny_config  # noqa: E402, F401  (re-exported to the tests)
 from transformers_merv.conversion import EncoderSources, convert  # noqa: E402
+from transformers_merv.inference.prefix_cache import (  # noqa: E402
+    generate_from_cache,
+    prompt_ids,
+    question_conversation,
+)
 from transformers_merv.training import run as training_run  # noqa: E402
 
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+REPO = Path(__file__).resolve().parents[1]
+"""The repository root (this file is `tests/conftest.py`; the test files, one folder deeper, use this)."""
+EXAMPLES = REPO / "examples"
 SHARED = next(
     (folder / "shared" for folder in Path(__file__).resolve().parents if (folder / "shared" / "fixtures").is_dir()),
-    Path(__file__).resolve().parents[1].parent / "shared",
+    REPO.parent / "shared",
 )
 """`shared/` beside the repository (also found from the mutation run's copy of the tests, one folder deeper)."""
 FIXTURES = SHARED / "fixtures" / "reference"
@@ -34,6 +41,20 @@ TINY_FULL = FIXTURES / "tiny-merv-full"
 VARIANTS = FIXTURES / "tiny-merv-variants"
 FIXTURE_IMAGE_SIZES = {"languagebind": 32, "dinov2": 56, "vivit": 28, "siglip": 64}
 """The tiny fixtures were built with the authors' `default_image_size` patched to these values."""
+
+PARITY_ATOL = 1e-4
+"""How far float32 outputs may lie from the authors' fixtures (`model/test_parity.py`, and `model/test_gpu.py` on an
+accelerator)."""
+HALF_PRECISION_ULPS = 4
+"""How far half-precision logits may lie from the float32 ones, in units of the dtype's precision at the largest
+logit (`eps * max|logit|`). Rounding the weights and every layer's activations to the dtype costs about one such
+unit at this depth (measured on the tiny model of `model/test_pretrained_model.py`: 1.1-1.2 units for bfloat16 and
+float16, 0.6-0.7 with only the LLM in half precision); a cast or dtype bug costs far more."""
+
+
+def half_precision_atol(dtype: torch.dtype, reference: torch.Tensor) -> float:
+    """`HALF_PRECISION_ULPS` units of `dtype`'s precision at the largest magnitude in `reference`."""
+    return HALF_PRECISION_ULPS * torch.finfo(dtype).eps * reference.abs().max().item()
 
 
 def random_pixels_by_encoder(config: MervConfig, batch_size: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -125,7 +146,7 @@ EXAMPLE_VIDEO = EXAMPLES / "example.mp4"
 """The README's example video: a red circle moving fast to the right."""
 
 
-CONVERTER_SCRIPT = Path(__file__).resolve().parents[1] / "conversion" / "convert_merv_to_hf.py"
+CONVERTER_SCRIPT = REPO / "conversion" / "convert_merv_to_hf.py"
 
 
 def load_script(path: Path, name: str) -> ModuleType:
@@ -140,3 +161,24 @@ def load_script(path: Path, name: str) -> ModuleType:
 def train_script():
     """The training run behind examples/train.py."""
     return training_run
+
+
+PREFIX_QUESTIONS = ["What is shown?", "What color is the object in the middle of the clip?", "How many?"]
+"""The questions asked about one cached video prefix (`inference/test_prefix_cache.py`, `model/test_gpu.py`)."""
+FULL_LENGTH_GREEDY = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False}
+"""Every answer has its full length (no early end), so every generated id is compared."""
+
+
+def answer_ids_from_scratch(model, processor, conversation, chat_template, pixels, **generation) -> list[int]:
+    """Generated ids for one whole prompt, the video encoded inside `generate`."""
+    input_ids = torch.tensor([prompt_ids(processor, conversation, chat_template)], device=model.device)
+    with torch.inference_mode():
+        output = model.generate(input_ids=input_ids, pixel_values_videos=pixels, **generation)
+    return output[0, input_ids.shape[1] :].tolist()
+
+
+def answer_ids_from_cache(model, processor, prefix, questions, **generation) -> list[list[int]]:
+    """Generated ids for each of `questions` about the video of the cached `prefix`, in one batch."""
+    prompts = [prompt_ids(processor, question_conversation(q), prefix.chat_template) for q in questions]
+    output, input_ids = generate_from_cache(model, processor, prefix.prompt, prompts, **generation)
+    return output.sequences[:, input_ids.shape[1] :].tolist()

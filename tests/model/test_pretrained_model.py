@@ -18,7 +18,7 @@ from transformers.integrations.accelerate import infer_auto_device_map
 from transformers_merv import MervConfig, MervForConditionalGeneration
 from transformers_merv.compat import enable_activation_checkpointing
 
-from conftest import random_pixels, tiny_config, with_placeholders
+from conftest import half_precision_atol, random_pixels, tiny_config, with_placeholders
 
 
 @pytest.fixture(scope="module")
@@ -112,17 +112,6 @@ def test_push_to_hub_uploads_weights_code_and_card(model, fake_hub):
     assert type(AutoModel.from_pretrained(fake_hub)) is MervForConditionalGeneration
 
 
-HALF_PRECISION_ULPS = 4
-"""How far half-precision logits may lie from the float32 ones, in units of the dtype's precision at the largest
-logit (`eps * max|logit|`). Rounding the weights and every layer's activations to the dtype costs about one such
-unit at this depth (measured on this model: 1.1-1.2 units for bfloat16 and float16, 0.6-0.7 with only the LLM in
-half precision); a cast or dtype bug costs far more."""
-
-
-def _half_precision_atol(dtype: torch.dtype, reference: torch.Tensor) -> float:
-    return HALF_PRECISION_ULPS * torch.finfo(dtype).eps * reference.abs().max().item()
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_loading_and_forward(saved, reference_logits, dtype):
     model = AutoModel.from_pretrained(saved, dtype=dtype).eval()
@@ -130,7 +119,7 @@ def test_half_precision_loading_and_forward(saved, reference_logits, dtype):
     with torch.no_grad():
         logits = model(**_inputs(model.config)).logits  # float32 pixels are cast to each tower's dtype
     assert logits.dtype == dtype
-    atol = _half_precision_atol(dtype, reference_logits)
+    atol = half_precision_atol(dtype, reference_logits)
     torch.testing.assert_close(logits.float(), reference_logits, atol=atol, rtol=0)
 
 
@@ -149,7 +138,7 @@ def test_mixed_dtypes_between_encoders_and_llm(saved, reference_logits):
     with torch.no_grad():
         logits = model(**_inputs(model.config)).logits
     assert logits.dtype == torch.bfloat16
-    atol = _half_precision_atol(torch.bfloat16, reference_logits)
+    atol = half_precision_atol(torch.bfloat16, reference_logits)
     torch.testing.assert_close(logits.float(), reference_logits, atol=atol, rtol=0)
 
 

@@ -16,13 +16,12 @@ import pytest
 
 from transformers_merv.evaluation import MCQ, OPEN_ENDED, OPTION_LETTERS, normalize_answer
 
-from conftest import MEDIA
+from conftest import MEDIA, REPO
 
 
 pytestmark = pytest.mark.lmms_eval
 
-REPO = Path(__file__).resolve().parents[1]
-TASKS = REPO / "tests" / "lmms_eval_tasks"
+TASKS = Path(__file__).resolve().parent / "lmms_eval_tasks"
 CHAT_DOCS = json.loads((TASKS / "merv_test_chat.json").read_text())
 """The questions of every test task (open-ended as they are, multiple choice with `MCQ_OPTIONS`)."""
 MCQ_OPTIONS = {

@@ -1,5 +1,5 @@
 """The model on a CUDA device (marker `gpu`, deselected by default; run where a GPU is: `pytest -m gpu
-tests/test_gpu.py`): parity with the authors' outputs when loaded with `device_map="auto"` and with the encoders
+tests/model/test_gpu.py`): parity with the authors' outputs when loaded with `device_map="auto"` and with the encoders
 offloaded to the CPU (accelerate streams their weights to the GPU), `inputs_embeds` without ids, half precision, the
 cached video prefix, batched generation and encoders on CUDA streams. The last run on a GPU: tests/README.md.
 `MERV_TEST_ACCELERATOR=cpu` runs the same checks on the CPU."""
@@ -8,11 +8,19 @@ import os
 
 import pytest
 import torch
-from conftest import MEDIA, TINY_FULL, fixture_pixels, with_placeholders
+from conftest import (
+    FULL_LENGTH_GREEDY,
+    MEDIA,
+    PARITY_ATOL,
+    PREFIX_QUESTIONS,
+    TINY_FULL,
+    answer_ids_from_cache,
+    answer_ids_from_scratch,
+    fixture_pixels,
+    half_precision_atol,
+    with_placeholders,
+)
 from safetensors.torch import load_file
-from test_integration import HALF_PRECISION_ULPS
-from test_parity import ATOL
-from test_video_prefix import NEW_TOKENS, QUESTIONS, _from_cache, _from_scratch
 from transformers import AutoModel, AutoProcessor
 
 from transformers_merv import default_model_path
@@ -71,7 +79,7 @@ def test_fixture_parity_on_the_accelerator(converted_full, device_map):
     assert devices == {ACCELERATOR.type}
     new_tokens = expected["generate.0.new_tokens"].shape[1]
     logits, greedy = _logits_and_greedy_ids(model, new_tokens)
-    assert (logits - expected["logits"]).abs().max().item() <= ATOL
+    assert (logits - expected["logits"]).abs().max().item() <= PARITY_ATOL
     assert greedy == expected["generate.0.new_tokens"][0].tolist()
 
 
@@ -91,7 +99,7 @@ def test_half_precision_on_the_accelerator(converted_full, dtype):
     expected = load_file(TINY_FULL / "outputs.safetensors")["logits"]
     model = AutoModel.from_pretrained(converted_full, dtype=dtype, device_map=ACCELERATOR).eval()
     logits, _ = _logits_and_greedy_ids(model, new_tokens=1)
-    atol = HALF_PRECISION_ULPS * torch.finfo(dtype).eps * expected.abs().max().item()
+    atol = half_precision_atol(dtype, expected)
     torch.testing.assert_close(logits, expected, atol=atol, rtol=0)
 
 
@@ -105,26 +113,27 @@ def test_cached_prefix_answers_equal_generation_from_scratch(default_model):
     model, processor = default_model
     pixels = process_video(processor, VIDEO)
     expected = [
-        _from_scratch(model, processor, question_conversation(q), None, pixels, **NEW_TOKENS) for q in QUESTIONS
+        answer_ids_from_scratch(model, processor, question_conversation(q), None, pixels, **FULL_LENGTH_GREEDY)
+        for q in PREFIX_QUESTIONS
     ]
     prefix = prefill_video(model, processor, VIDEO)
     assert prefix.prompt.cache.layers[0].keys.device.type == ACCELERATOR.type
-    assert _from_cache(model, processor, prefix, QUESTIONS, **NEW_TOKENS) == expected
+    assert answer_ids_from_cache(model, processor, prefix, PREFIX_QUESTIONS, **FULL_LENGTH_GREEDY) == expected
 
 
 def test_left_padded_batch_generates_what_each_prompt_generates_alone(default_model):
     model, processor = default_model
-    conversations = [question_conversation(question) for question in QUESTIONS]
+    conversations = [question_conversation(question) for question in PREFIX_QUESTIONS]
     videos = [str(VIDEO), str(MEDIA / "video_0.mov"), str(VIDEO)]
 
     def generate(indices: list[int]) -> list[list[int]]:
         prompts = [processor.apply_chat_template(conversations[i], add_generation_prompt=True) for i in indices]
         inputs = processor(text=prompts, videos=[videos[i] for i in indices], return_tensors="pt")
         with torch.inference_mode():
-            output = model.generate(**inputs.to(ACCELERATOR), **NEW_TOKENS)
+            output = model.generate(**inputs.to(ACCELERATOR), **FULL_LENGTH_GREEDY)
         return output[:, inputs["input_ids"].shape[1] :].tolist()
 
-    assert generate([0, 1, 2]) == [generate([index])[0] for index in range(len(QUESTIONS))]
+    assert generate([0, 1, 2]) == [generate([index])[0] for index in range(len(PREFIX_QUESTIONS))]
 
 
 def test_concurrent_encoders_equal_sequential_encoders(converted_full):

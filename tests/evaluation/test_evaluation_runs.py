@@ -40,15 +40,14 @@ from transformers_merv.evaluation.scoring import open_ended_entry
 from transformers_merv.inference.loading import load_model, load_processor
 from transformers_merv.evaluation.runs import COLLECTIVE_TIMEOUT, from_main_process, launched_processes
 
-from conftest import MEDIA
+from conftest import EXAMPLE_VIDEO, MEDIA
 
-REPO = Path(__file__).resolve().parents[1]
 SUBPROCESS_TIMEOUT_S = 600
 POLL_S = 0.02
 LOCK_WAIT_S = 0.5
 """How long an append is seen waiting for a held lock."""
 VIDEOS = {
-    "circle": REPO / "examples" / "example.mp4",
+    "circle": EXAMPLE_VIDEO,
     "pancake": MEDIA / "flipping_a_pancake.mkv",
     "short": MEDIA / "video_0.mov",
     "broken": MEDIA / "corrupted.mp4",

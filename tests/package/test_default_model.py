@@ -4,7 +4,6 @@ and keeps its accuracy on a fixed held-out set (a regression test)."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +14,8 @@ from transformers_merv.cli import main
 from transformers_merv.synthetic import generate_dataset
 from transformers_merv.evaluation import OPEN_ENDED, evaluate, load_items
 
-EXAMPLE_VIDEO = Path(__file__).resolve().parents[1] / "examples" / "example.mp4"
+from conftest import EXAMPLE_VIDEO
+
 README_QUESTION, README_ANSWER = "What color is the circle?", "red"
 HELD_OUT_VIDEOS = 40
 STATED_ACCURACY = 0.70

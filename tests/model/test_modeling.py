@@ -13,8 +13,14 @@ from transformers_merv.configuration_merv import MervLanguageBindVideoConfig
 from transformers_merv.modeling_languagebind import MervLanguageBindEncoderLayer, MervLanguageBindVideoModel
 from transformers_merv.modeling_merv import MervProjectorMLP, MervVisualProjector
 
-from conftest import pack_pixels, random_pixels, random_pixels_by_encoder, tiny_config, with_placeholders
-from test_integration import HALF_PRECISION_ULPS
+from conftest import (
+    half_precision_atol,
+    pack_pixels,
+    random_pixels,
+    random_pixels_by_encoder,
+    tiny_config,
+    with_placeholders,
+)
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +192,7 @@ def test_encoders_in_half_precision_feed_projectors_in_float32(model):
         finally:
             model.model.vision_towers.to(torch.float32)
     assert mixed.dtype == torch.float32
-    atol = HALF_PRECISION_ULPS * torch.finfo(torch.bfloat16).eps * reference.abs().max().item()
+    atol = half_precision_atol(torch.bfloat16, reference)
     torch.testing.assert_close(mixed, reference, atol=atol, rtol=0)
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 
 PACKAGE = "transformers_merv"
-SOURCE = Path(__file__).resolve().parents[1] / "src" / PACKAGE
+SOURCE = REPO / "src" / PACKAGE
 MODEL_FILES = {
     "compat",
     "configuration_merv",

@@ -13,6 +13,7 @@ from transformers_merv.conversion import EncoderSources, convert
 from conftest import (
     FIXTURE_IMAGE_SIZES,
     FIXTURES,
+    PARITY_ATOL,
     TINY_FULL,
     VARIANTS,
     convert_fixture,
@@ -21,7 +22,6 @@ from conftest import (
 )
 
 
-ATOL = 1e-4
 LOSS_RTOL = 1e-5
 VARIANTS_WITH_OUTPUTS = sorted(path.name for path in VARIANTS.iterdir() if (path / "run").is_dir())
 
@@ -39,7 +39,7 @@ def _run_dir(fixture: str):
 def _assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor) -> None:
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     difference = (actual.float() - expected.float()).abs().max().item()
-    assert difference <= ATOL, f"{name}: max abs diff {difference:.3g} > {ATOL}"
+    assert difference <= PARITY_ATOL, f"{name}: max abs diff {difference:.3g} > {PARITY_ATOL}"
 
 
 def _labelled_logits_without_merv(

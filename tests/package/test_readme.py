@@ -5,10 +5,10 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
+from conftest import REPO
+
+README = (REPO / "README.md").read_text()
 SETUP_COMMANDS = (
     "python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 && .venv/bin/pip install -e . && "
     '.venv/bin/merv ask examples/example.mp4 "What color is the circle?"',
@@ -25,14 +25,14 @@ def test_readme_keeps_the_two_setup_commands_and_its_size():
 
 def test_readme_links_reach_files_of_the_repository():
     targets = [link.split("#")[0] for link in re.findall(r"\]\(([^)]+)\)", README) if "://" not in link]
-    assert targets and all((ROOT / target).is_file() for target in targets)
+    assert targets and all((REPO / target).is_file() for target in targets)
 
 
 def test_readme_python_example_answers_the_example_video():
     example = re.search(r"## In Python\n\n```python\n(.*?)```", README, re.S)[1]
     result = subprocess.run(
         [sys.executable, "-c", example],
-        cwd=ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import torch
-from conftest import FIXTURES, MEDIA, TINY_FULL, convert_fixture
+from conftest import EXAMPLE_VIDEO, FIXTURES, MEDIA, TINY_FULL, convert_fixture
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from transformers_merv import default_model_path
@@ -33,8 +33,6 @@ from transformers_merv.testing_utils import write_moving_square
 pytestmark = pytest.mark.vllm
 
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE_VIDEO = REPO / "examples" / "example.mp4"
 STARTUP_SECONDS = 900
 SHUTDOWN_SECONDS = 60
 REQUEST_SECONDS = 300

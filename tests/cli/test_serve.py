@@ -1,7 +1,6 @@
-"""`merv serve`'s command line and settings (no vLLM needed; the server itself: tests/test_vllm_serving.py)."""
+"""`merv serve`'s command line and settings (no vLLM needed; the server itself: tests/integrations/test_vllm_serving.py)."""
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 from transformers import AutoProcessor
@@ -10,8 +9,7 @@ from transformers_merv import default_model_path
 from transformers_merv.cli import main
 from transformers_merv.integrations.vllm.server import BOS_TEMPLATE_PREFIX, server_command, serving_chat_template
 
-
-EXAMPLE_VIDEO = Path(__file__).resolve().parents[1] / "examples" / "example.mp4"
+from conftest import EXAMPLE_VIDEO
 
 
 @pytest.fixture(scope="module")

@@ -16,35 +16,29 @@ from transformers_merv.inference.prefix_cache import (
     VideoChat,
     VideoPrefixCache,
     prefill_video,
-    generate_from_cache,
     process_video,
     prompt_ids,
     question_conversation,
     shared_prefix_ids,
 )
 
-from conftest import MEDIA
+from conftest import (
+    FULL_LENGTH_GREEDY,
+    MEDIA,
+    PREFIX_QUESTIONS,
+    answer_ids_from_cache,
+    answer_ids_from_scratch,
+)
 
 VIDEO = MEDIA / "flipping_a_pancake.mkv"
-QUESTIONS = ["What is shown?", "What color is the object in the middle of the clip?", "How many?"]
 TEMPLATES = [None, *(name for name in PROMPT_FORMATS if name != "pure")]
 """`None` is the processor's default ("pure" for both models)."""
-NEW_TOKENS = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False}
-"""Every answer has its full length (no early end), so every generated id is compared."""
 
 
 @pytest.fixture(scope="module", params=["default-model", "converted-fixture"])
 def loaded(request):
     folder = default_model_path() if request.param == "default-model" else request.getfixturevalue("converted_full")
     return AutoModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
-
-
-def _from_scratch(model, processor, conversation, chat_template, pixels, **generation) -> list[int]:
-    """Generated ids for one whole prompt, the video encoded inside `generate`."""
-    input_ids = torch.tensor([prompt_ids(processor, conversation, chat_template)], device=model.device)
-    with torch.inference_mode():
-        output = model.generate(input_ids=input_ids, pixel_values_videos=pixels, **generation)
-    return output[0, input_ids.shape[1] :].tolist()
 
 
 def _next_turn(chat: VideoChat, question: str) -> list[dict]:
@@ -54,19 +48,13 @@ def _next_turn(chat: VideoChat, question: str) -> list[dict]:
     return [*chat.messages, {"role": "user", "content": [{"type": "text", "text": question}]}]
 
 
-def _from_cache(model, processor, prefix, questions, **generation) -> list[list[int]]:
-    prompts = [prompt_ids(processor, question_conversation(q), prefix.chat_template) for q in questions]
-    output, input_ids = generate_from_cache(model, processor, prefix.prompt, prompts, **generation)
-    return output.sequences[:, input_ids.shape[1] :].tolist()
-
-
 @pytest.mark.parametrize("chat_template", TEMPLATES, ids=lambda name: name or "default")
 def test_the_prefix_ends_where_the_question_starts_in_every_template(loaded, chat_template):
     model, processor = loaded
     prefix = shared_prefix_ids(processor, chat_template)
     placeholders = [index for index, token in enumerate(prefix) if token == model.config.video_token_id]
     assert len(placeholders) == model.config.num_video_tokens
-    for question in [*QUESTIONS, "", " leading space", "Ünïcode?"]:
+    for question in [*PREFIX_QUESTIONS, "", " leading space", "Ünïcode?"]:
         ids = prompt_ids(processor, question_conversation(question), chat_template)
         assert ids[: len(prefix)] == prefix
         # the prefix holds all the template text before the question: what follows it starts with the question
@@ -78,12 +66,17 @@ def test_cached_answers_are_the_ids_generated_from_scratch(loaded, chat_template
     model, processor = loaded
     pixels = process_video(processor, VIDEO)
     expected = [
-        _from_scratch(model, processor, question_conversation(q), chat_template, pixels, **NEW_TOKENS)
-        for q in QUESTIONS
+        answer_ids_from_scratch(
+            model, processor, question_conversation(q), chat_template, pixels, **FULL_LENGTH_GREEDY
+        )
+        for q in PREFIX_QUESTIONS
     ]
     prefix = prefill_video(model, processor, VIDEO, chat_template=chat_template)
-    assert [_from_cache(model, processor, prefix, [q], **NEW_TOKENS)[0] for q in QUESTIONS] == expected
-    assert _from_cache(model, processor, prefix, QUESTIONS, **NEW_TOKENS) == expected  # one batch, padded
+    assert [
+        answer_ids_from_cache(model, processor, prefix, [q], **FULL_LENGTH_GREEDY)[0] for q in PREFIX_QUESTIONS
+    ] == expected
+    one_batch = answer_ids_from_cache(model, processor, prefix, PREFIX_QUESTIONS, **FULL_LENGTH_GREEDY)
+    assert one_batch == expected  # padded
 
 
 def test_beam_search_from_the_cache(loaded):
@@ -91,10 +84,11 @@ def test_beam_search_from_the_cache(loaded):
     generation = {"max_new_tokens": 3, "num_beams": 2, "do_sample": False}
     pixels = process_video(processor, VIDEO)
     expected = [
-        _from_scratch(model, processor, question_conversation(q), None, pixels, **generation) for q in QUESTIONS
+        answer_ids_from_scratch(model, processor, question_conversation(q), None, pixels, **generation)
+        for q in PREFIX_QUESTIONS
     ]
     prefix = prefill_video(model, processor, VIDEO)
-    assert _from_cache(model, processor, prefix, QUESTIONS, **generation) == expected
+    assert answer_ids_from_cache(model, processor, prefix, PREFIX_QUESTIONS, **generation) == expected
 
 
 def test_answers_reuse_the_prefix_and_never_encode_again(loaded):
@@ -106,10 +100,10 @@ def test_answers_reuse_the_prefix_and_never_encode_again(loaded):
     )
     try:
         with mock.patch.object(model, "get_video_features", side_effect=AssertionError("encoded again")):
-            _from_cache(model, processor, prefix, QUESTIONS, max_new_tokens=1)
+            answer_ids_from_cache(model, processor, prefix, PREFIX_QUESTIONS, max_new_tokens=1)
     finally:
         hook.remove()
-    prompts = [prompt_ids(processor, question_conversation(q), None) for q in QUESTIONS]
+    prompts = [prompt_ids(processor, question_conversation(q), None) for q in PREFIX_QUESTIONS]
     assert fed == [max(len(ids) for ids in prompts) - prefix.prompt.length]
     assert prefix.prompt.cache.get_seq_length() == prefix.prompt.length  # the stored cache is left as it was
 
@@ -123,18 +117,18 @@ def test_chat_turns_equal_the_whole_conversation_from_scratch(loaded):
         lambda module, args, kwargs: fed.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
     )
     try:
-        for question in QUESTIONS:
+        for question in PREFIX_QUESTIONS:
             fed.clear()
             conversation = _next_turn(chat, question)
-            expected = _from_scratch(model, processor, conversation, None, pixels, **NEW_TOKENS)
+            expected = answer_ids_from_scratch(model, processor, conversation, None, pixels, **FULL_LENGTH_GREEDY)
             fed.clear()
-            answer = chat.ask(question, **NEW_TOKENS)
+            answer = chat.ask(question, **FULL_LENGTH_GREEDY)
             assert answer == processor.tokenizer.decode(expected, skip_special_tokens=True).strip()
             whole = len(prompt_ids(processor, conversation, None))
             assert fed[0] < whole - model.config.num_video_tokens  # only the new turn's tokens are fed
     finally:
         hook.remove()
-    assert [message["role"] for message in chat.messages] == ["user", "assistant"] * len(QUESTIONS)
+    assert [message["role"] for message in chat.messages] == ["user", "assistant"] * len(PREFIX_QUESTIONS)
 
 
 def test_chat_with_beam_search(loaded):
@@ -142,9 +136,9 @@ def test_chat_with_beam_search(loaded):
     generation = {"max_new_tokens": 3, "num_beams": 2, "do_sample": False}
     pixels = process_video(processor, VIDEO)
     chat = VideoChat(model, processor, prefill_video(model, processor, VIDEO))
-    for question in QUESTIONS[:2]:
+    for question in PREFIX_QUESTIONS[:2]:
         conversation = _next_turn(chat, question)
-        expected = _from_scratch(model, processor, conversation, None, pixels, **generation)
+        expected = answer_ids_from_scratch(model, processor, conversation, None, pixels, **generation)
         assert (
             chat.ask(question, **generation) == processor.tokenizer.decode(expected, skip_special_tokens=True).strip()
         )

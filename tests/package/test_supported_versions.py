@@ -1,14 +1,12 @@
 """The dependency ranges pyproject.toml declares are exactly the ranges CI tests (.ci/constraints/)."""
 
-from pathlib import Path
-
 import pytest
 from packaging.version import Version
 
-from conftest import load_script
+from conftest import REPO, load_script
 
 
-CI = Path(__file__).resolve().parents[1] / ".ci"
+CI = REPO / ".ci"
 bounds = load_script(CI / "dependency_bounds.py", "dependency_bounds")
 DECLARED = bounds.declared_requirements()
 OLDEST = bounds.pinned_versions(bounds.CONSTRAINTS / "oldest.txt")
