@@ -1,7 +1,10 @@
-"""Shared test helpers: paths to ../shared, tiny configs, converted fixtures."""
+"""Shared test helpers: paths to the repository and ../shared, tiny configs, converted fixtures, the shipped model,
+numerical tolerances, and the bad inputs every entry point must refuse. The test files, one folder per unit, import
+them with `from conftest import ...` (pytest puts this folder on `sys.path`); no test module imports another."""
 
 import importlib.util
 import math
+import json
 import os
 import shutil
 from pathlib import Path
@@ -13,10 +16,11 @@ import torch
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import EntryNotFoundError
 from safetensors.torch import load_file
+from transformers import AutoModel, AutoProcessor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from transformers_merv import MervConfig  # noqa: E402
+from transformers_merv import MervConfig, default_model_path  # noqa: E402
 from transformers_merv.testing_utils import tiny_config  # noqa: E402, F401  (re-exported to the tests)
 from transformers_merv.conversion import EncoderSources, convert  # noqa: E402
 from transformers_merv.inference.prefix_cache import (  # noqa: E402
@@ -144,6 +148,20 @@ def fake_hub(tmp_path) -> Path:
 
 EXAMPLE_VIDEO = EXAMPLES / "example.mp4"
 """The README's example video: a red circle moving fast to the right."""
+EXAMPLE_QUESTION = "What color is the circle?"
+"""The README's question about the example video."""
+
+
+@pytest.fixture(scope="module")
+def default_processor():
+    """The shipped default model's processor."""
+    return AutoProcessor.from_pretrained(default_model_path())
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped default model (in eval mode) and its processor."""
+    return AutoModel.from_pretrained(default_model_path()).eval(), AutoProcessor.from_pretrained(default_model_path())
 
 
 CONVERTER_SCRIPT = REPO / "conversion" / "convert_merv_to_hf.py"
@@ -182,3 +200,84 @@ def answer_ids_from_cache(model, processor, prefix, questions, **generation) -> 
     prompts = [prompt_ids(processor, question_conversation(q), prefix.chat_template) for q in questions]
     output, input_ids = generate_from_cache(model, processor, prefix.prompt, prompts, **generation)
     return output.sequences[:, input_ids.shape[1] :].tolist()
+
+
+def with_cpu_bf16(native: bool):
+    """This CPU as one with (or without) AVX512-BF16, and without any other half-precision feature."""
+    return mock.patch("transformers_merv.inference.devices.cpu_capabilities", return_value={"avx512_bf16": native})
+
+
+# --- bad input, refused by every entry point (the processor, `merv`, evaluation files, the training dataset) ---------
+
+
+def error_line(stderr: str) -> str:
+    """The last stderr line of a failed `merv` command, which must be its one `error: ...` line (no traceback)."""
+    lines = stderr.strip().splitlines()
+    assert sum(line.startswith("error:") for line in lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[-1]
+
+
+def ask_argv(video: object, *flags: str) -> list[str]:
+    """`merv ask VIDEO EXAMPLE_QUESTION FLAGS...` as `main`'s arguments."""
+    return ["ask", str(video), EXAMPLE_QUESTION, *flags]
+
+
+def explain_argv(video: object, *flags: str) -> list[str]:
+    """`merv explain VIDEO EXAMPLE_QUESTION FLAGS...` as `main`'s arguments."""
+    return ["explain", str(video), EXAMPLE_QUESTION, *flags]
+
+
+def _fifo(tmp_path: Path) -> tuple[Path, str]:
+    path = tmp_path / "clip.mp4"
+    os.mkfifo(path)
+    return path, "a FIFO (named pipe)"
+
+
+def _directory(tmp_path: Path) -> tuple[Path, str]:
+    path = tmp_path / "folder.mp4"
+    path.mkdir()
+    return path, "a directory"
+
+
+def _device(tmp_path: Path) -> tuple[Path, str]:
+    return Path("/dev/zero"), "a character device"
+
+
+def _null(tmp_path: Path) -> tuple[Path, str]:
+    return Path("/dev/null"), "a character device"
+
+
+NOT_REGULAR_FILES = pytest.mark.parametrize(
+    "make", [_fifo, _directory, _device, _null], ids=["fifo", "dir", "zero", "null"]
+)
+"""Parametrizes a test over paths that are not regular files: `make(tmp_path)` gives the path and the kind of file the
+error must name."""
+
+
+@pytest.fixture
+def no_time_to_decode(monkeypatch):
+    """A decoding time limit (`MERV_DECODE_TIMEOUT_S`) that no video can be read within."""
+    monkeypatch.setenv("MERV_DECODE_TIMEOUT_S", "0.000001")
+
+
+def write_eval_files(root: Path, names: list[str], extra: dict | None = None) -> tuple[Path, Path]:
+    """Open-ended evaluation files `root/q.json` and `root/a.json`: question `q{i}` (`EXAMPLE_QUESTION`, with the
+    fields of `extra`) about video `names[i]`, answered "red"."""
+    questions = [{"question_id": f"q{i}", "video_name": name, "question": EXAMPLE_QUESTION, **(extra or {})}
+                 for i, name in enumerate(names)]  # fmt: skip
+    answers = [{"question_id": f"q{i}", "answer": "red"} for i in range(len(names))]
+    (root / "q.json").write_text(json.dumps(questions))
+    (root / "a.json").write_text(json.dumps(answers))
+    return root / "q.json", root / "a.json"
+
+
+def write_training_json(root: Path, entries: list[dict]) -> Path:
+    """Training data file `root/train.json` holding `entries`."""
+    (root / "train.json").write_text(json.dumps(entries))
+    return root / "train.json"
+
+
+def training_entry(index: int, media: str, kind: str = "video") -> dict:
+    """Training entry `e{index}`: one question about `media`, a "video" or an "image"."""
+    turns = [{"from": "human", "value": "<video>\nWhat color?"}, {"from": "gpt", "value": "red"}]
+    return {"id": f"e{index}", kind: media, "conversations": turns}

@@ -25,7 +25,7 @@ from transformers_merv.inference.fusion_weights import (
 )
 from transformers_merv.synthetic import generate_dataset
 
-from conftest import FIXTURE_IMAGE_SIZES, FIXTURES, MEDIA, TINY_FULL
+from conftest import FIXTURE_IMAGE_SIZES, FIXTURES, MEDIA, TINY_FULL, error_line
 
 MAX_NEW_TOKENS = "3"
 SUBPROCESS_TIMEOUT_S = 300
@@ -41,13 +41,6 @@ def run_merv(*args: object) -> subprocess.CompletedProcess:
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         timeout=SUBPROCESS_TIMEOUT_S,
     )
-
-
-def _error_line(stderr: str) -> str:
-    """The last stderr line, which must be the one `error: ...` line."""
-    lines = stderr.strip().splitlines()
-    assert sum(line.startswith("error:") for line in lines) == 1, stderr
-    return lines[-1]
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +150,7 @@ def test_convert_wraps_the_converter(tmp_path):
 def test_corrupt_video_is_a_one_line_error(converted_full):
     completed = run_merv("ask", MEDIA / "corrupted.mp4", QUESTION, "--model", converted_full)
     assert completed.returncode == 1
-    assert _error_line(completed.stderr).startswith(f"error: '{MEDIA / 'corrupted.mp4'}' is corrupt or truncated")
+    assert error_line(completed.stderr).startswith(f"error: '{MEDIA / 'corrupted.mp4'}' is corrupt or truncated")
 
 
 # --- errors (in process) ---------------------------------------------------------------------------------------------
@@ -230,7 +223,7 @@ def test_corrupt_video_is_a_one_line_error(converted_full):
 )
 def test_bad_input_is_a_one_line_error(converted_full, video, capsys, make_args, message):
     assert main([str(arg) for arg in make_args(video, converted_full)]) == 1
-    assert re.match(message, _error_line(capsys.readouterr().err))
+    assert re.match(message, error_line(capsys.readouterr().err))
 
 
 @pytest.mark.parametrize(
@@ -253,7 +246,7 @@ def test_bad_flags_exit_with_status_2(argv, capsys):
 def test_missing_default_model_is_a_one_line_error(video, monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(transformers_merv, "DEFAULT_MODEL_DIRECTORY", tmp_path / "gone")
     assert main(["ask", str(video), QUESTION]) == 1
-    assert _error_line(capsys.readouterr().err) == (
+    assert error_line(capsys.readouterr().err) == (
         f"error: the default model folder {tmp_path / 'gone'} is missing; reinstall, or pass --model PATH_OR_HUB_ID"
     )
 
@@ -266,7 +259,7 @@ def test_explain_without_fusion_weights_says_so(converted_full, video, tmp_path,
     assert main(["explain", str(video), QUESTION, "--model", str(model), "--max-new-tokens", "1"]) == 1
     captured = capsys.readouterr()
     assert captured.out.startswith("answer: ")
-    assert "fusion ('concat_channel') has no per-encoder weights" in _error_line(captured.err)
+    assert "fusion ('concat_channel') has no per-encoder weights" in error_line(captured.err)
 
 
 def test_eval_with_a_judge_from_a_module(converted_full, dataset, tmp_path, monkeypatch, capsys):
@@ -294,7 +287,7 @@ def test_convert_reports_a_missing_encoder_directory(tmp_path, capsys):
         str(tmp_path),
     ]
     assert main(argv) == 1
-    assert "pass its weights with --languagebind" in _error_line(capsys.readouterr().err)
+    assert "pass its weights with --languagebind" in error_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize(
@@ -314,6 +307,11 @@ def test_half_precision_note_only_where_the_cpu_lacks_it(video, capsys, capabili
             assert main(argv) == 0  # --dtype auto
         assert str(load.call_args.kwargs["dtype"]) == auto_dtype
         assert "note:" not in capsys.readouterr().err
+
+
+def test_max_new_tokens_flag_still_overrides_the_generation_config(capsys):
+    assert main(["ask", str(MEDIA / "flipping_a_pancake.mkv"), "What is happening?", "--max-new-tokens", "6"]) == 0
+    assert len(capsys.readouterr().out.split()) > 2  # this clip is unlike the training data: no </s> within 6
 
 
 def test_fusion_chart_colours_bars_by_encoder(tmp_path):

@@ -20,18 +20,25 @@ from transformers_merv.cli import main
 from transformers_merv.utils.console import first_line
 from transformers_merv.inference.hub_reachability import hub_reachable
 
-from conftest import CONVERTER_SCRIPT, EXAMPLE_VIDEO, FIXTURE_IMAGE_SIZES, FIXTURES, TINY_FULL, load_script
+from conftest import (
+    CONVERTER_SCRIPT,
+    EXAMPLE_VIDEO,
+    FIXTURE_IMAGE_SIZES,
+    FIXTURES,
+    MEDIA,
+    NOT_REGULAR_FILES,
+    TINY_FULL,
+    ask_argv,
+    error_line,
+    explain_argv,
+    load_script,
+)
 
 VIDEO = EXAMPLE_VIDEO
+PANCAKE = MEDIA / "flipping_a_pancake.mkv"
 QUESTION = "What color is the circle?"
 SUBPROCESS_TIMEOUT_S = 120
 """Far below the ~145 s of download retries an unreachable Hub used to cost; a guard, not a timing test."""
-
-
-def _error_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert sum(line.startswith("error:") for line in lines) == 1 and "Traceback" not in stderr, stderr
-    return lines[-1]
 
 
 def _run(*args: object, **environment: str) -> subprocess.CompletedProcess:
@@ -87,7 +94,7 @@ def test_broken_model_folders_are_one_line_naming_the_file(corrupt, tmp_path, ca
     shutil.copytree(default_model_path(), folder)
     expected = corrupt(folder)
     assert main(["ask", str(VIDEO), QUESTION, "--model", str(folder)]) == 1
-    line = _error_line(capsys.readouterr().err)
+    line = error_line(capsys.readouterr().err)
     assert line.startswith(f"error: cannot load model {str(folder)!r}: ") and expected in line
 
 
@@ -107,7 +114,7 @@ def test_the_loaders_report_is_shown_only_when_the_model_loads(tmp_path, extra_k
     assert result.returncode == (0 if extra_key else 1), result.stderr
     assert ("LOAD REPORT" in result.stderr) is shown and ("extra.weight | UNEXPECTED" in result.stderr) is shown
     if not extra_key:
-        assert _error_line(result.stderr).startswith("error: cannot load model")
+        assert error_line(result.stderr).startswith("error: cannot load model")
 
 
 def _converter_script_main(argv: list[str]) -> int:
@@ -126,7 +133,7 @@ def test_truncated_encoder_weights_in_convert_name_the_file(tmp_path, capsys, en
     argv = ["convert", "--run-dir", str(TINY_FULL / "run"), "--llm", str(FIXTURES / "llm"), *flags,
             "--image-size", *sizes, "--output-dir", str(tmp_path / "out")]  # fmt: skip
     assert entry(argv) == 1
-    assert f"error: {weights} is not a readable safetensors file: " in _error_line(capsys.readouterr().err)
+    assert f"error: {weights} is not a readable safetensors file: " in error_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("entry", [main, _converter_script_main], ids=["merv convert", "convert_merv_to_hf.py"])
@@ -135,7 +142,7 @@ def test_unexpected_convert_failures_are_one_line_unless_debugging(monkeypatch, 
     monkeypatch.setattr(conversion_command, "convert", mock.Mock(side_effect=failure))
     argv = ["convert", "--run-dir", str(TINY_FULL / "run"), "--llm", str(FIXTURES / "llm"), "--output-dir", "out"]
     assert entry(argv) == 1
-    assert _error_line(capsys.readouterr().err) == (
+    assert error_line(capsys.readouterr().err) == (
         "error: RuntimeError: the shard writer broke (--debug or MERV_DEBUG=1 shows the traceback)"
     )
     with pytest.raises(RuntimeError, match="the shard writer broke"):
@@ -148,7 +155,7 @@ def test_malformed_evaluation_json_names_the_file(tmp_path, capsys):
     argv = ["eval", "--questions", str(tmp_path / "q.json"), "--answers", str(tmp_path / "a.json"), "--video-dir",
             str(tmp_path), "--mode", "open-ended", "--output", str(tmp_path / "r.json")]  # fmt: skip
     assert main(argv) == 1
-    assert _error_line(capsys.readouterr().err).startswith(f"error: cannot read {tmp_path / 'q.json'}: ")
+    assert error_line(capsys.readouterr().err).startswith(f"error: cannot read {tmp_path / 'q.json'}: ")
 
 
 def test_unexpected_failures_are_one_line_unless_debugging(monkeypatch, capsys):
@@ -156,7 +163,7 @@ def test_unexpected_failures_are_one_line_unless_debugging(monkeypatch, capsys):
     monkeypatch.setattr(cli.ask, "run", mock.Mock(side_effect=failure))
     monkeypatch.delenv("MERV_DEBUG", raising=False)
     assert main(["ask", str(VIDEO), QUESTION]) == 1
-    assert _error_line(capsys.readouterr().err) == (
+    assert error_line(capsys.readouterr().err) == (
         "error: RuntimeError: the decoder ran out of luck (--debug or MERV_DEBUG=1 shows the traceback)"
     )
     for argv in (["--debug", "ask", str(VIDEO), QUESTION], ["ask", str(VIDEO), QUESTION, "--debug"]):
@@ -172,9 +179,26 @@ def test_debug_shows_the_traceback_in_a_real_run(tmp_path):
     shutil.copytree(default_model_path(), folder)
     _truncate(folder)
     quiet = _run("ask", VIDEO, QUESTION, "--model", folder)
-    assert quiet.returncode == 1 and "is not a readable safetensors file" in _error_line(quiet.stderr)
+    assert quiet.returncode == 1 and "is not a readable safetensors file" in error_line(quiet.stderr)
     loud = _run("ask", VIDEO, QUESTION, "--model", folder, MERV_DEBUG="1")
     assert loud.returncode == 1 and "Traceback (most recent call last)" in loud.stderr
+
+
+# --- video paths and arguments the commands refuse -------------------------------------------------------------------
+
+
+@NOT_REGULAR_FILES
+@pytest.mark.parametrize("command", [ask_argv, explain_argv], ids=["ask", "explain"])
+def test_ask_and_explain_refuse_paths_that_are_not_regular_files(make, command, tmp_path, capsys):
+    path, kind = make(tmp_path)
+    assert main(command(path)) == 1
+    assert f"'{path}' is {kind}, not a regular file" in error_line(capsys.readouterr().err)
+
+
+def test_cli_clip_window_ending_before_it_starts(capsys):
+    for command in (ask_argv, explain_argv):
+        assert main(command(PANCAKE, "--clip-start-sec", "5", "--clip-end-sec", "2")) == 1
+        assert "the clip window ends before it starts" in error_line(capsys.readouterr().err)
 
 
 # --- an unreachable Hub ----------------------------------------------------------------------------------------------
@@ -201,7 +225,7 @@ def test_unknown_hub_id_fails_at_once_when_the_hub_is_unreachable(tmp_path):
     completed = _run("ask", VIDEO, QUESTION, "--model", "nobody/no-such-model", HF_HUB_OFFLINE="0",
                      HF_ENDPOINT=endpoint, HF_HUB_CACHE=str(tmp_path / "cache"))  # fmt: skip
     assert completed.returncode == 1
-    line = _error_line(completed.stderr)
+    line = error_line(completed.stderr)
     assert line.startswith(
         f"error: cannot load model 'nobody/no-such-model': the Hugging Face Hub ({endpoint}) "
         "cannot be reached, and 'nobody/no-such-model' is neither a local folder nor in the local"

@@ -3,7 +3,6 @@
 import importlib.util
 
 import pytest
-from transformers import AutoProcessor
 
 from transformers_merv import default_model_path
 from transformers_merv.cli import main
@@ -12,12 +11,8 @@ from transformers_merv.integrations.vllm.server import BOS_TEMPLATE_PREFIX, serv
 from conftest import EXAMPLE_VIDEO
 
 
-@pytest.fixture(scope="module")
-def processor():
-    return AutoProcessor.from_pretrained(default_model_path())
-
-
-def test_chat_template_is_the_default_one_with_bos_written_by_it(processor):
+def test_chat_template_is_the_default_one_with_bos_written_by_it(default_processor):
+    processor = default_processor
     template = serving_chat_template(processor)
     assert template == BOS_TEMPLATE_PREFIX + processor.chat_template["default"]
     conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What color?"}]}]

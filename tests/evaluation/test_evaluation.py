@@ -1,7 +1,9 @@
-"""Evaluation: the authors' file formats and prompts, answer normalisation, the judge hook, multiple choice by option
-likelihood, per-type summaries, skipped videos, and batched runs that match one-by-one runs."""
+"""Evaluation: the authors' file formats and prompts (malformed files reported before any model work, nothing read
+outside the video folder), answer normalisation, the judge hook, multiple choice by option likelihood, per-type
+summaries, how many tokens each mode generates, skipped videos, and batched runs that match one-by-one runs."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,14 +14,18 @@ import torch
 from transformers import AutoModel, AutoProcessor
 
 from transformers_merv import MervVideoProcessor
+from transformers_merv.cli import main
 from transformers_merv.synthetic import generate_dataset
 from transformers_merv.evaluation import (
+    DEFAULT_MAX_NEW_TOKENS,
     MCQ,
+    NAIVE_CHECK_MAX_NEW_TOKENS,
     OPEN_ENDED,
     UNPARSABLE_JUDGE_REPLY,
     EvalItem,
     EvaluationInputError,
     chat_judge,
+    default_max_new_tokens,
     evaluate,
     find_video,
     gpt_judge_messages,
@@ -38,9 +44,10 @@ from transformers_merv.evaluation import (
 from transformers_merv.evaluation import answering
 from transformers_merv.evaluation.scoring import mcq_entry, open_ended_entry, skipped_entry
 
-from conftest import MEDIA
+from conftest import EXAMPLE_VIDEO, MEDIA, NOT_REGULAR_FILES, error_line, write_eval_files
 
 MAX_NEW_TOKENS = 3
+PANCAKE = MEDIA / "flipping_a_pancake.mkv"
 
 
 def _write(path: Path, records: list[dict]) -> Path:
@@ -140,6 +147,102 @@ def test_videos_are_found_by_name_with_any_extension(tmp_path):
     assert find_video(tmp_path, "other") == tmp_path / "other.weird"
     with pytest.raises(FileNotFoundError, match=r"no video file missing\.\*"):
         find_video(tmp_path, "missing")
+
+
+GOOD_QUESTION = {"question_id": 1, "video_name": "v", "question": "Q?", "options": ["a", "b", "c"]}
+GOOD_ANSWER = {"question_id": 1, "answer": "a", "answer_id": 0}
+
+
+@pytest.mark.parametrize(
+    ("questions", "answers", "mode", "message"),
+    [
+        ([], [], OPEN_ENDED, "the question file holds no questions"),
+        ([GOOD_QUESTION], [{**GOOD_ANSWER, "question_id": 2}], OPEN_ENDED,
+         r"1 question\(s\) have no answer \(question_id \['1'\]\); 1 answer\(s\) have no question"),
+        ([GOOD_QUESTION], [GOOD_ANSWER, {**GOOD_ANSWER, "answer": "b"}], OPEN_ENDED,
+         r"gives different answers for question_id \['1'\]"),
+        ([GOOD_QUESTION, {**GOOD_QUESTION, "question_id": [1]}], [GOOD_ANSWER], OPEN_ENDED,
+         r"question ids must be strings or integers, got \[\[1\]\]"),
+        ([{**GOOD_QUESTION, "question": 7}], [GOOD_ANSWER], OPEN_ENDED, "'question' must be a non-empty string, got 7"),
+        ([{**GOOD_QUESTION, "question": " "}], [GOOD_ANSWER], OPEN_ENDED, "'question' must be a non-empty string"),
+        ([{"question_id": 1, "video_name": "v"}], [GOOD_ANSWER], OPEN_ENDED, "question_id 1: has no 'question'"),
+        ([GOOD_QUESTION], [{"question_id": 1, "answer": ["a"]}], OPEN_ENDED, "'answer' must be a non-empty string"),
+        ([{**GOOD_QUESTION, "time": "0-5"}], [GOOD_ANSWER], OPEN_ENDED, r"'time' must be \[start, end\] in seconds"),
+        ([{**GOOD_QUESTION, "time": [5, 2]}], [GOOD_ANSWER], OPEN_ENDED, r"'time' \[5, 2\] must satisfy 0 <= start"),
+        ([{**GOOD_QUESTION, "time": [1]}], [GOOD_ANSWER], OPEN_ENDED, r"'time' must be \[start, end\]"),
+        ([{**GOOD_QUESTION, "end_frame": "595"}], [GOOD_ANSWER], OPEN_ENDED, "'end_frame' must be an integer"),
+        ([{**GOOD_QUESTION, "end_frame": 5.5}], [GOOD_ANSWER], OPEN_ENDED, "'end_frame' must be an integer"),
+        ([{**GOOD_QUESTION, "options": []}], [GOOD_ANSWER], MCQ, "'options' must be a non-empty list of strings"),
+        ([{**GOOD_QUESTION, "options": "abc"}], [GOOD_ANSWER], MCQ, "'options' must be a non-empty list"),
+        ([{**GOOD_QUESTION, "options": ["a", 2]}], [GOOD_ANSWER], MCQ, "'options' must hold strings"),
+        ([{k: v for k, v in GOOD_QUESTION.items() if k != "options"}], [GOOD_ANSWER], MCQ, "has no 'options'"),
+        ([{**GOOD_QUESTION, "num_option": 4}], [GOOD_ANSWER], MCQ, "'num_option' must be an integer from 1 to 3"),
+        ([{**GOOD_QUESTION, "num_option": "2"}], [GOOD_ANSWER], MCQ, "'num_option' must be an integer"),
+        ([{**GOOD_QUESTION, "options": list("abcdef")}], [GOOD_ANSWER], MCQ, "6 options; 1 to 5 are allowed"),
+        ([GOOD_QUESTION], [{**GOOD_ANSWER, "answer_id": 3}], MCQ, "'answer_id' must be an integer from 0 to 2"),
+        ([GOOD_QUESTION], [{**GOOD_ANSWER, "answer_id": True}], MCQ, "'answer_id' must be an integer"),
+        ([{**GOOD_QUESTION, "video_name": "../outside"}], [GOOD_ANSWER], OPEN_ENDED, "climbs out of --video-dir"),
+        ([{**GOOD_QUESTION, "video_name": "a/../../outside"}], [GOOD_ANSWER], OPEN_ENDED, "climbs out of"),
+        ([{**GOOD_QUESTION, "video_name": "/etc/passwd"}], [GOOD_ANSWER], OPEN_ENDED, "is an absolute path"),
+        ([{**GOOD_QUESTION, "video_name": "C:\\videos\\v"}], [GOOD_ANSWER], OPEN_ENDED, "is an absolute path"),
+        ([{**GOOD_QUESTION, "video_name": 12}], [GOOD_ANSWER], OPEN_ENDED, "'video_name' must be a non-empty string"),
+    ],
+)  # fmt: skip
+def test_malformed_evaluation_files_are_reported_before_model_work(tmp_path, questions, answers, mode, message):
+    (tmp_path / "q.json").write_text(json.dumps(questions))
+    (tmp_path / "a.json").write_text(json.dumps(answers))
+    with pytest.raises(EvaluationInputError, match=message):
+        load_items(tmp_path / "q.json", tmp_path / "a.json", mode)
+    argv = ["eval", "--questions", str(tmp_path / "q.json"), "--answers", str(tmp_path / "a.json"), "--video-dir",
+            str(tmp_path), "--mode", mode, "--output", str(tmp_path / "r.json")]  # fmt: skip
+    runs = "transformers_merv.evaluation.runs"
+    with mock.patch(f"{runs}.load_model") as load_model, mock.patch(f"{runs}.load_processor") as default_processor:
+        assert main(argv) == 1
+    load_model.assert_not_called()
+    default_processor.assert_not_called()
+
+
+def test_every_problem_is_listed_in_one_error(tmp_path):
+    questions = [{**GOOD_QUESTION, "question_id": i, "question": None} for i in range(12)]
+    (tmp_path / "q.json").write_text(json.dumps(questions))
+    (tmp_path / "a.json").write_text(json.dumps([{**GOOD_ANSWER, "question_id": i} for i in range(12)]))
+    with pytest.raises(EvaluationInputError, match=r"12 problem\(s\): question_id 0: .*; and 2 more$"):
+        load_items(tmp_path / "q.json", tmp_path / "a.json", OPEN_ENDED)
+
+
+def test_identical_repeated_answers_and_nan_times_are_accepted(tmp_path):
+    (tmp_path / "q.json").write_text(json.dumps([{**GOOD_QUESTION, "time": [float("nan"), float("nan")]}]))
+    (tmp_path / "a.json").write_text(json.dumps([GOOD_ANSWER, GOOD_ANSWER]))
+    (item,) = load_items(tmp_path / "q.json", tmp_path / "a.json", OPEN_ENDED)
+    assert item.answer == "a"
+
+
+@NOT_REGULAR_FILES
+def test_eval_refuses_question_files_that_are_not_regular_files(make, tmp_path, capsys):
+    path, kind = make(tmp_path)
+    argv = ["eval", "--questions", str(path), "--answers", str(path), "--video-dir", str(tmp_path),
+            "--mode", "open-ended", "--output", str(tmp_path / "r.json")]  # fmt: skip
+    with mock.patch("transformers_merv.evaluation.runs.load_model") as load_model:
+        assert main(argv) == 1
+    assert f"error: cannot read {path}: {path} is {kind}, not a regular file" in error_line(capsys.readouterr().err)
+    load_model.assert_not_called()
+
+
+def test_nothing_outside_the_video_dir_is_read(tmp_path, default_processor):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(EXAMPLE_VIDEO, tmp_path / "outside.mp4")
+    for name in ("../outside", str(tmp_path / "outside")):
+        with pytest.raises(ValueError, match="--video-dir"):
+            find_video(videos, name)
+    items = [EvalItem("q0", "../outside", "Q?", "Q?", "red"), EvalItem("q1", str(tmp_path / "outside"), "Q", "Q", "r")]
+    with mock.patch("transformers_merv.video_processing_merv.open_video") as open_video:
+        results = evaluate(mock.Mock(), default_processor, items, videos, OPEN_ENDED, progress=False)
+    open_video.assert_not_called()
+    assert [entry["skipped"] for entry in results["results"]] == [
+        "'video_name' '../outside' climbs out of --video-dir with '..'",
+        f"'video_name' '{tmp_path / 'outside'}' is an absolute path; it must name a file inside --video-dir",
+    ]
 
 
 # --- open-ended scoring ----------------------------------------------------------------------------------------------
@@ -364,6 +467,25 @@ def test_per_question_batches_never_mix_videos():
     assert asked == [["q0", "q2"], ["q3"], ["q1", "q4"]]
 
 
+def test_models_without_a_generation_limit_get_the_authors_512(converted_full):
+    model = AutoModel.from_pretrained(converted_full)
+    assert model.generation_config.max_new_tokens is None
+    assert default_max_new_tokens(model) == DEFAULT_MAX_NEW_TOKENS == 512
+
+
+@pytest.mark.parametrize(
+    ("mode", "prefix", "expected"), [(MCQ, "test_mcq", NAIVE_CHECK_MAX_NEW_TOKENS), (OPEN_ENDED, "test", 2)]
+)
+def test_evaluate_generates_only_what_the_mode_needs(shipped, tmp_path, mode, prefix, expected):
+    model, processor = shipped
+    generate_dataset(tmp_path, {"test": 1})
+    items = load_items(tmp_path / f"{prefix}_q.json", tmp_path / f"{prefix}_a.json", mode)
+    with mock.patch.object(model, "generate", wraps=model.generate) as generate, torch.no_grad():
+        results = evaluate(model, processor, items, tmp_path / "videos", mode, progress=False)["results"]
+    assert {call.kwargs["max_new_tokens"] for call in generate.call_args_list} == {expected}
+    assert all(entry["prediction"] is not None for entry in results)
+
+
 # --- runs with the tiny model ----------------------------------------------------------------------------------------
 
 
@@ -473,3 +595,31 @@ def test_grouped_by_video_and_per_question_give_the_same_results(tiny, dataset, 
         assert letter_logits == pytest.approx(reference.pop("letter_logits", {}), abs=1e-4)
         assert entry == reference
     assert grouped["summary"] == per_question["summary"]
+
+
+# --- skipped videos, through `merv eval` on the shipped model --------------------------------------------------------
+
+
+def test_eval_skips_and_counts_videos_that_are_not_regular_files(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(EXAMPLE_VIDEO, videos / "good.mp4")
+    os.mkfifo(videos / "pipe.mp4")
+    (videos / "folder.mp4").mkdir()
+    questions, answers = write_eval_files(tmp_path, ["good", "pipe", "folder"])
+    assert main(["eval", "--questions", str(questions), "--answers", str(answers), "--video-dir", str(videos),
+                 "--mode", "open-ended", "--output", str(tmp_path / "r.json")]) == 0  # fmt: skip
+    summary = json.loads((tmp_path / "r.json").read_text())["summary"]
+    assert summary["evaluated"] == 1 and summary["skipped"] == 2 and summary["accuracy"] == 1.0
+    reasons = {entry["question_id"]: entry["reason"] for entry in summary["skipped_questions"]}
+    assert "is a FIFO (named pipe), not a regular file" in reasons["q1"]
+    assert "is a directory, not a regular file" in reasons["q2"]
+
+
+def test_eval_skips_videos_over_the_time_limit(no_time_to_decode, tmp_path):
+    shutil.copy(PANCAKE, tmp_path / "pancake.mkv")
+    questions, answers = write_eval_files(tmp_path, ["pancake"])
+    assert main(["eval", "--questions", str(questions), "--answers", str(answers), "--video-dir", str(tmp_path),
+                 "--mode", "open-ended", "--output", str(tmp_path / "r.json")]) == 0  # fmt: skip
+    skipped = json.loads((tmp_path / "r.json").read_text())["summary"]["skipped_questions"]
+    assert len(skipped) == 1 and "took longer to read than the limit" in skipped[0]["reason"]

@@ -1,4 +1,5 @@
-"""Native half precision on CPUs: read from torch's CPU feature detection; `auto_dtype` picks bfloat16 only there."""
+"""The device policy (`transformers_merv.inference.devices`): native half precision on CPUs, read from torch's CPU
+feature detection (`auto_dtype` picks bfloat16 only there), and the accelerator if there is one, else the CPU."""
 
 from unittest import mock
 
@@ -11,8 +12,11 @@ from transformers_merv.inference.devices import (
     cpu_has_native,
     cpu_has_native_bf16,
     default_device,
+    native_bf16,
     resolve_device,
 )
+
+from conftest import with_cpu_bf16
 
 
 @pytest.mark.parametrize(
@@ -34,6 +38,13 @@ def test_native_half_precision_comes_from_torch_cpu_capabilities(capabilities, b
         assert cpu_has_native(torch.float32)
         assert auto_dtype("cpu") == (torch.bfloat16 if bf16 else torch.float32)
         assert auto_dtype(torch.device("cuda", 1)) == "auto"  # accelerators keep the saved dtype
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_follows_the_cpus_instructions(native):
+    with with_cpu_bf16(native):
+        assert native_bf16(torch.device("cpu")) is native
+    assert native_bf16(torch.device("meta")) is False
 
 
 def test_capabilities_are_torch_own():

@@ -1,12 +1,17 @@
-"""MervConfig: merv-full defaults, round trips, derived sizes, and clear errors for invalid settings."""
+"""MervConfig: merv-full defaults, round trips, derived sizes, and clear errors for invalid settings: out-of-range
+values are refused when the config is built or loaded, and `merv` reports them in one line naming the field."""
+
+import json
+import shutil
 
 import pytest
 from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import AutoConfig, CLIPVisionConfig, Dinov2WithRegistersConfig, SiglipVisionConfig, VivitConfig
 
-from transformers_merv import MervConfig, MervLanguageBindVideoConfig
+from transformers_merv import MervConfig, MervLanguageBindVideoConfig, default_model_path
+from transformers_merv.cli import main
 
-from conftest import tiny_config
+from conftest import EXAMPLE_VIDEO, ask_argv, error_line, tiny_config
 
 
 def test_defaults_are_merv_full():
@@ -129,3 +134,50 @@ def test_siglip_head_is_rejected():
     settings["vision_use_head"] = True
     with pytest.raises(ValueError, match="vision_use_head"):
         tiny_config(siglip_config=settings)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"vision_feature_layer": {"dinov2": 4}}, r"`vision_feature_layer\['dinov2'\]` = 4 is out of range: valid "
+                                                  r"values are -4 to 3 \(dinov2 has 3 layers"),
+        ({"vision_feature_layer": {"siglip": -5}}, r"`vision_feature_layer\['siglip'\]` = -5 is out of range"),
+        ({"video_token_id": 1024}, r"`video_token_id` = 1024 is out of range: valid values are 0 to 1023 "
+                                   r"\(the vocabulary has 1024 tokens\)"),
+        ({"video_token_id": -1}, "`video_token_id` = -1 is out of range"),
+        ({"text_config": {"model_type": "llama", "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128,
+                          "num_hidden_layers": 2, "num_attention_heads": 4, "eos_token_id": [2, 5000]}},
+         r"`text_config.eos_token_id\[1\]` = 5000 is out of range"),
+        ({"vivit_config": {"num_frames": 32, "tubelet_size": [3, 2, 2], "image_size": 28, "hidden_size": 48,
+                           "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 96}},
+         r"`num_frames\['vivit'\]` = 32 must be a multiple of ViViT's tubelet length"),
+    ],
+    ids=["layer-too-deep", "layer-too-negative", "video-token-past-vocab", "negative-token", "eos-past-vocab",
+         "vivit-tubelets"],
+)  # fmt: skip
+def test_config_values_out_of_range_are_rejected_when_built(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
+
+
+def test_config_values_out_of_range_are_rejected_when_loaded(tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(default_model_path(), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_feature_layer"]["vivit"] = 7
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"`vision_feature_layer\['vivit'\]` = 7 is out of range: valid values are"):
+        AutoConfig.from_pretrained(folder)
+    assert main(ask_argv(EXAMPLE_VIDEO, "--model", str(folder))) == 1
+    assert "`vision_feature_layer['vivit']` = 7 is out of range" in error_line(capsys.readouterr().err)
+    assert MervConfig(**tiny_config().to_diff_dict()).video_token_id == 1001  # in-range values pass
+
+
+def test_a_config_choice_outside_its_values_is_one_line_naming_the_field_and_the_values(tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(default_model_path(), folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"fusion_type": "mean"}))
+    assert main(ask_argv(EXAMPLE_VIDEO, "--model", str(folder))) == 1
+    error = error_line(capsys.readouterr().err)
+    assert "field 'fusion_type'" in error and "expected one of ('cross_attention'" in error and "got mean" in error

@@ -1,5 +1,6 @@
 """The shipped default model: loads from its folder, answers the README's question about the shipped example video,
-and keeps its accuracy on a fixed held-out set (a regression test)."""
+keeps its accuracy on a fixed held-out set (a regression test), and stops after its trained one-word answers, even on
+real videos (its generation config)."""
 
 import os
 import subprocess
@@ -7,14 +8,13 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoModel, AutoProcessor
 
 from transformers_merv import MervForConditionalGeneration, default_model_path
 from transformers_merv.cli import main
-from transformers_merv.synthetic import generate_dataset
-from transformers_merv.evaluation import OPEN_ENDED, evaluate, load_items
+from transformers_merv.synthetic import ANSWER_VOCABULARY, generate_dataset, longest_answer_tokens
+from transformers_merv.evaluation import OPEN_ENDED, default_max_new_tokens, evaluate, load_items
 
-from conftest import EXAMPLE_VIDEO
+from conftest import EXAMPLE_VIDEO, MEDIA
 
 README_QUESTION, README_ANSWER = "What color is the circle?", "red"
 HELD_OUT_VIDEOS = 40
@@ -22,11 +22,7 @@ STATED_ACCURACY = 0.70
 """The README's floor for the shipped model on a fixed held-out set: a 40-video test split generated with seed 0
 (130 questions; the model card reports the 400-video test split)."""
 MAX_WEIGHTS_BYTES = 20 * 2**20
-
-
-@pytest.fixture(scope="module")
-def shipped():
-    return AutoModel.from_pretrained(default_model_path()).eval(), AutoProcessor.from_pretrained(default_model_path())
+REAL_VIDEOS = [MEDIA / "flipping_a_pancake.mkv", MEDIA / "video_0.mov"]
 
 
 def test_default_model_folder_is_small_and_loads_with_the_auto_classes(shipped):
@@ -79,3 +75,22 @@ def test_accuracy_on_a_fixed_held_out_set(shipped, tmp_path_factory):
 def test_readme_questions_about_the_example_video(question, answer, capsys):
     assert main(["ask", str(EXAMPLE_VIDEO), question, "--device", "cpu"]) == 0
     assert capsys.readouterr().out.strip().lower() == answer
+
+
+def test_shipped_generation_config_stops_after_the_longest_trained_answer(shipped):
+    model, processor = shipped
+    trained = [{"conversations": [{"from": "gpt", "value": answer}]} for answer in ANSWER_VOCABULARY]
+    longest = longest_answer_tokens(processor.tokenizer, trained)
+    assert longest == 2  # one word and </s>
+    assert model.generation_config.max_new_tokens == longest == default_max_new_tokens(model)
+    assert model.generation_config.eos_token_id == processor.tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize("video", REAL_VIDEOS, ids=lambda path: path.name)
+@pytest.mark.parametrize("question", ["What color is the circle?", "What is happening in this video?"])
+def test_default_model_answers_real_videos_in_a_few_words(video, question, shipped, capsys):
+    model, _ = shipped
+    assert main(["ask", str(video), question, "--device", "cpu"]) == 0
+    words = capsys.readouterr().out.split()
+    assert 1 <= len(words) <= model.generation_config.max_new_tokens
+    assert set(words) <= set(ANSWER_VOCABULARY)

@@ -1,20 +1,32 @@
-"""`MervProcessor`: prompt ids exactly as the authors build them, chat templates, batching, saving."""
+"""`MervProcessor`: prompt ids exactly as the authors build them, chat templates, batching, saving; video inputs it
+refuses naming the input; and transformers' image-text-to-text pipeline, which answers through its post-processing
+exactly as `generate` + `batch_decode(prompt_ids=...)` do (no leading space)."""
 
 import os
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoProcessor, AutoTokenizer, BatchFeature
+from transformers import AutoProcessor, AutoTokenizer, BatchFeature, pipeline
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
-from transformers_merv import MervBatchFeature, MervProcessor, MervVideoProcessor, processing_merv
+from transformers_merv import (
+    MervBatchFeature,
+    MervProcessor,
+    MervVideoProcessor,
+    default_model_path,
+    processing_merv,
+    read_video,
+)
+from transformers_merv.media_limits import MediaLimitError
 from transformers_merv.processing_merv import PROMPT_FORMATS
 
-from conftest import SHARED, unpack_pixels
+from conftest import EXAMPLE_VIDEO, NOT_REGULAR_FILES, SHARED, unpack_pixels
 
 
 MEDIA = SHARED / "media"
@@ -348,3 +360,90 @@ print(inputs["input_ids"].tolist(), list(inputs["pixel_values_videos"].shape))
     conversation = [_user("Hi", video=VIDEO_0)]
     expected = processor.apply_chat_template(conversation, tokenize=True, return_dict=True, return_tensors="pt")
     assert result.stdout.strip() == f"{expected['input_ids'].tolist()} {list(expected['pixel_values_videos'].shape)}"
+
+
+# --- video inputs refused naming the input ---------------------------------------------------------------------------
+
+
+@NOT_REGULAR_FILES
+def test_processor_refuses_paths_that_are_not_regular_files(make, default_processor, tmp_path):
+    path, kind = make(tmp_path)
+    with pytest.raises(MediaLimitError, match=re.escape(f"'{path}' is {kind}, not a regular file")):
+        default_processor(text="<video>Q", videos=[str(path)])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"clip_start_sec": 5.0, "clip_end_sec": 2.0}, r"`clip_end_sec` = 2.0 must be finite and after `clip_start_sec`"),
+        ({"clip_start_sec": 3.0, "clip_end_sec": 3.0}, "the clip window ends before it starts"),
+        ({"clip_end_sec": -1.0}, "`clip_end_sec` = -1.0 must be finite and after"),
+        ({"clip_start_sec": float("inf")}, "`clip_start_sec` must be a finite number >= 0"),
+        ({"fps": 1e6}, r"`fps` must be positive and at most the video's 30 fps"),
+        ({"fps": 0}, "`fps` must be positive"),
+        ({"fps": float("nan")}, "`fps` must be positive"),
+    ],
+)  # fmt: skip
+def test_out_of_range_sampling_arguments(kwargs, message, default_processor):
+    with pytest.raises(ValueError, match=message):
+        default_processor(text="<video>Q", videos=[str(PANCAKE)], **kwargs)
+
+
+@pytest.mark.parametrize(
+    "video",
+    [np.zeros((16, 64, 3), np.uint8), torch.zeros(16, 64, 3, dtype=torch.uint8), np.zeros((64, 64, 3), np.uint8)],
+    ids=["grey-frames-numpy", "grey-frames-torch", "square"],
+)
+def test_three_dimensional_arrays_are_ambiguous(video, default_processor):
+    with pytest.raises(ValueError, match=r"is a 3-D array \[\d+, 64, 3\]: one RGB image .* or grey frames"):
+        default_processor(text="<video>Q", videos=video)
+    default_processor(text="<video>Q", videos=video[None])  # [1, H, W, 3]: one image, said explicitly
+
+
+def test_a_text_mode_file_object_is_refused_naming_the_input(default_processor):
+    for read in (lambda video: default_processor(text="<video>In: what?\nOut:", videos=video), read_video):
+        with open(EXAMPLE_VIDEO, encoding="latin-1") as text_file:
+            with pytest.raises(TypeError, match=r"\(.*example\.mp4\) is a file object opened in text mode.*'rb'"):
+                read(text_file)
+
+
+# --- post-processing in transformers' image-text-to-text pipeline ----------------------------------------------------
+
+PIPELINE_QUESTIONS = ["What color is the circle?", "How fast does the red circle move?", "What is happening?"]
+
+
+@pytest.fixture(scope="module")
+def answerer():
+    return pipeline("image-text-to-text", model=str(default_model_path()))
+
+
+def _conversation(question: str) -> list[dict]:
+    video = {"type": "video", "path": str(EXAMPLE_VIDEO)}
+    return [{"role": "user", "content": [video, {"type": "text", "text": question}]}]
+
+
+def _generate_and_decode(answerer, conversation: list[dict]) -> str:
+    processor = answerer.processor
+    inputs = processor.apply_chat_template(conversation, tokenize=True, return_dict=True, return_tensors="pt")
+    with torch.no_grad():
+        output = answerer.model.generate(**inputs, do_sample=False)
+    return processor.batch_decode(output, prompt_ids=inputs["input_ids"], skip_special_tokens=True)[0]
+
+
+@pytest.mark.parametrize("question", PIPELINE_QUESTIONS)
+def test_pipeline_answer_equals_generate_and_batch_decode(answerer, question):
+    conversation = _conversation(question)
+    expected = _generate_and_decode(answerer, conversation)
+    new_text = answerer(text=conversation, return_full_text=False)[0]["generated_text"]
+    chat = answerer(text=conversation)[0]["generated_text"]
+    assert new_text == expected == chat[-1]["content"] and expected == expected.strip() != ""
+    assert chat[-1]["role"] == "assistant"
+
+
+def test_post_processing_leaves_prompts_and_answers_alone_but_the_cue_space(answerer):
+    processor = answerer.processor
+    assert processor.answer_cue() == "\nOut:"
+    prompt = processor.tokenizer("In: Q?\nOut:", return_tensors="pt")["input_ids"]
+    answered = processor.tokenizer("In: Q?\nOut: red  circle", return_tensors="pt")["input_ids"]
+    assert processor.post_process_image_text_to_text(prompt) == ["In: Q?\nOut:"]
+    assert processor.post_process_image_text_to_text(answered) == ["In: Q?\nOut:red  circle"]

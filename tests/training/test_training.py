@@ -1,4 +1,6 @@
-"""Training: stages, LoRA, the Video-LLaVA data format, the collator, Trainer runs, resuming, the example script."""
+"""Training: stages, LoRA (its default rank scaled to the LLM's width), the Video-LLaVA data format (media that are
+not regular files refused naming the entry), the collator, Trainer runs, resuming, and the example script, whose
+device and precision come from the machine at hand unless given."""
 
 import importlib.util
 import json
@@ -6,6 +8,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import av
@@ -20,22 +23,42 @@ from torch.utils.data import DataLoader
 from transformers import AutoProcessor, Trainer, TrainerCallback, TrainingArguments
 from transformers.testing_utils import CaptureLogger
 
-from transformers_merv import MervForConditionalGeneration, MervProcessor, MervVideoProcessor, merv_chat_templates
+from transformers_merv import (
+    MervForConditionalGeneration,
+    MervProcessor,
+    MervVideoProcessor,
+    default_model_path,
+    merv_chat_templates,
+)
 from transformers_merv.compat import activation_checkpointing_argument
-from transformers_merv.inference.devices import native_bf16
+from transformers_merv.inference.devices import default_device, native_bf16
+from transformers_merv.media_limits import MediaLimitError
+from transformers_merv.synthetic import generate_dataset
 from transformers_merv.training import (
     IGNORE_INDEX,
+    LORA_DEFAULTS,
     TRAINING_STAGES,
     BadExampleError,
     MervDataCollator,
     VideoLlavaDataset,
     check_qlora_available,
     lora_config,
+    lora_defaults,
     set_trainable,
 )
 from transformers_merv.training.data import logger as data_logger
+from transformers_merv.training.lora import logger as lora_logger
 
-from conftest import MEDIA, tiny_config, unpack_pixels
+from conftest import (
+    EXAMPLE_VIDEO,
+    MEDIA,
+    NOT_REGULAR_FILES,
+    tiny_config,
+    training_entry,
+    unpack_pixels,
+    with_cpu_bf16,
+    write_training_json,
+)
 
 
 ENCODER_IMAGE_SIZES = {"languagebind": 16, "dinov2": 28, "vivit": 16, "siglip": 32}
@@ -318,6 +341,16 @@ def test_lora_config_defaults_and_overrides(model_dir):
     assert (overridden.r, overridden.lora_alpha, overridden.lora_dropout) == (4, 8, 0.0)
 
 
+@pytest.mark.parametrize(("width", "rank", "alpha"), [(4096, 128, 256), (8192, 128, 256), (128, 4, 8), (16, 1, 2)])
+def test_lora_rank_keeps_its_fraction_of_the_llm_width(width, rank, alpha):
+    model = SimpleNamespace(config=SimpleNamespace(text_config=SimpleNamespace(hidden_size=width)))
+    with CaptureLogger(lora_logger) as captured:
+        defaults = lora_defaults(model)
+    assert (defaults["r"], defaults["lora_alpha"], defaults["lora_dropout"]) == (rank, alpha, 0.05)
+    noted = f"using r={rank}, lora_alpha={alpha}" in captured.out
+    assert noted == (rank != LORA_DEFAULTS["r"])
+
+
 def test_qlora_says_what_is_missing_without_a_gpu():
     if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes"):
         pytest.skip("QLoRA is available here")
@@ -516,6 +549,24 @@ def test_corrupted_video_is_skipped_counted_and_replaced_by_the_next_example(wit
     checked.check_media()
     assert len(checked) == 2 and [bad.example for bad in checked.skipped] == ["entry 1 (id 'broken')"]
     assert [example.id for example in checked.examples] == ["red", "green"]
+
+
+@NOT_REGULAR_FILES
+def test_training_dataset_refuses_media_that_are_not_regular_files(make, tmp_path, default_processor):
+    path, kind = make(tmp_path)
+    shutil.copy(EXAMPLE_VIDEO, tmp_path / "good.mp4")
+    data = write_training_json(tmp_path, [training_entry(0, "good.mp4"), training_entry(1, str(path))])
+    dataset = VideoLlavaDataset(data, tmp_path, default_processor)
+    assert len(dataset) == 1 and f"is {kind}, not a regular file" in dataset.skipped[0].reason
+    with pytest.raises(BadExampleError, match="entry 1 .*" + re.escape(f"is {kind}, not a regular file")):
+        VideoLlavaDataset(data, tmp_path, default_processor, on_bad_example="error")
+
+
+@NOT_REGULAR_FILES
+def test_training_dataset_refuses_a_data_file_that_is_not_regular(make, tmp_path, default_processor):
+    path, kind = make(tmp_path)
+    with pytest.raises(MediaLimitError, match=re.escape(f"is {kind}, not a regular file")):
+        VideoLlavaDataset(path, tmp_path, default_processor)
 
 
 # --- collator --------------------------------------------------------------------------------------------------------
@@ -869,3 +920,44 @@ def test_script_align_stage_saves_the_whole_model(train_script, model_dir, media
     original = load_model(model_dir)
     assert not torch.equal(trained.model.fusion.query, original.model.fusion.query)
     assert torch.equal(trained.lm_head.weight, original.lm_head.weight)
+
+
+# --- examples/train.py on the machine at hand: device and precision from the machine unless given --------------------
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_machine_defaults_pick_device_and_precision(train_script, native):
+    with with_cpu_bf16(native):
+        assert train_script.machine_defaults(use_cpu=True, fp16=None) == {"use_cpu": True, "bf16": native}
+        assert train_script.machine_defaults(use_cpu=True, fp16=True) == {"use_cpu": True, "bf16": False}
+        on_this_machine = train_script.machine_defaults(use_cpu=None, fp16=None)
+    assert on_this_machine["use_cpu"] == (default_device().type == "cpu")
+
+
+def test_explicit_precision_flags_win(train_script, tmp_path):
+    base = ["--model_name_or_path", "m", "--data_path", "d.json", "--media_root", str(tmp_path),
+            "--output_dir", str(tmp_path), "--use_cpu", "--global_batch_size", "0"]  # fmt: skip
+    with with_cpu_bf16(True):
+        assert train_script.parse_args(base)[2].bf16
+        assert not train_script.parse_args(base + ["--bf16", "false"])[2].bf16
+    with with_cpu_bf16(False):
+        assert not train_script.parse_args(base)[2].bf16
+        _, _, args = train_script.parse_args(base + ["--fp16", "false", "--bf16"])
+        assert args.bf16 and not args.fp16
+
+
+def test_readme_lora_command_trains_on_this_machine(train_script, tmp_path):
+    """`examples/train.py --stage lora ...` without device or precision flags (a step's worth of examples)."""
+    generate_dataset(tmp_path / "data", {"train": 1})
+    argv = ["--model_name_or_path", str(default_model_path()), "--stage", "lora",
+            "--data_path", str(tmp_path / "data" / "train.json"), "--media_root", str(tmp_path / "data"),
+            "--output_dir", str(tmp_path / "lora"), "--max_steps", "1", "--per_device_train_batch_size", "1",
+            "--global_batch_size", "2", "--report_to", "none", "--disable_tqdm", "true"]  # fmt: skip
+    with CaptureLogger(lora_logger) as captured:
+        trainer = train_script.main(argv)
+    device = default_device()
+    assert trainer.state.global_step == 1
+    assert trainer.args.use_cpu == (device.type == "cpu") and trainer.args.bf16 == native_bf16(device)
+    assert trainer.model.peft_config["default"].r == 4  # the shipped LLM is 128 wide
+    assert "using r=4, lora_alpha=8" in captured.out
+    assert (tmp_path / "lora" / "adapter_model.safetensors").is_file()
