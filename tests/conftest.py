@@ -3,8 +3,8 @@ numerical tolerances, and the bad inputs every entry point must refuse. The test
 them with `from conftest import ...` (pytest puts this folder on `sys.path`); no test module imports another."""
 
 import importlib.util
-import math
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -16,9 +16,10 @@ import torch
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import EntryNotFoundError
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoProcessor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from transformers import AutoModel, AutoProcessor  # noqa: E402
 
 from transformers_merv import MervConfig, default_model_path  # noqa: E402
 from transformers_merv.testing_utils import tiny_config  # noqa: E402, F401  (re-exported to the tests)
