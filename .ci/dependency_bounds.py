@@ -2,7 +2,7 @@
 releases CI pins (.ci/constraints/*.txt).
 
 `python .ci/dependency_bounds.py` prints each dependency's range and installed release (what .ci/check-newest.sh
-shows); tests/test_supported_versions.py checks that the declared ranges are exactly the tested ones.
+shows); tests/package/test_supported_versions.py checks that the declared ranges are exactly the tested ones.
 """
 
 import tomllib

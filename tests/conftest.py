@@ -1,6 +1,9 @@
-"""Shared test helpers: paths to ../shared, tiny configs, converted fixtures."""
+"""Shared test helpers: paths to the repository and ../shared, tiny configs, converted fixtures, the shipped model,
+numerical tolerances, and the bad inputs every entry point must refuse. The test files, one folder per unit, import
+them with `from conftest import ...` (pytest puts this folder on `sys.path`); no test module imports another."""
 
 import importlib.util
+import json
 import math
 import os
 import shutil
@@ -16,16 +19,25 @@ from safetensors.torch import load_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from transformers_merv import MervConfig  # noqa: E402
+from transformers import AutoModel, AutoProcessor  # noqa: E402
+
+from transformers_merv import MervConfig, default_model_path  # noqa: E402
 from transformers_merv.testing_utils import tiny_config  # noqa: E402, F401  (re-exported to the tests)
 from transformers_merv.conversion import EncoderSources, convert  # noqa: E402
+from transformers_merv.inference.prefix_cache import (  # noqa: E402
+    generate_from_cache,
+    prompt_ids,
+    question_conversation,
+)
 from transformers_merv.training import run as training_run  # noqa: E402
 
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+REPO = Path(__file__).resolve().parents[1]
+"""The repository root (this file is `tests/conftest.py`; the test files, one folder deeper, use this)."""
+EXAMPLES = REPO / "examples"
 SHARED = next(
     (folder / "shared" for folder in Path(__file__).resolve().parents if (folder / "shared" / "fixtures").is_dir()),
-    Path(__file__).resolve().parents[1].parent / "shared",
+    REPO.parent / "shared",
 )
 """`shared/` beside the repository (also found from the mutation run's copy of the tests, one folder deeper)."""
 FIXTURES = SHARED / "fixtures" / "reference"
@@ -34,6 +46,20 @@ TINY_FULL = FIXTURES / "tiny-merv-full"
 VARIANTS = FIXTURES / "tiny-merv-variants"
 FIXTURE_IMAGE_SIZES = {"languagebind": 32, "dinov2": 56, "vivit": 28, "siglip": 64}
 """The tiny fixtures were built with the authors' `default_image_size` patched to these values."""
+
+PARITY_ATOL = 1e-4
+"""How far float32 outputs may lie from the authors' fixtures (`model/test_parity.py`, and `model/test_gpu.py` on an
+accelerator)."""
+HALF_PRECISION_ULPS = 4
+"""How far half-precision logits may lie from the float32 ones, in units of the dtype's precision at the largest
+logit (`eps * max|logit|`). Rounding the weights and every layer's activations to the dtype costs about one such
+unit at this depth (measured on the tiny model of `model/test_pretrained_model.py`: 1.1-1.2 units for bfloat16 and
+float16, 0.6-0.7 with only the LLM in half precision); a cast or dtype bug costs far more."""
+
+
+def half_precision_atol(dtype: torch.dtype, reference: torch.Tensor) -> float:
+    """`HALF_PRECISION_ULPS` units of `dtype`'s precision at the largest magnitude in `reference`."""
+    return HALF_PRECISION_ULPS * torch.finfo(dtype).eps * reference.abs().max().item()
 
 
 def random_pixels_by_encoder(config: MervConfig, batch_size: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -123,9 +149,23 @@ def fake_hub(tmp_path) -> Path:
 
 EXAMPLE_VIDEO = EXAMPLES / "example.mp4"
 """The README's example video: a red circle moving fast to the right."""
+EXAMPLE_QUESTION = "What color is the circle?"
+"""The README's question about the example video."""
 
 
-CONVERTER_SCRIPT = Path(__file__).resolve().parents[1] / "conversion" / "convert_merv_to_hf.py"
+@pytest.fixture(scope="module")
+def default_processor():
+    """The shipped default model's processor."""
+    return AutoProcessor.from_pretrained(default_model_path())
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped default model (in eval mode) and its processor."""
+    return AutoModel.from_pretrained(default_model_path()).eval(), AutoProcessor.from_pretrained(default_model_path())
+
+
+CONVERTER_SCRIPT = REPO / "conversion" / "convert_merv_to_hf.py"
 
 
 def load_script(path: Path, name: str) -> ModuleType:
@@ -140,3 +180,105 @@ def load_script(path: Path, name: str) -> ModuleType:
 def train_script():
     """The training run behind examples/train.py."""
     return training_run
+
+
+PREFIX_QUESTIONS = ["What is shown?", "What color is the object in the middle of the clip?", "How many?"]
+"""The questions asked about one cached video prefix (`inference/test_prefix_cache.py`, `model/test_gpu.py`)."""
+FULL_LENGTH_GREEDY = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False}
+"""Every answer has its full length (no early end), so every generated id is compared."""
+
+
+def answer_ids_from_scratch(model, processor, conversation, chat_template, pixels, **generation) -> list[int]:
+    """Generated ids for one whole prompt, the video encoded inside `generate`."""
+    input_ids = torch.tensor([prompt_ids(processor, conversation, chat_template)], device=model.device)
+    with torch.inference_mode():
+        output = model.generate(input_ids=input_ids, pixel_values_videos=pixels, **generation)
+    return output[0, input_ids.shape[1] :].tolist()
+
+
+def answer_ids_from_cache(model, processor, prefix, questions, **generation) -> list[list[int]]:
+    """Generated ids for each of `questions` about the video of the cached `prefix`, in one batch."""
+    prompts = [prompt_ids(processor, question_conversation(q), prefix.chat_template) for q in questions]
+    output, input_ids = generate_from_cache(model, processor, prefix.prompt, prompts, **generation)
+    return output.sequences[:, input_ids.shape[1] :].tolist()
+
+
+def with_cpu_bf16(native: bool):
+    """This CPU as one with (or without) AVX512-BF16, and without any other half-precision feature."""
+    return mock.patch("transformers_merv.inference.devices.cpu_capabilities", return_value={"avx512_bf16": native})
+
+
+# --- bad input, refused by every entry point (the processor, `merv`, evaluation files, the training dataset) ---------
+
+
+def error_line(stderr: str) -> str:
+    """The last stderr line of a failed `merv` command, which must be its one `error: ...` line (no traceback)."""
+    lines = stderr.strip().splitlines()
+    assert sum(line.startswith("error:") for line in lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[-1]
+
+
+def ask_argv(video: object, *flags: str) -> list[str]:
+    """`merv ask VIDEO EXAMPLE_QUESTION FLAGS...` as `main`'s arguments."""
+    return ["ask", str(video), EXAMPLE_QUESTION, *flags]
+
+
+def explain_argv(video: object, *flags: str) -> list[str]:
+    """`merv explain VIDEO EXAMPLE_QUESTION FLAGS...` as `main`'s arguments."""
+    return ["explain", str(video), EXAMPLE_QUESTION, *flags]
+
+
+def _fifo(tmp_path: Path) -> tuple[Path, str]:
+    path = tmp_path / "clip.mp4"
+    os.mkfifo(path)
+    return path, "a FIFO (named pipe)"
+
+
+def _directory(tmp_path: Path) -> tuple[Path, str]:
+    path = tmp_path / "folder.mp4"
+    path.mkdir()
+    return path, "a directory"
+
+
+def _device(tmp_path: Path) -> tuple[Path, str]:
+    return Path("/dev/zero"), "a character device"
+
+
+def _null(tmp_path: Path) -> tuple[Path, str]:
+    return Path("/dev/null"), "a character device"
+
+
+NOT_REGULAR_FILES = pytest.mark.parametrize(
+    "make", [_fifo, _directory, _device, _null], ids=["fifo", "dir", "zero", "null"]
+)
+"""Parametrizes a test over paths that are not regular files: `make(tmp_path)` gives the path and the kind of file the
+error must name."""
+
+
+@pytest.fixture
+def no_time_to_decode(monkeypatch):
+    """A decoding time limit (`MERV_DECODE_TIMEOUT_S`) that no video can be read within."""
+    monkeypatch.setenv("MERV_DECODE_TIMEOUT_S", "0.000001")
+
+
+def write_eval_files(root: Path, names: list[str], extra: dict | None = None) -> tuple[Path, Path]:
+    """Open-ended evaluation files `root/q.json` and `root/a.json`: question `q{i}` (`EXAMPLE_QUESTION`, with the
+    fields of `extra`) about video `names[i]`, answered "red"."""
+    questions = [{"question_id": f"q{i}", "video_name": name, "question": EXAMPLE_QUESTION, **(extra or {})}
+                 for i, name in enumerate(names)]  # fmt: skip
+    answers = [{"question_id": f"q{i}", "answer": "red"} for i in range(len(names))]
+    (root / "q.json").write_text(json.dumps(questions))
+    (root / "a.json").write_text(json.dumps(answers))
+    return root / "q.json", root / "a.json"
+
+
+def write_training_json(root: Path, entries: list[dict]) -> Path:
+    """Training data file `root/train.json` holding `entries`."""
+    (root / "train.json").write_text(json.dumps(entries))
+    return root / "train.json"
+
+
+def training_entry(index: int, media: str, kind: str = "video") -> dict:
+    """Training entry `e{index}`: one question about `media`, a "video" or an "image"."""
+    turns = [{"from": "human", "value": "<video>\nWhat color?"}, {"from": "gpt", "value": "red"}]
+    return {"id": f"e{index}", kind: media, "conversations": turns}

@@ -7,4 +7,4 @@ venv=.venv-lmms
 python3 -m venv "${venv}"
 "${venv}/bin/pip" install --no-deps -r .ci/constraints/lmms-eval.txt
 "${venv}/bin/pip" install --no-deps -e .
-"${venv}/bin/python" -m pytest -q -m lmms_eval tests/test_lmms_eval.py
+"${venv}/bin/python" -m pytest -q -m lmms_eval tests/integrations/test_lmms_eval.py

@@ -57,9 +57,9 @@ class TowerLayout:
 
     This relies on that layout, on each layer's attention module returning `(output, weights)` and on the layers being
     callable as
-    `layer(hidden_states, attention_mask)`: transformers internals, not API. `tests/test_tower_layouts.py` compares
-    every layout with the tower's own `forward(output_hidden_states=True, output_attentions=True)` on the installed
-    transformers, so a release that changes them fails there, loudly."""
+    `layer(hidden_states, attention_mask)`: transformers internals, not API. `tests/model/test_tower_layouts.py`
+    compares every layout with the tower's own `forward(output_hidden_states=True, output_attentions=True)` on the
+    installed transformers, so a release that changes them fails there, loudly."""
 
     stem: tuple[str, ...]
     layers: str

@@ -12,7 +12,7 @@ class Target:
     tests: tuple[str, ...]
 
 
-MODELING_TESTS = ("tests/test_modeling.py", "tests/test_parity.py", "tests/test_tower_layouts.py")
+MODELING_TESTS = ("tests/model/test_modeling.py", "tests/model/test_parity.py", "tests/model/test_tower_layouts.py")
 
 TARGETS = {
     "transformers_merv.modeling_merv": Target(
@@ -65,7 +65,7 @@ TARGETS = {
             "x__clean_clip_window",
             "x__check_indices_in_range",
         ),
-        tests=("tests/test_video_io.py", "tests/test_video_processing.py"),
+        tests=("tests/processor/test_video_io.py", "tests/processor/test_video_processing.py"),
     ),
     "transformers_merv.video_processing_merv": Target(
         functions=(
@@ -85,7 +85,7 @@ TARGETS = {
             "x__merge_settings",
             "x__value_for",
         ),
-        tests=("tests/test_video_processing.py",),
+        tests=("tests/processor/test_video_processing.py",),
     ),
     "transformers_merv.training.data": Target(
         functions=(
@@ -94,7 +94,7 @@ TARGETS = {
             "xǁVideoLlavaDatasetǁ_encode_caption",
             "xǁMervDataCollatorǁ__call__",
         ),
-        tests=("tests/test_training.py",),
+        tests=("tests/training/test_training.py",),
     ),
     "transformers_merv.training.lora": Target(
         functions=(
@@ -103,10 +103,10 @@ TARGETS = {
             "x_projector_and_fusion_module_names",
             "x_lora_config",
         ),
-        tests=("tests/test_training.py",),
+        tests=("tests/training/test_training.py",),
     ),
     "transformers_merv.conversion.key_maps": Target(
-        functions=("*",), tests=("tests/test_conversion.py", "tests/test_parity.py")
+        functions=("*",), tests=("tests/conversion/test_conversion.py", "tests/model/test_parity.py")
     ),
     "transformers_merv.evaluation.scoring": Target(
         functions=(
@@ -119,11 +119,11 @@ TARGETS = {
             "x_summarize",
             "x__rates",
         ),
-        tests=("tests/test_evaluation.py",),
+        tests=("tests/evaluation/test_evaluation.py",),
     ),
     "transformers_merv.evaluation.judges": Target(
         functions=("x_judge_verdict", "x_parse_judge_reply"),
-        tests=("tests/test_evaluation.py",),
+        tests=("tests/evaluation/test_evaluation.py",),
     ),
 }
 
