@@ -2,11 +2,16 @@
 numerical tolerances, and the bad inputs every entry point must refuse. The test files, one folder per unit, import
 them with `from conftest import ...` (pytest puts this folder on `sys.path`); no test module imports another."""
 
+import functools
+import http.server
 import importlib.util
 import json
 import math
 import os
 import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from unittest import mock
@@ -282,3 +287,24 @@ def training_entry(index: int, media: str, kind: str = "video") -> dict:
     """Training entry `e{index}`: one question about `media`, a "video" or an "image"."""
     turns = [{"from": "human", "value": "<video>\nWhat color?"}, {"from": "gpt", "value": "red"}]
     return {"id": f"e{index}", kind: media, "conversations": turns}
+
+
+class _QuietFileHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        """No access log in the tests' output."""
+
+
+@contextmanager
+def serving_folder(folder: Path) -> Iterator[str]:
+    """`http://127.0.0.1:PORT` serving `folder` over HTTP for the block (video URLs without leaving the machine)."""
+    handler = functools.partial(_QuietFileHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+

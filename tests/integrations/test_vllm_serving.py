@@ -6,14 +6,12 @@ SIGTERM, then SIGKILL) within `SHUTDOWN_SECONDS` whatever the tests did."""
 
 import base64
 import functools
-import http.server
 import json
 import os
 import re
 import shutil
 import socket
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import torch
-from conftest import EXAMPLE_VIDEO, FIXTURES, MEDIA, TINY_FULL, convert_fixture
+from conftest import EXAMPLE_VIDEO, FIXTURES, MEDIA, TINY_FULL, convert_fixture, serving_folder
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from transformers_merv import default_model_path
@@ -89,15 +87,8 @@ def media_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def media_server(media_dir) -> Iterator[str]:
     """`http://127.0.0.1:PORT/` serving `media_dir` (remote video URLs without leaving the machine)."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(media_dir))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving_folder(media_dir) as url:
+        yield f"{url}/"
 
 
 def requests_of(media_dir: Path) -> list[tuple[Path, str]]:

@@ -2,11 +2,8 @@
 `merv explain`; a URL that cannot be fetched is a clear error within a bounded time. Servers listen on 127.0.0.1 on
 a free port and are always stopped."""
 
-import functools
-import http.server
 import shutil
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -17,14 +14,9 @@ from transformers_merv import VideoDecodingError, default_model_path, read_video
 from transformers_merv.cli import main
 from transformers_merv.media_limits import MediaLimitError
 
-from conftest import EXAMPLE_VIDEO, MEDIA
+from conftest import EXAMPLE_VIDEO, MEDIA, serving_folder
 
 QUESTION = "What color is the circle?"
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture
@@ -33,15 +25,8 @@ def served(tmp_path) -> Iterator[str]:
     shutil.copy(EXAMPLE_VIDEO, tmp_path)
     for path in MEDIA.iterdir():
         shutil.copy(path, tmp_path)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=tmp_path))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving_folder(tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
