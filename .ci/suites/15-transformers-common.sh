@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # transformers' own common tests on MERV (tests/transformers_common, marker `transformers_common`), taken from the source
-# distribution of exactly the transformers release installed in .venv, which 10-newest.sh builds.
+# distribution of exactly the transformers release installed in .venv, which 10-newest.sh builds (or in the venv that
+# $VENV names: .ci/check-newest.sh runs them on the newest releases).
 set -euo pipefail
-venv=.venv
+venv=${VENV:-.venv}
 "${venv}/bin/pip" install "parameterized==0.9.0"  # imported by transformers' common-test modules
 version=$("${venv}/bin/python" -c "import transformers; print(transformers.__version__)")
 sdist=$(mktemp -d)
