@@ -14,9 +14,11 @@ from accelerate import init_empty_weights
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForMultimodalLM
 from transformers.integrations.accelerate import infer_auto_device_map
+from transformers.modeling_layers import GradientCheckpointingLayer
 
-from transformers_merv import MervConfig, MervForConditionalGeneration
+from transformers_merv import MervConfig, MervForConditionalGeneration, MervModel
 from transformers_merv.compat import enable_activation_checkpointing
+from transformers_merv.modeling_merv import MervVideoModel
 
 from conftest import random_pixels, tiny_config, with_placeholders
 
@@ -216,6 +218,18 @@ def test_activation_checkpointing_with_frozen_encoders_trains_the_rest(saved):
     assert model.model.language_model.layers[0].mlp.up_proj.weight.grad is not None
     assert model.model.fusion.query.grad is not None
     assert all(parameter.grad is not None for parameter in model.model.projectors.parameters())
+
+
+@pytest.mark.parametrize("model_class", [MervVideoModel, MervModel, MervForConditionalGeneration])
+def test_gradient_checkpointing_in_the_config_reaches_every_layer(model_class):
+    """transformers' legacy switch `config.gradient_checkpointing=True` takes effect once the whole model is built:
+    the language model's layers are checkpointed too, and the video model alone (no input embeddings) builds."""
+    config = tiny_config()
+    config.gradient_checkpointing = True
+    model = model_class(config)
+    layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
+    assert layers and all(layer.gradient_checkpointing for layer in layers)
+    assert not hasattr(model.config, "gradient_checkpointing")
 
 
 def test_input_require_grads_hooks_only_the_llm_embeddings(saved):
