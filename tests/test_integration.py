@@ -165,6 +165,16 @@ def test_attention_implementation_reaches_every_tower(saved, reference_logits, i
         torch.testing.assert_close(model(**_inputs(model.config)).logits, reference_logits, atol=1e-4, rtol=1e-4)
 
 
+def test_attention_implementation_set_after_loading_reaches_every_config(saved):
+    """`set_attn_implementation` switches MERV's own config too, not only the towers' and the language model's
+    (transformers' source heuristic alone would take the query fusion for an attention layer it cannot switch)."""
+    model = AutoModel.from_pretrained(saved, attn_implementation="sdpa")
+    model.set_attn_implementation("eager")
+    towers = model.model.vision_towers.values()
+    configs = [model.config, *(tower.config for tower in towers), model.model.language_model.config]
+    assert [config._attn_implementation for config in configs] == ["eager"] * len(configs)
+
+
 def test_device_map_plan_keeps_towers_and_layers_whole():
     """merv-full (bf16) on the meta device, spread over six fake 0.8 GB GPUs + CPU: every tower lands whole on one
     device, towers spread over several GPUs, and no projector, fusion or decoder layer is split."""

@@ -539,6 +539,13 @@ class MervPreTrainedModel(PreTrainedModel):
         attention and MLP) for weights missing from a checkpoint."""
         return False
 
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        """True: `set_attn_implementation` reaches every attention layer, in the towers and the language model (each
+        from its sub-config). transformers' source heuristic would answer False on seeing `MervCrossAttentionFusion`,
+        a scoring of the encoders that is no attention layer."""
+        return True
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
