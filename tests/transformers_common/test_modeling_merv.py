@@ -25,8 +25,8 @@ pytestmark = pytest.mark.transformers_common
 class MervVisionText2TextModelTester:
     """A MERV of four two-layer encoders on 8x8 frames and a two-layer Llama; every encoder yields 2 frames of 2x2
     tokens after alignment, so each video takes 8 placeholder tokens. The feature layers are merv-full's (-2, -2, -1,
-    -2) on two-layer towers. A batch holds 7 prompts of one video each: `test_eager_matches_sdpa_inference` tops smaller
-    batches up to 7 with random ids and pixels, whose placeholders and videos would not match."""
+    -2) on two-layer towers. A batch holds 7 prompts of one video each: `test_eager_matches_sdpa_inference` tops
+    smaller batches up to 7 with random ids and pixels, whose placeholders and videos would not match."""
 
     def __init__(
         self,
@@ -210,8 +210,7 @@ class MervForConditionalGenerationModelTest(ModelTesterMixin, GenerationTesterMi
         model_tester = model_tester or self.model_tester
         return sum(layer + 1 for layer in model_tester.vision_feature_layer.values())
 
-    # the mixin's prompts are random ids of the whole vocabulary with no video, which MERV refuses when they hold its
-    # `<video>` placeholder (the LLM would read the placeholder's untrained embedding): they are drawn without it here
+    # the mixin's random prompts hold `<video>` placeholders but no video, which MERV refuses: drawn without them here
     @parameterized.expand([("linear",), ("dynamic",), ("yarn",)])
     def test_model_rope_scaling_from_config(self, scaling_type):
         with mock.patch.object(test_modeling_common, "ids_tensor", self._ids_without_placeholder):
