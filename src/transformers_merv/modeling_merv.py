@@ -547,6 +547,13 @@ class MervPreTrainedModel(PreTrainedModel):
         attention and MLP) for weights missing from a checkpoint."""
         return False
 
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        """True: `set_attn_implementation` reaches every attention layer, in the towers and the language model (each
+        from its sub-config). transformers' source heuristic would answer False on seeing `MervCrossAttentionFusion`,
+        a scoring of the encoders that is no attention layer."""
+        return True
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -620,12 +627,17 @@ class MervPreTrainedModel(PreTrainedModel):
     "language model. `MervModel` adds the language model; serving engines that run their own (vLLM) use this alone."
 )
 class MervVideoModel(MervPreTrainedModel):
+    main_input_name = "pixel_values_videos"  # no text: activation checkpointing hooks no input embeddings
+
     def __init__(self, config: MervConfig):
         super().__init__(config)
         self.vision_towers = nn.ModuleDict({name: build_vision_tower(config, name) for name in config.vision_encoders})
         self.projectors = nn.ModuleDict({name: MervVisualProjector(config, name) for name in config.vision_encoders})
         self.fusion = build_fusion(config)
-        self.post_init()
+        # a subclass (`MervModel`) runs `post_init` once its own modules exist: on the half-built model, it would
+        # apply `config.gradient_checkpointing` without the language model (and fail looking for its embeddings)
+        if type(self) is MervVideoModel:
+            self.post_init()
 
     def train(self, mode: bool = True) -> "MervVideoModel":
         """`nn.Module.train`, except that frozen encoders (no trainable parameter) stay in eval mode."""
@@ -849,6 +861,8 @@ class MervVideoModel(MervPreTrainedModel):
 
 @auto_docstring(custom_intro="MERV's encoders, alignment and fusion, and the language model without its head.")
 class MervModel(MervVideoModel):
+    main_input_name = "input_ids"
+
     def __init__(self, config: MervConfig):
         super().__init__(config)
         self.language_model = AutoModel.from_config(config.text_config)

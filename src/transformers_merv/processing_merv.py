@@ -74,8 +74,6 @@ class MervProcessor(DirectVideoProcessorLoading):
     """
 
     _auto_class = "AutoProcessor"  # saved processors carry `auto_map` and these files, for `trust_remote_code=True`
-    # one tensor per encoder, kept as a dict
-    skip_tensor_conversion = [*DirectVideoProcessorLoading.skip_tensor_conversion, "pixel_values_videos"]
     valid_processor_kwargs = MervProcessorKwargs
     direct_video_processor_class = MervVideoProcessor  # loaded without `AutoVideoProcessor` (needs torchvision)
 

@@ -14,9 +14,11 @@ from accelerate import init_empty_weights
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForMultimodalLM
 from transformers.integrations.accelerate import infer_auto_device_map
+from transformers.modeling_layers import GradientCheckpointingLayer
 
-from transformers_merv import MervConfig, MervForConditionalGeneration
+from transformers_merv import MervConfig, MervForConditionalGeneration, MervModel
 from transformers_merv.compat import enable_activation_checkpointing
+from transformers_merv.modeling_merv import MervVideoModel
 
 from conftest import half_precision_atol, random_pixels, tiny_config, with_placeholders
 
@@ -152,6 +154,16 @@ def test_attention_implementation_reaches_every_tower(saved, reference_logits, i
         torch.testing.assert_close(model(**_inputs(model.config)).logits, reference_logits, atol=1e-4, rtol=1e-4)
 
 
+def test_attention_implementation_set_after_loading_reaches_every_config(saved):
+    """`set_attn_implementation` switches MERV's own config too, not only the towers' and the language model's
+    (transformers' source heuristic alone would take the query fusion for an attention layer it cannot switch)."""
+    model = AutoModel.from_pretrained(saved, attn_implementation="sdpa")
+    model.set_attn_implementation("eager")
+    towers = model.model.vision_towers.values()
+    configs = [model.config, *(tower.config for tower in towers), model.model.language_model.config]
+    assert [config._attn_implementation for config in configs] == ["eager"] * len(configs)
+
+
 def test_device_map_plan_keeps_towers_and_layers_whole():
     """merv-full (bf16) on the meta device, spread over six fake 0.8 GB GPUs + CPU: every tower lands whole on one
     device, towers spread over several GPUs, and no projector, fusion or decoder layer is split."""
@@ -205,6 +217,18 @@ def test_activation_checkpointing_with_frozen_encoders_trains_the_rest(saved):
     assert model.model.language_model.layers[0].mlp.up_proj.weight.grad is not None
     assert model.model.fusion.query.grad is not None
     assert all(parameter.grad is not None for parameter in model.model.projectors.parameters())
+
+
+@pytest.mark.parametrize("model_class", [MervVideoModel, MervModel, MervForConditionalGeneration])
+def test_gradient_checkpointing_in_the_config_reaches_every_layer(model_class):
+    """transformers' legacy switch `config.gradient_checkpointing=True` takes effect once the whole model is built:
+    the language model's layers are checkpointed too, and the video model alone (no input embeddings) builds."""
+    config = tiny_config()
+    config.gradient_checkpointing = True
+    model = model_class(config)
+    layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
+    assert layers and all(layer.gradient_checkpointing for layer in layers)
+    assert not hasattr(model.config, "gradient_checkpointing")
 
 
 def test_input_require_grads_hooks_only_the_llm_embeddings(saved):

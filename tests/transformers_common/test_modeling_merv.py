@@ -7,11 +7,13 @@ from unittest import mock
 
 import pytest
 import torch
+from parameterized import parameterized
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES, MODEL_MAPPING_NAMES
 from transformers.testing_utils import require_torch, torch_device
 
 from transformers_merv import MervConfig, MervForConditionalGeneration, MervModel
 
+from transformers_tests import test_modeling_common
 from transformers_tests.generation.test_utils import GenerationTesterMixin
 from transformers_tests.test_configuration_common import ConfigTester
 from transformers_tests.test_modeling_common import ModelTesterMixin, floats_tensor, ids_tensor
@@ -22,16 +24,19 @@ pytestmark = pytest.mark.transformers_common
 
 class MervVisionText2TextModelTester:
     """A MERV of four two-layer encoders on 8x8 frames and a two-layer Llama; every encoder yields 2 frames of 2x2
-    tokens after alignment, so each video takes 8 placeholder tokens."""
+    tokens after alignment, so each video takes 8 placeholder tokens. The feature layers are merv-full's (-2, -2, -1,
+    -2) on two-layer towers. A batch holds 7 prompts of one video each: `test_eager_matches_sdpa_inference` tops
+    smaller batches up to 7 with random ids and pixels, whose placeholders and videos would not match."""
 
     def __init__(
         self,
         parent,
-        batch_size=3,
+        batch_size=7,
         seq_length=7,
         is_training=True,
         video_token_id=3,
         num_frames={"languagebind": 2, "dinov2": 2, "vivit": 4, "siglip": 2},
+        vision_feature_layer={"languagebind": 1, "dinov2": 1, "vivit": 2, "siglip": 1},
         alignment_tokens_per_frame=4,
         fusion_hidden_size=16,
         text_config={
@@ -91,6 +96,7 @@ class MervVisionText2TextModelTester:
         self.is_training = is_training
         self.video_token_id = video_token_id
         self.num_frames = num_frames
+        self.vision_feature_layer = vision_feature_layer
         self.alignment_tokens_per_frame = alignment_tokens_per_frame
         self.fusion_hidden_size = fusion_hidden_size
         self.text_config = text_config
@@ -113,6 +119,7 @@ class MervVisionText2TextModelTester:
             text_config=self.text_config,
             **self.encoder_configs,
             num_frames=self.num_frames,
+            vision_feature_layer=self.vision_feature_layer,
             alignment_tokens_per_frame=self.alignment_tokens_per_frame,
             fusion_hidden_size=self.fusion_hidden_size,
             video_token_id=self.video_token_id,
@@ -151,7 +158,14 @@ class MervForConditionalGenerationModelTest(ModelTesterMixin, GenerationTesterMi
 
     all_model_classes = (MervModel, MervForConditionalGeneration)
     all_generative_model_classes = (MervForConditionalGeneration,)
+    additional_model_inputs = ["pixel_values_videos"]
     _is_composite = True
+    # the towers' layers after their feature layer, their unused final norms and DINOv2's mask token (kept so that
+    # checkpoints stay complete) never run, so they get no gradient
+    test_all_params_have_gradient = False
+    # the fused tokens are `text_config.hidden_size` wide; the mixin reads the width from a `vision_config` or
+    # `video_config` or `config.hidden_size`, none of which MERV's config of four encoders has
+    skip_test_video_features_output_shape = True
     # `test_can_init_all_missing_weights` dates models by a copyright line; MERV's files carry none
     test_can_init_all_missing_weights_before_2023 = True
 
@@ -186,31 +200,26 @@ class MervForConditionalGenerationModelTest(ModelTesterMixin, GenerationTesterMi
     def test_config(self):
         self.config_tester.run_common_tests()
 
-    # as in transformers' video-LLM testers, the embeddings path runs on the text alone (without the pixels)
-    def test_inputs_embeds(self):
-        config, inputs_dict = self.model_tester.prepare_config_and_inputs_for_common()
-        for model_class in self.all_model_classes:
-            model = model_class(config).to(torch_device).eval()
-            inputs = self._prepare_for_class(inputs_dict, model_class)
-            input_ids = inputs.pop("input_ids")
-            del inputs["pixel_values_videos"]
-            inputs["inputs_embeds"] = model.get_input_embeddings()(input_ids)
-            with torch.no_grad():
-                model(**inputs)
+    def _video_features_get_expected_num_attentions(self, model_tester=None):
+        # one tuple, tower after tower, each tower's layers up to its feature layer (the later ones do not run)
+        model_tester = model_tester or self.model_tester
+        return sum(model_tester.vision_feature_layer.values())
 
-    # as in transformers' video-LLM testers, both paths run on the text alone (without the pixels)
-    def test_inputs_embeds_matches_input_ids(self):
-        config, inputs_dict = self.model_tester.prepare_config_and_inputs_for_common()
-        for model_class in self.all_model_classes:
-            model = model_class(config).to(torch_device).eval()
-            inputs = self._prepare_for_class(inputs_dict, model_class)
-            input_ids = inputs.pop("input_ids")
-            del inputs["pixel_values_videos"]
-            inputs_embeds = model.get_input_embeddings()(input_ids)
-            with torch.no_grad():
-                out_ids = model(input_ids=input_ids, **inputs)[0]
-                out_embeds = model(inputs_embeds=inputs_embeds, **inputs)[0]
-            torch.testing.assert_close(out_embeds, out_ids)
+    def _video_features_get_expected_num_hidden_states(self, model_tester=None):
+        # one tuple, tower after tower, each tower's embeddings' output and its layers' up to its feature layer
+        model_tester = model_tester or self.model_tester
+        return sum(layer + 1 for layer in model_tester.vision_feature_layer.values())
+
+    # the mixin's random prompts hold `<video>` placeholders but no video, which MERV refuses: drawn without them here
+    @parameterized.expand([("linear",), ("dynamic",), ("yarn",)])
+    def test_model_rope_scaling_from_config(self, scaling_type):
+        with mock.patch.object(test_modeling_common, "ids_tensor", self._ids_without_placeholder):
+            getattr(ModelTesterMixin, self._testMethodName)(self)
+
+    def _ids_without_placeholder(self, shape: list[int], vocab_size: int) -> torch.Tensor:
+        """`ids_tensor`'s uniform random ids from the vocabulary less the `<video>` placeholder."""
+        ids = ids_tensor(shape, vocab_size - 1)
+        return ids + (ids >= self.model_tester.video_token_id).long()
 
     def test_mismatching_num_video_tokens(self):
         """A clear `ValueError` when the prompts' placeholders do not match the videos given, also when one prompt
