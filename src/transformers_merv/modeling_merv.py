@@ -395,9 +395,7 @@ class MervUnusedLinear(nn.Module):
 class MervFusion(nn.Module):
     """Base of the fusions: `forward(features)` takes each encoder's projected tokens `(videos, tokens, width)`, in
     `config.vision_encoders` order, and returns the fused tokens and the per-encoder weights (None where the fusion
-    weighs no encoder). (Deriving the fusions from it rather than from `nn.Module` also keeps transformers' source
-    heuristic in `_can_set_attn_implementation`, which reads any `class *Attention*(nn.Module)` as an attention layer
-    lacking the attention interface, from refusing `set_attn_implementation` on MERV.)"""
+    weighs no encoder)."""
 
 
 class MervCrossAttentionFusion(MervFusion):

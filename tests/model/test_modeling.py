@@ -665,13 +665,3 @@ def test_languagebind_layer_norms_use_the_configured_epsilon():
     norms = [module for module in MervLanguageBindVideoModel(config).modules() if isinstance(module, nn.LayerNorm)]
     assert len(norms) == 2 + 3 * config.num_hidden_layers  # pre/post, and three per layer (temporal, attention, MLP)
     assert {norm.eps for norm in norms} == {1e-3}
-
-
-@pytest.mark.parametrize("model_class", [MervModel, MervForConditionalGeneration])
-def test_the_attention_implementation_can_be_set_after_loading(model_class):
-    """`set_attn_implementation` reaches the MERV config and every sub-model's (transformers refuses it for a model
-    file whose source it takes for an attention layer without the attention interface)."""
-    model = model_class(tiny_config(vision_encoders=["siglip", "dinov2"]))
-    model.set_attn_implementation("eager")
-    configs = [model.config, model.config.text_config, model.config.siglip_config, model.config.dinov2_config]
-    assert [config._attn_implementation for config in configs] == ["eager"] * len(configs)
