@@ -177,7 +177,17 @@ class MervProcessor(DirectVideoProcessorLoading):
         return processed, [self.replace_video_token(processed, index) for index in range(num_videos)]
 
     def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
+        return self.video_placeholders
+
+    @property
+    def video_placeholders(self) -> str:
+        """What each `<video>` marker of a text becomes before tokenization: `num_video_tokens` placeholder tokens."""
         return self.video_token * self.num_video_tokens
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """The `input_ids` that `processor(text=text, videos=...)` gives for one text, each `<video>` marker expanded to
+        the placeholders, without decoding any video."""
+        return self.tokenizer(text.replace(self.video_token, self.video_placeholders))["input_ids"]
 
     def apply_chat_template(self, conversation, chat_template: str | None = None, **kwargs):
         """[`ProcessorMixin.apply_chat_template`] with this processor's `video_token` available to the template."""

@@ -476,3 +476,11 @@ def test_post_processing_leaves_prompts_and_answers_alone_but_the_cue_space(answ
     answered = processor.tokenizer("In: Q?\nOut: red  circle", return_tensors="pt")["input_ids"]
     assert processor.post_process_image_text_to_text(prompt) == ["In: Q?\nOut:"]
     assert processor.post_process_image_text_to_text(answered) == ["In: Q?\nOut:red  circle"]
+
+
+def test_prompt_ids_are_the_processors_ids_without_decoding_the_video(processor):
+    text = "<video>In: What is shown?\nOut:"
+    ids = processor.prompt_ids(text)
+    assert ids == processor(text=text, videos=EXAMPLE_VIDEO, return_tensors="pt")["input_ids"][0].tolist()
+    assert ids.count(processor.video_token_id) == processor.num_video_tokens
+    assert processor.video_placeholders == processor.video_token * processor.num_video_tokens

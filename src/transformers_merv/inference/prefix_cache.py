@@ -87,8 +87,7 @@ def prompt_ids(processor, conversation: Sequence[Mapping[str, Any]], chat_templa
     """Token ids of `conversation` through the chat template, each video marker expanded to the placeholders:
     the ids `processor(text=..., videos=...)` gives, without decoding any video."""
     text = processor.apply_chat_template(list(conversation), chat_template=chat_template, tokenize=False)
-    expanded = text.replace(processor.video_token, processor.video_token * processor.num_video_tokens)
-    return processor.tokenizer(expanded)["input_ids"]
+    return processor.prompt_ids(text)
 
 
 def shared_prefix_ids(processor, chat_template: str | None = None) -> list[int]:

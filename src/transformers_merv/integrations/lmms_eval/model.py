@@ -203,7 +203,7 @@ class Merv(lmms):
         is tokenized alone and with the continuation appended to its text (as lm-eval does)."""
         context = prompt_ids(self.processor, request.conversation)
         prompt = self.processor.apply_chat_template(request.conversation, tokenize=False)
-        whole = _text_ids(self.processor, prompt + request.continuation)
+        whole = self.processor.prompt_ids(prompt + request.continuation)
         if whole[: len(context)] != context or len(whole) == len(context):
             raise ValueError(
                 f"merv: the continuation {request.continuation!r} does not tokenize as an extension of its prompt"
@@ -244,12 +244,6 @@ class MervChat(Merv):
 
 def _user_turn(text: str, num_videos: int) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [{"type": "video"}] * num_videos + [{"type": "text", "text": text}]}]
-
-
-def _text_ids(processor, text: str) -> list[int]:
-    """Token ids of a prompt text, its video markers expanded to the placeholders (as `inference.prefix_cache.prompt_ids`)."""
-    expanded = text.replace(processor.video_token, processor.video_token * processor.num_video_tokens)
-    return processor.tokenizer(expanded)["input_ids"]
 
 
 def _window(start: float | None, end: float | None) -> dict[str, float]:
