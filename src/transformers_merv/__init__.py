@@ -16,9 +16,10 @@ from .modeling_merv import (
     MervPreTrainedModel,
     MervVideoFeaturesOutput,
 )
-from .inference.devices import auto_dtype, cpu_has_native_bf16
 from .processing_merv import PROMPT_FORMATS, MervProcessor, merv_chat_templates
 from .video_io import VideoDecodingError, open_video, read_video
+from .video_processing_merv import MERV_FULL_ENCODER_SETTINGS, MervBatchFeature, MervVideoProcessor
+from .inference.devices import auto_dtype, cpu_has_native_bf16
 from .inference.prefix_cache import (
     VideoChat,
     VideoPrefix,
@@ -27,7 +28,6 @@ from .inference.prefix_cache import (
     encode_video,
     prefill_video,
 )
-from .video_processing_merv import MERV_FULL_ENCODER_SETTINGS, MervBatchFeature, MervVideoProcessor
 
 
 AutoConfig.register(MervConfig.model_type, MervConfig, exist_ok=True)
