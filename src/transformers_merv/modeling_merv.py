@@ -392,13 +392,7 @@ class MervUnusedLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features))
 
 
-class MervFusion(nn.Module):
-    """Base of the fusions: `forward(features)` takes each encoder's projected tokens `(videos, tokens, width)`, in
-    `config.vision_encoders` order, and returns the fused tokens and the per-encoder weights (None where the fusion
-    weighs no encoder)."""
-
-
-class MervCrossAttentionFusion(MervFusion):
+class MervCrossAttentionFusion(nn.Module):
     """MERV's fusion: one learnable query scores every encoder by its token-mean (single-head attention), and the
     fused tokens are the score-weighted sum of the encoders' projected tokens.
 
@@ -423,7 +417,7 @@ class MervCrossAttentionFusion(MervFusion):
         return fused, weights
 
 
-class MervScalarFusion(MervFusion):
+class MervScalarFusion(nn.Module):
     """Softmax over one learned scalar per encoder, shared by all videos."""
 
     def __init__(self, config: MervConfig):
@@ -436,7 +430,7 @@ class MervScalarFusion(MervFusion):
         return torch.einsum("be,bend->bnd", weights, stacked), weights
 
 
-class MervChannelFusion(MervFusion):
+class MervChannelFusion(nn.Module):
     """Concatenates the encoders along channels ([LayerNorm] and) Linear back to the LLM width."""
 
     def __init__(self, config: MervConfig):
@@ -450,22 +444,24 @@ class MervChannelFusion(MervFusion):
         return self.projector(self.norm(torch.cat(features, dim=-1))), None
 
 
-class MervTokenConcatFusion(MervFusion):
+class MervTokenConcatFusion(nn.Module):
     """Concatenates the encoders' token sequences (one after the other)."""
 
     def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, None]:
         return torch.cat(features, dim=1), None
 
 
-class MervFirstEncoderFusion(MervFusion):
+class MervFirstEncoderFusion(nn.Module):
     """Uses the first encoder only."""
 
     def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, None]:
         return features[0], None
 
 
-def build_fusion(config: MervConfig) -> MervFusion:
-    """The fusion module named by `config.fusion_type`."""
+def build_fusion(config: MervConfig) -> nn.Module:
+    """The fusion module named by `config.fusion_type`: `forward(features)` takes each encoder's projected tokens
+    `(videos, tokens, width)`, in `config.vision_encoders` order, and returns the fused tokens and the per-encoder
+    weights (None where the fusion weighs no encoder)."""
     return {
         "cross_attention": lambda: MervCrossAttentionFusion(config),
         "scalar": lambda: MervScalarFusion(config),

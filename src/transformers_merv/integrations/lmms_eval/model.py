@@ -21,6 +21,7 @@ from ...inference.batching import batches, group_by
 from ...inference.devices import resolve_device
 from ...inference.loading import AUTO, load_model, load_processor
 from ...inference.prefix_cache import VideoPrefix, generate_from_cache, prefill_video, prompt_ids
+from ...video_io import clip_window
 
 
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "num_beams")
@@ -74,8 +75,7 @@ class Merv(lmms):
             raise ValueError(f"merv: batch_size must be >= 1, got {batch_size!r}")
         model_id = pretrained or str(default_model_path())
         self.processor = load_processor(model_id)
-        process_index = self.accelerator.local_process_index if self._world_size > 1 else None
-        self.model = load_model(model_id, resolve_device(device, process_index), dtype)
+        self.model = load_model(model_id, resolve_device(device, self.accelerator.local_process_index), dtype)
 
     # --- lmms-eval's interface --------------------------------------------------------------------------------------
 
@@ -232,7 +232,7 @@ class MervChat(Merv):
                 elif part.type == "video":
                     content.append({"type": "video"})
                     videos.append(part.url)
-                    window = _window(part.start_time, part.end_time)
+                    window = clip_window(part.start_time, part.end_time)
                 else:
                     raise ValueError(f"merv: {task} doc {doc_id} has {part.type} input; MERV takes videos and text")
             conversation.append({"role": message.role, "content": content})
@@ -244,11 +244,6 @@ class MervChat(Merv):
 
 def _user_turn(text: str, num_videos: int) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [{"type": "video"}] * num_videos + [{"type": "text", "text": text}]}]
-
-
-def _window(start: float | None, end: float | None) -> dict[str, float]:
-    bounds = {"clip_start_sec": start, "clip_end_sec": end}
-    return {name: value for name, value in bounds.items() if value is not None}
 
 
 def _video_request(
