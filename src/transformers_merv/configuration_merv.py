@@ -26,6 +26,9 @@ FeatureSelectStrategy = Literal["default", "full"]
 ALIGNMENT_POOLINGS = get_args(AlignmentPooling)
 """Token resamplers of the authors' `arch_specifier`: 3D/2D average pooling, 3D convolution, JEPA attentive pooling,
 Honeybee C-Abstractor, or none (every encoder token is projected)."""
+PARAMETER_FREE_POOLINGS = ("3davg", "avg", "none")
+"""Resamplers without parameters: they never train, so the frozen part of the model (what a feature store keeps)
+ends after them; the others train with the projector and the frozen part ends at the encoders' tokens."""
 
 ALIGNMENT_PROJECTORS = get_args(AlignmentProjector)
 """Channel projectors of the authors' `arch_specifier` (its suffix)."""
@@ -322,15 +325,35 @@ class MervConfig(PreTrainedConfig):
             return 1 + self.dinov2_config.num_register_tokens
         return 1
 
+    def encoder_num_selected_tokens(self, name: str) -> int:
+        """Tokens encoder `name` yields for one video at its feature layer, prefix tokens dropped or kept as
+        `vision_feature_select_strategy` says."""
+        frames, height, width = self.encoder_token_grid(name)
+        kept_prefix = self.vision_feature_select_strategy[name] == "full"
+        return frames * (height * width + kept_prefix * self.encoder_num_prefix_tokens(name))
+
     def encoder_num_visual_tokens(self, name: str) -> int:
         """Visual tokens one video yields from encoder `name` after alignment."""
-        frames, height, width = self.encoder_token_grid(name)
+        frames = self.encoder_token_grid(name)[0]
         if self.alignment_pooling == "none":
-            kept_prefix = self.vision_feature_select_strategy[name] == "full"
-            return frames * (height * width + kept_prefix * self.encoder_num_prefix_tokens(name))
+            return self.encoder_num_selected_tokens(name)
         if self.alignment_pooling in ("avg", "attntv", "conv"):
             return frames * self.alignment_tokens_per_frame
         return frames // self.alignment_temporal_stride * self.alignment_tokens_per_frame
+
+    def frozen_feature_shapes(self) -> dict[str, tuple[int, int]]:
+        """Per encoder of `vision_encoders`, the `(tokens, dim)` of one video's frozen features: the encoder's
+        selected tokens, pooled to the shared grid when `alignment_pooling` has no parameters
+        (`PARAMETER_FREE_POOLINGS`). They are what `MervModel.get_frozen_video_features` returns and a feature store
+        keeps; everything after them trains."""
+        pooled = self.alignment_pooling in PARAMETER_FREE_POOLINGS
+        return {
+            name: (
+                self.encoder_num_visual_tokens(name) if pooled else self.encoder_num_selected_tokens(name),
+                self.encoder_config(name).hidden_size,
+            )
+            for name in self.vision_encoders
+        }
 
     @property
     def num_video_tokens(self) -> int:

@@ -7,12 +7,12 @@ the fusion module mixes the encoders into one sequence. `MervModel.forward` scat
 
 import math
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import chain
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ from .compat import (
     cache_kwargs,
     slice_logits_to_keep,
 )
-from .configuration_merv import MervConfig
+from .configuration_merv import PARAMETER_FREE_POOLINGS, MervConfig
 from .modeling_languagebind import MervLanguageBindVideoModel
 
 
@@ -44,6 +44,8 @@ MAX_SHARD_SIZE = "5GB"
 GENERATION_AUTO_CLASSES = ("AutoModel", "AutoModelForImageTextToText", "AutoModelForMultimodalLM")
 """Auto classes that load `MervForConditionalGeneration` from a saved directory with `trust_remote_code=True`."""
 
+ProjectorPart = Literal["whole", "frozen", "trained"]
+"""What a `MervVisualProjector` call runs: all of it, the frozen part (a resampler without parameters) or the rest."""
 VIDEO_INPUT_TOWERS = ("vivit",)
 """Towers whose embeddings take whole videos `(batch, frames, C, H, W)` (ViViT's tubelets span frames); the others
 take frames folded into the batch, frame-major (LanguageBind's temporal groups are runs of consecutive rows)."""
@@ -353,7 +355,9 @@ class MervProjectorMLP(nn.Module):
 
 class MervVisualProjector(nn.Module):
     """Aligns one encoder: resamples its `(batch, frames, tokens, dim)` features to the shared token grid, then
-    projects them into the language model's width."""
+    projects them into the language model's width. A resampler without parameters never trains: it belongs to the
+    frozen part (`part="frozen"`), the rest to the trained part (`part="trained"`). The parts run through `forward`,
+    so that device-map hooks (accelerate) see every call."""
 
     def __init__(self, config: MervConfig, encoder_name: str):
         super().__init__()
@@ -374,9 +378,28 @@ class MervVisualProjector(nn.Module):
         }[config.alignment_pooling]()
         mlp_in_dim = text_dim if config.alignment_pooling in ("3dconv", "conv") else encoder_dim
         self.mlp = MervProjectorMLP(mlp_in_dim, text_dim, config.alignment_projector)
+        self.grid_frames = frames
+        self.has_frozen_resampler = config.alignment_pooling in PARAMETER_FREE_POOLINGS
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.resampler(features))
+    def forward(self, features: torch.Tensor, part: ProjectorPart = "whole") -> torch.Tensor:
+        """`part="whole"` and `"frozen"` take the encoder's `(batch, frames, tokens per frame, dim)` tokens,
+        `"trained"` the frozen part's output."""
+        if part == "frozen":
+            return self.pool_frozen(features)
+        if part == "trained":
+            return self.project_frozen(features)
+        return self.project_frozen(self.pool_frozen(features))
+
+    def pool_frozen(self, features: torch.Tensor) -> torch.Tensor:
+        """`(batch, frames, tokens per frame, dim)` encoder tokens -> the frozen features `(batch, tokens, dim)`:
+        pooled when the resampler has no parameters, else only flattened."""
+        return self.resampler(features) if self.has_frozen_resampler else features.flatten(1, 2)
+
+    def project_frozen(self, frozen: torch.Tensor) -> torch.Tensor:
+        """Frozen features (`pool_frozen`) -> `(batch, visual tokens, text_hidden_size)`: the trained part."""
+        if not self.has_frozen_resampler:
+            frozen = self.resampler(frozen.unflatten(1, (self.grid_frames, -1)))
+        return self.mlp(frozen)
 
 
 # --- fusion ----------------------------------------------------------------------------------------------------------
@@ -667,8 +690,7 @@ class MervVideoModel(MervPreTrainedModel):
         pixels = self._pixels_by_encoder(pixel_values_videos)
         branches = self._run_encoder_branches(pixels, recordings)
         projected = {name: branch.projected for name, branch in branches.items()}
-        target = next(iter(projected.values())).device
-        fused, weights = self.fusion([features.to(target) for features in projected.values()])
+        fused, weights = self._fuse(projected)
         towers = {name: branch.tower for name, branch in branches.items()}
         hidden_states, attentions = _recorded(towers, "hidden_states"), _recorded(towers, "attentions")
         return MervVideoFeaturesOutput(
@@ -684,6 +706,43 @@ class MervVideoModel(MervPreTrainedModel):
             encoder_hidden_states=hidden_states,
             encoder_attentions=attentions,
         )
+
+    def get_frozen_video_features(
+        self, pixel_values_videos: torch.Tensor | Mapping[str, torch.Tensor], encoders: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Per encoder (of `encoders`, default all), what the modules that never train compute: its tokens at the
+        feature layer, pooled to the shared grid when the resampler has no parameters,
+        `(videos, *config.frozen_feature_shapes()[encoder])`. A feature store keeps them;
+        `get_video_features_from_frozen` completes them into `get_video_features`'s output."""
+        pixels = self._pixels_by_encoder(pixel_values_videos)
+        return {
+            name: self._frozen_features(name, self._encode(name, pixels[name]).features)
+            for name in encoders or self.config.vision_encoders
+        }
+
+    @can_return_tuple
+    def get_video_features_from_frozen(
+        self, frozen_video_features: Mapping[str, torch.Tensor], output_encoder_features: bool = False
+    ) -> MervVideoFeaturesOutput:
+        """`get_video_features` from `get_frozen_video_features`'s output (e.g. read from a feature store): runs the
+        projectors and the fusion only. With `output_encoder_features`, `projected_features` is returned (the
+        encoders' tokens are not: they were pooled)."""
+        self._check_per_encoder(frozen_video_features, self.config.frozen_feature_shapes(), "frozen_video_features")
+        projected = {
+            name: self._project_frozen(name, frozen_video_features[name]) for name in self.config.vision_encoders
+        }
+        fused, weights = self._fuse(projected)
+        return MervVideoFeaturesOutput(
+            last_hidden_state=fused,
+            pooler_output=fused,
+            fusion_weights=weights,
+            projected_features=projected if output_encoder_features else None,
+        )
+
+    def _fuse(self, projected: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fusion of every encoder's projected tokens (on the first encoder's device), and its weights."""
+        target = next(iter(projected.values())).device
+        return self.fusion([features.to(target) for features in projected.values()])
 
     def _tower_recordings(self, kwargs: dict) -> dict[str, TowerRecording]:
         """What each tower records for `get_video_features(**kwargs)`: `output_hidden_states` / `output_attentions`
@@ -724,7 +783,7 @@ class MervVideoModel(MervPreTrainedModel):
         """`{encoder: (num_videos, frames, channels, height, width)}` of packed pixels, or the per-encoder form as
         given; checked against the config either way."""
         if isinstance(pixel_values_videos, Mapping):
-            self._check_pixel_values(pixel_values_videos)
+            self._check_per_encoder(pixel_values_videos, self.config.video_pixel_shapes(), "pixel_values_videos")
             return pixel_values_videos
         return self.split_pixel_values_videos(pixel_values_videos)
 
@@ -790,25 +849,27 @@ class MervVideoModel(MervPreTrainedModel):
         tower = self._encode(name, pixels, recording)
         return EncoderBranch(tower, self._align(name, tower.features))
 
-    def _check_pixel_values(self, pixel_values_videos: Mapping[str, torch.Tensor]) -> None:
-        """Checks the per-encoder form: every encoder of the config, each with its shape, the same number of
-        videos."""
-        missing = [name for name in self.config.vision_encoders if name not in pixel_values_videos]
+    def _check_per_encoder(
+        self, tensors: Mapping[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], argument: str
+    ) -> None:
+        """Checks a per-encoder input: every encoder of the config, each `(videos, *shapes[encoder])`, the same
+        number of videos."""
+        missing = [name for name in self.config.vision_encoders if name not in tensors]
         if missing:
-            raise ValueError(
-                f"`pixel_values_videos` lacks encoders {missing}; expected keys {self.config.vision_encoders}"
-            )
+            raise ValueError(f"`{argument}` lacks encoders {missing}; expected keys {self.config.vision_encoders}")
         batch_sizes = set()
-        for name, expected in self.config.video_pixel_shapes().items():
-            pixels = pixel_values_videos[name]
-            if pixels.ndim != 5 or tuple(pixels.shape[1:]) != expected:
+        for name, expected in shapes.items():
+            tensor = tensors[name]
+            if tensor.ndim != len(expected) + 1 or tuple(tensor.shape[1:]) != expected:
                 raise ValueError(
-                    f"`pixel_values_videos[{name!r}]` must have shape (videos, {', '.join(map(str, expected))}), "
-                    f"got {tuple(pixels.shape)}"
+                    f"`{argument}[{name!r}]` must have shape (videos, {', '.join(map(str, expected))}), "
+                    f"got {tuple(tensor.shape)}"
                 )
-            batch_sizes.add(pixels.shape[0])
+            batch_sizes.add(tensor.shape[0])
         if len(batch_sizes) != 1:
-            raise ValueError(f"every encoder needs the same number of videos, got {sorted(batch_sizes)}")
+            raise ValueError(
+                f"every encoder of `{argument}` needs the same number of videos, got {sorted(batch_sizes)}"
+            )
 
     def _encode(self, name: str, pixels: torch.Tensor, recording: TowerRecording = TowerRecording()) -> TowerOutput:
         """Selected tokens of encoder `name`, `(videos, frames) -> (videos, tokens, encoder_hidden_size)`, with the
@@ -846,11 +907,18 @@ class MervVideoModel(MervPreTrainedModel):
 
     def _align(self, name: str, features: torch.Tensor) -> torch.Tensor:
         """Pool and project one encoder's tokens to `(videos, visual_tokens, text_hidden_size)`."""
+        return self._project_frozen(name, self._frozen_features(name, features))
+
+    def _frozen_features(self, name: str, features: torch.Tensor) -> torch.Tensor:
+        """One encoder's `(videos, tokens, dim)` tokens -> its frozen features (`MervVisualProjector.pool_frozen`)."""
         projector = self.projectors[name]
-        grid_frames = self.config.encoder_token_grid(name)[0]
         # (videos, tokens, dim) -> (videos, frames, tokens per frame, dim)
         features = features.to(_execution_device(projector), next(projector.parameters()).dtype)
-        return projector(features.unflatten(1, (grid_frames, -1)))
+        return projector(features.unflatten(1, (projector.grid_frames, -1)), part="frozen")
+
+    def _project_frozen(self, name: str, frozen: torch.Tensor) -> torch.Tensor:
+        projector = self.projectors[name]
+        return projector(frozen.to(_execution_device(projector), next(projector.parameters()).dtype), part="trained")
 
 
 @auto_docstring(custom_intro="MERV's encoders, alignment and fusion, and the language model without its head.")
@@ -903,6 +971,7 @@ class MervModel(MervVideoModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         mm_encoder_outputs: dict[str, MervVideoFeaturesOutput] | None = None,
+        frozen_video_features: dict[str, torch.Tensor] | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MultimodalBaseModelOutputWithPast:
         r"""
@@ -914,16 +983,16 @@ class MervModel(MervVideoModel):
             accepted too).
         mm_encoder_outputs (`dict[str, MervVideoFeaturesOutput]`, *optional*):
             Precomputed `{"video": get_video_features(...)}` (used by `generate` to encode videos once).
+        frozen_video_features (`dict[str, torch.FloatTensor]`, *optional*):
+            The videos' frozen features (`get_frozen_video_features`, e.g. from a feature store) in place of
+            `pixel_values_videos`: only the projectors and the fusion run. For a forward without a cache (training,
+            scoring); `generate` takes `mm_encoder_outputs={"video": get_video_features_from_frozen(...)}`.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`")
-        video_outputs = (mm_encoder_outputs or {}).get("video")
-        if pixel_values_videos is not None and video_outputs is not None:
-            raise ValueError("Pass either `pixel_values_videos` or precomputed `mm_encoder_outputs`, not both")
+        video_outputs = self._video_outputs(pixel_values_videos, frozen_video_features, mm_encoder_outputs, cache)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        if video_outputs is None and pixel_values_videos is not None:
-            video_outputs = self.get_video_features(pixel_values_videos)
 
         if video_outputs is not None:
             video_features = video_outputs.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
@@ -942,6 +1011,36 @@ class MervModel(MervVideoModel):
             **kwargs,
         )
         return MultimodalBaseModelOutputWithPast(**outputs, video_outputs=video_outputs)
+
+    def _video_outputs(
+        self,
+        pixel_values_videos: torch.Tensor | dict[str, torch.Tensor] | None,
+        frozen_video_features: dict[str, torch.Tensor] | None,
+        mm_encoder_outputs: dict[str, MervVideoFeaturesOutput] | None,
+        cache: Cache | None,
+    ) -> MervVideoFeaturesOutput | None:
+        """The videos' visual tokens from whichever of the three video inputs is given (at most one)."""
+        precomputed = (mm_encoder_outputs or {}).get("video")
+        given = {
+            "pixel_values_videos": pixel_values_videos,
+            "frozen_video_features": frozen_video_features,
+            "mm_encoder_outputs": precomputed,
+        }
+        given = [name for name, value in given.items() if value is not None]
+        if len(given) > 1:
+            raise ValueError(
+                f"Pass one of `pixel_values_videos`, `frozen_video_features` or `mm_encoder_outputs`, got {given}"
+            )
+        if frozen_video_features is not None:
+            if cache is not None:
+                raise ValueError(
+                    "`frozen_video_features` is for a forward without a cache (training, scoring); to generate, pass "
+                    "`mm_encoder_outputs={'video': model.get_video_features_from_frozen(frozen_video_features)}`"
+                )
+            return self.get_video_features_from_frozen(frozen_video_features)
+        if pixel_values_videos is not None:
+            return self.get_video_features(pixel_values_videos)
+        return precomputed
 
 
 @auto_docstring(
@@ -996,6 +1095,7 @@ class MervForConditionalGeneration(MervPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, MervVideoFeaturesOutput] | None = None,
+        frozen_video_features: dict[str, torch.Tensor] | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MultimodalCausalLMOutputWithPast:
         r"""
@@ -1009,6 +1109,8 @@ class MervForConditionalGeneration(MervPreTrainedModel, GenerationMixin):
             accepted too).
         mm_encoder_outputs (`dict[str, MervVideoFeaturesOutput]`, *optional*):
             Precomputed `{"video": get_video_features(...)}`.
+        frozen_video_features (`dict[str, torch.FloatTensor]`, *optional*):
+            The videos' frozen features in place of `pixel_values_videos` (see `MervModel.forward`).
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -1019,6 +1121,7 @@ class MervForConditionalGeneration(MervPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             mm_encoder_outputs=mm_encoder_outputs,
+            frozen_video_features=frozen_video_features,
             **kwargs,
         )
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))

@@ -45,7 +45,7 @@ TARGETS = {
             # packed pixels and the towers' recorded outputs
             "xǁMervPreTrainedModelǁsplit_pixel_values_videos",
             "xǁMervModelǁ_pixels_by_encoder",
-            "xǁMervModelǁ_check_pixel_values",
+            "xǁMervVideoModelǁ_check_per_encoder",
             "xǁMervModelǁ_tower_recordings",
             "xǁMervModelǁ_output_flag",
             "xǁTowerLayoutǁrecording_attentions",

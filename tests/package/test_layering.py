@@ -31,8 +31,9 @@ LAYERS = {
     "conversion": {"inference", "utils"},
     "training": {"inference", "utils"},
     "evaluation": {"inference", "utils"},
+    "encoding": {"inference", "training", "evaluation", "utils"},
     "integrations": {"inference", "evaluation", "utils"},
-    "cli": {"inference", "evaluation", "conversion", "integrations", "utils"},
+    "cli": {"inference", "evaluation", "encoding", "conversion", "integrations", "utils"},
 }
 """Each sub-package and the sub-packages it may import besides the model files (and itself)."""
 
