@@ -106,8 +106,11 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 
 def feature_fingerprint(model, processor, dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """Everything that decides the frozen features `model` (a MERV model) computes from what `processor` makes of a
-    video, stored as `dtype` (default: the model's)."""
+    """Everything that decides the frozen features `model` (a MERV model, or a PEFT model wrapping one) computes
+    from what `processor` makes of a video, stored as `dtype`. Without `dtype` (a reader that takes the features in
+    whatever precision they were stored), the stored dtype is left out, and not compared."""
+    if hasattr(model, "get_base_model"):  # PEFT
+        model = model.get_base_model()
     video_model = getattr(model, "model", model)
     config = video_model.config
     shapes = config.frozen_feature_shapes()
@@ -118,6 +121,7 @@ def feature_fingerprint(model, processor, dtype: torch.dtype | None = None) -> d
         encoders[name] = {
             "config": {key: value for key, value in encoder_config.items() if key not in IRRELEVANT_CONFIG_KEYS},
             "weights": weights_digest(video_model.vision_towers[name]),
+            "compute_dtype": str(video_model.vision_towers[name].dtype).removeprefix("torch."),
             "num_frames": config.num_frames[name],
             "feature_layer": config.vision_feature_layer[name],
             "select_strategy": config.vision_feature_select_strategy[name],
@@ -125,7 +129,7 @@ def feature_fingerprint(model, processor, dtype: torch.dtype | None = None) -> d
             "shape": list(shapes[name]),
         }
     preprocessing = processor.video_processor.to_dict()
-    return {
+    fingerprint = {
         "encoders": encoders,
         "pooling": {
             "alignment_pooling": pooled,
@@ -133,8 +137,10 @@ def feature_fingerprint(model, processor, dtype: torch.dtype | None = None) -> d
             "alignment_temporal_stride": config.alignment_temporal_stride,
         },
         "preprocessing": {key: value for key, value in preprocessing.items() if key not in IRRELEVANT_PROCESSOR_KEYS},
-        "dtype": str(dtype or model.dtype).removeprefix("torch."),
     }
+    if dtype is not None:
+        fingerprint["dtype"] = str(dtype).removeprefix("torch.")
+    return fingerprint
 
 
 def fingerprint_differences(expected: Any, found: Any, path: str = "") -> list[str]:
@@ -237,6 +243,11 @@ class FeatureStore:
         return self.manifest["fingerprint"]
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the features are stored in."""
+        return getattr(torch, self.fingerprint["dtype"])
+
+    @property
     def flipped_languagebind(self) -> bool:
         """Whether LanguageBind's features of the flipped clip are kept too (for `languagebind_random_flip`)."""
         return self.manifest["flipped_languagebind"]
@@ -265,6 +276,8 @@ class FeatureStore:
     ) -> "FeatureStore":
         """The store at `path`, created if absent. An existing one must have this fingerprint; asking for flipped
         features of a store built without them is refused (its videos would lack them)."""
+        if "dtype" not in fingerprint:
+            raise ValueError("a feature store is created with the dtype it stores: `feature_fingerprint(..., dtype)`")
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         with FileLock(folder / LOCK):
@@ -279,8 +292,10 @@ class FeatureStore:
         return store
 
     def check(self, fingerprint: dict[str, Any]) -> None:
-        """Raise `FeatureStoreMismatchError` naming every difference between the store's fingerprint and this one."""
-        differences = fingerprint_differences(fingerprint, self.fingerprint)
+        """Raise `FeatureStoreMismatchError` naming every difference between the store's fingerprint and this one
+        (in the parts `fingerprint` has: a reader's may leave out the stored dtype)."""
+        stored = {part: value for part, value in self.fingerprint.items() if part in fingerprint}
+        differences = fingerprint_differences(fingerprint, stored)
         if differences:
             listed = "; ".join(differences)
             raise FeatureStoreMismatchError(
@@ -397,7 +412,7 @@ class StoreWriter:
         the flipped clip); returns its key."""
         if self.store.flipped_languagebind and flipped_languagebind is None:
             raise ValueError(f"{self.store.path} keeps flipped LanguageBind features: pass `flipped_languagebind`")
-        dtype = getattr(torch, self.store.fingerprint["dtype"])
+        dtype = self.store.dtype
         record = _source_record(Path(video), window, sha256 or file_sha256(video))
         tensors = dict(features)
         if self.store.flipped_languagebind:
