@@ -12,10 +12,19 @@ relative to a root folder. Two formats, as the authors' two datasets:
 The `<video>`/`<image>` placeholders are removed from the text: the visual tokens always go right after BOS, where
 the authors' model splices them whatever the text says. An image is a one-frame video that the frame sampling
 repeats, as the authors do.
+
+With a feature store (`inference.feature_store`, built by `merv encode`), items carry each video's frozen features
+(`frozen_video_features`) read from the store instead of its pixels: nothing is decoded and the encoders do not run.
+The text goes through the processor exactly as with the video (same ids, labels, truncation). With the authors'
+random LanguageBind flip (`languagebind_random_flip`), the store keeps LanguageBind's features of both the clip and
+its mirror image, and each item draws which one to use as the video processor draws its flip (Python `random`, with
+the same probability, one draw per video): the same distribution, and under the same seed the same draws.
 """
 
+import copy
 import json
 import os
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,10 +37,14 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 from transformers.utils import logging
 
+from transformers.image_processing_utils import BatchFeature
+
+from ..inference.feature_store import FeatureStore, FeatureStoreError
+from ..media_limits import MediaLimitError, check_regular_file
 from ..modeling_merv import IGNORE_INDEX
 from ..processing_merv import MervProcessor
-from ..media_limits import MediaLimitError, check_regular_file
-from ..video_io import VideoDecodingError, load_image
+from ..video_io import VideoDecodingError, load_image, make_batched_video_inputs
+from ..video_processing_merv import LANGUAGEBIND_FLIP_PROBABILITY
 
 
 logger = logging.get_logger(__name__)
@@ -44,6 +57,8 @@ MEDIA_ERRORS = (VideoDecodingError, MediaLimitError, OSError)
 `OSError`s)."""
 MAX_LISTED_PROBLEMS = 10
 FILLER_SIDE = 64
+VIDEO_INPUTS = ("pixel_values_videos", "frozen_video_features")
+"""An item's video: its pixels, or its frozen features from a feature store."""
 
 DataFormat = Literal["chat", "caption"]
 BadExamplePolicy = Literal["skip", "error"]
@@ -183,6 +198,11 @@ class VideoLlavaDataset(Dataset):
             Keep every encoded example in memory, so later epochs skip decoding and preprocessing (examples of one
             video share its pixel tensors). For datasets that fit in RAM, e.g. small ones trained for many epochs;
             with DataLoader workers, use `persistent_workers=True` (each worker keeps its own cache).
+        feature_store ([`FeatureStore`], *optional*):
+            Give each item its video's frozen features from this store (opened with the model's fingerprint) instead
+            of its pixels. Every video and image of the JSON must be in it (`merv encode DATA.json --video-dir
+            MEDIA_ROOT --output STORE`); those the store records as unreadable are bad examples, handled as
+            `on_bad_example` says.
     """
 
     def __init__(
@@ -195,6 +215,7 @@ class VideoLlavaDataset(Dataset):
         max_length: int | None = None,
         chat_template: str | None = None,
         cache: bool = False,
+        feature_store: FeatureStore | None = None,
     ):
         if data_format not in DATA_FORMATS:
             raise ValueError(f"`data_format` must be one of {DATA_FORMATS}, got {data_format!r}")
@@ -214,7 +235,12 @@ class VideoLlavaDataset(Dataset):
         self._unreadable: set[int] = set()
         self._cache: dict[int, dict[str, Any]] | None = {} if cache else None
         self._pixels_by_media: dict[str, torch.Tensor] = {}
+        self.feature_store = feature_store
+        self._text_processor = processor if feature_store is None else _counting_videos_only(processor)
+        self._feature_keys: dict[int, str] = {}
         self.examples = self._parse(Path(data_path), Path(media_root))
+        if feature_store is not None:
+            self._find_features(Path(data_path), Path(media_root))
 
     def _parse(self, data_path: Path, media_root: Path) -> list[Example]:
         check_regular_file(data_path, str(data_path))
@@ -234,6 +260,35 @@ class VideoLlavaDataset(Dataset):
         if not examples:
             raise BadExampleError(f"{data_path} holds no usable example")
         return examples
+
+    def _find_features(self, data_path: Path, media_root: Path) -> None:
+        """Key every example's media in the feature store; refuse a store that lacks some (or the flipped
+        LanguageBind features the processor's random flip needs), report those it records as unreadable."""
+        store = self.feature_store
+        if self.processor.video_processor.languagebind_random_flip and not store.flipped_languagebind:
+            raise FeatureStoreError(
+                f"{store.path}: the processor flips LanguageBind's clips at random (`languagebind_random_flip`) but "
+                f"the store keeps no flipped features; build it with `merv encode --flipped-languagebind`"
+            )
+        missing, unreadable = [], []
+        for example in self.examples:
+            if example.media_path is None:
+                continue
+            key = store.key_for(example.media_path)
+            self._feature_keys[example.index] = key
+            if store.failure(key) is not None:
+                unreadable.append(BadExample(example.name, _unreadable(example, store.failure(key))))
+            elif key not in store:
+                missing.append(str(example.media_path))
+        if missing:
+            listed = ", ".join(missing[:MAX_LISTED_PROBLEMS])
+            raise FeatureStoreError(
+                f"{store.path} lacks the features of {len(missing)} videos or images of {data_path} ({listed}); add "
+                f"them with `merv encode {data_path} --video-dir {media_root} --output {store.path}`"
+            )
+        self._report(unreadable, f"{store.path}: {len(unreadable)} videos or images could not be read when encoded")
+        unusable = {problem.example for problem in unreadable}
+        self.examples = [example for example in self.examples if example.name not in unusable]
 
     def _report(self, problems: list[BadExample], summary: str) -> None:
         """Raise for `problems` (policy "error"), or log and record them as skipped."""
@@ -296,10 +351,11 @@ class VideoLlavaDataset(Dataset):
         self._unreadable.clear()
 
     def _media(self, example: Example) -> str | Image.Image | None:
-        """What the processor takes as the video: a path (decoded there) or an image (a one-frame video)."""
+        """What the processor takes as the video: a path (decoded there) or an image (a one-frame video). With a
+        feature store, the path: only the text is processed."""
         if example.media_kind is None:
             return None
-        if example.media_kind == "video":
+        if example.media_kind == "video" or self.feature_store is not None:
             return str(example.media_path)
         return load_image(example.media_path, repr(str(example.media_path)))
 
@@ -314,16 +370,26 @@ class VideoLlavaDataset(Dataset):
             "attention_mask": inputs["attention_mask"][0, : self.max_length],
             "labels": labels[0, : self.max_length],
         }
-        if media is not None:
+        if media is not None and self.feature_store is not None:
+            item["frozen_video_features"] = self._stored_features(example)
+        elif media is not None:
             item["pixel_values_videos"] = inputs["pixel_values_videos"][0]
         return item
+
+    def _stored_features(self, example: Example) -> dict[str, torch.Tensor]:
+        """The example's frozen features; LanguageBind's of the mirrored clip when the flip is drawn, as the video
+        processor draws it."""
+        flipped = (
+            self.processor.video_processor.languagebind_random_flip and random.random() < LANGUAGEBIND_FLIP_PROBABILITY
+        )
+        return self.feature_store.get(self._feature_keys[example.index], flipped=flipped)
 
     def _encode_chat(self, example: Example, media: str | Image.Image | None) -> tuple[dict, torch.Tensor]:
         """The conversation through the chat template; labels on the assistant turns (`{% generation %}` blocks)."""
         conversation = [{"role": role, "content": [{"type": "text", "text": text}]} for role, text in example.turns]
         if media is not None:
             conversation[0]["content"].insert(0, {"type": "video", "video": media})
-        inputs = self.processor.apply_chat_template(
+        inputs = self._text_processor.apply_chat_template(
             conversation,
             chat_template=self.chat_template,
             tokenize=True,
@@ -338,7 +404,7 @@ class VideoLlavaDataset(Dataset):
         tokenizer = self.processor.tokenizer
         caption = example.turns[-1][1].strip()
         prefix = self.processor.video_token if media is not None else ""
-        inputs = self.processor(
+        inputs = self._text_processor(
             text=prefix + caption + tokenizer.eos_token,
             videos=None if media is None else [media],
             return_tensors="pt",
@@ -348,6 +414,21 @@ class VideoLlavaDataset(Dataset):
         if tokenizer.bos_token_id is not None:
             not_caption[:, 0] |= input_ids[:, 0] == tokenizer.bos_token_id
         return inputs, input_ids.masked_fill(not_caption, IGNORE_INDEX)
+
+
+class _VideoCounter:
+    """Stands in for the video processor when a feature store gives the videos: it only counts them (the processor
+    expands one `<video>` per video), so the text is processed exactly as with the videos and none is read."""
+
+    def __call__(self, videos: object, **kwargs) -> BatchFeature:
+        return BatchFeature({"pixel_values_videos": torch.empty(len(make_batched_video_inputs(videos)), 0)})
+
+
+def _counting_videos_only(processor: MervProcessor) -> MervProcessor:
+    """A shallow copy of `processor` whose video processor only counts the videos (`_VideoCounter`)."""
+    text_only = copy.copy(processor)
+    text_only.video_processor = _VideoCounter()
+    return text_only
 
 
 class _MediaCheck(Dataset):
@@ -381,22 +462,33 @@ class MervDataCollator:
     fills the placeholders of the batch in order with the videos, so rows without a video (text-only) mix freely
     with rows with one.
 
-    A batch without any video gets `filler` appended: a row with a black video and no label, which adds nothing to
-    the loss but runs the encoders, projectors and fusion. Data-parallel processes then always run the same modules:
-    FSDP and DeepSpeed ZeRO-3 gather parameters module by module, and a process that skipped the visual modules
-    while the others ran them would hang or fail; DDP would find unused parameters. `from_processor` builds it."""
+    A batch without any video gets `filler` appended: a row with a black video (with a feature store: zero frozen
+    features) and no label, which adds nothing to the loss but runs the encoders, projectors and fusion.
+    Data-parallel processes then always run the same modules: FSDP and DeepSpeed ZeRO-3 gather parameters module by
+    module, and a process that skipped the visual modules while the others ran them would hang or fail; DDP would
+    find unused parameters. `from_processor` builds it.
+
+    Items from a feature store carry `frozen_video_features` (`{encoder: (tokens, dim)}`), batched per encoder."""
 
     pad_token_id: int
     filler: dict[str, Any] | None = None
 
     @classmethod
-    def from_processor(cls, processor: MervProcessor, video_in_every_batch: bool = True) -> "MervDataCollator":
+    def from_processor(
+        cls,
+        processor: MervProcessor,
+        video_in_every_batch: bool = True,
+        frozen_feature_shapes: dict[str, tuple[int, int]] | None = None,
+    ) -> "MervDataCollator":
+        """The collator for `processor`'s items; for items from a feature store, pass the model's
+        `config.frozen_feature_shapes()` (the filler's features)."""
         if processor.tokenizer.pad_token_id is None:
             raise ValueError("The tokenizer has no pad token; add one (MERV's Llama-2 tokenizer pads with <PAD>)")
-        return cls(processor.tokenizer.pad_token_id, filler_item(processor) if video_in_every_batch else None)
+        filler = filler_item(processor, frozen_feature_shapes) if video_in_every_batch else None
+        return cls(processor.tokenizer.pad_token_id, filler)
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        if self.filler is not None and not any("pixel_values_videos" in item for item in items):
+        if self.filler is not None and not any(key in item for item in items for key in VIDEO_INPUTS):
             items = [*items, self.filler]
         batch = {
             key: pad_sequence([item[key] for item in items], batch_first=True, padding_value=padding)
@@ -405,16 +497,29 @@ class MervDataCollator:
         videos = [item["pixel_values_videos"] for item in items if "pixel_values_videos" in item]
         if videos:
             batch["pixel_values_videos"] = torch.stack(videos)
+        stored = [item["frozen_video_features"] for item in items if "frozen_video_features" in item]
+        if stored:
+            batch["frozen_video_features"] = {name: torch.stack([row[name] for row in stored]) for name in stored[0]}
         return batch
 
 
-def filler_item(processor: MervProcessor) -> dict[str, Any]:
-    """`[BOS] [visual tokens]` of a black one-frame video, without labels."""
-    black = Image.new("RGB", (FILLER_SIDE, FILLER_SIDE))
-    inputs = processor(text=processor.video_token, videos=[black], return_tensors="pt")
-    return {
-        "input_ids": inputs["input_ids"][0],
-        "attention_mask": inputs["attention_mask"][0],
-        "labels": torch.full_like(inputs["input_ids"][0], IGNORE_INDEX),
-        "pixel_values_videos": inputs["pixel_values_videos"][0],
+def filler_item(
+    processor: MervProcessor, frozen_feature_shapes: dict[str, tuple[int, int]] | None = None
+) -> dict[str, Any]:
+    """`[BOS] [visual tokens]` of a black one-frame video, without labels; with `frozen_feature_shapes`, zero frozen
+    features stand for the video."""
+    input_ids = torch.tensor(processor.prompt_ids(processor.video_token))
+    item = {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "labels": torch.full_like(input_ids, IGNORE_INDEX),
     }
+    if frozen_feature_shapes is not None:
+        item["frozen_video_features"] = {name: torch.zeros(shape) for name, shape in frozen_feature_shapes.items()}
+        return item
+    # a black frame is its own mirror image: no flip is drawn for it, which would only shift the random stream
+    video_processor = copy.copy(processor.video_processor)
+    video_processor.languagebind_random_flip = False
+    black = Image.new("RGB", (FILLER_SIDE, FILLER_SIDE))
+    item["pixel_values_videos"] = video_processor([black])["pixel_values_videos"][0]
+    return item

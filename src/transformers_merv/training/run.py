@@ -1,7 +1,6 @@
 """The training run behind `examples/train.py`: transformers' `Trainer` with the authors' recipe for each stage as the
 defaults of its command line (see that script for usage)."""
 
-
 import argparse
 import logging
 import sys
@@ -16,6 +15,7 @@ from transformers.hf_argparser import string_to_bool
 from ..compat import activation_checkpointing_argument
 from ..modeling_merv import MervForConditionalGeneration
 from ..inference.devices import default_device, native_bf16
+from ..inference.feature_store import FeatureStore, feature_fingerprint
 from .data import BadExamplePolicy, DataFormat, MervDataCollator, VideoLlavaDataset
 from .lora import LORA_DEFAULTS, check_qlora_available, lora_config, qlora_quantization_config
 from .stages import TRAINING_STAGES, set_trainable
@@ -103,6 +103,13 @@ class DataArguments:
     cache_examples: bool = field(
         default=False,
         metadata={"help": "Keep encoded examples in memory so later epochs skip decoding (small datasets only)."},
+    )
+    features: str | None = field(
+        default=None,
+        metadata={
+            "help": "A feature store of the model's frozen encoders (`merv encode DATA --video-dir MEDIA_ROOT --output "
+            "STORE`): videos are read from it instead of being decoded and encoded."
+        },
     )
 
 
@@ -193,6 +200,15 @@ def load_model(merv_args: MervArguments, training_args: TrainingArguments) -> Me
     return model
 
 
+def open_feature_store(path: str, model, processor) -> FeatureStore:
+    """The feature store at `path`, checked against the model's encoders and the processor (`FeatureStoreError`
+    naming what differs). The stages train what follows the frozen features only, so the store stands in for
+    decoding and the encoders in every stage."""
+    store = FeatureStore.open(path, feature_fingerprint(model, processor))
+    logger.info(f"Videos from the feature store {path} ({len(store)} videos, {store.dtype}): no decoding, no encoders")
+    return store
+
+
 def main(argv: list[str] | None = None) -> Trainer:
     merv_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
@@ -204,6 +220,8 @@ def main(argv: list[str] | None = None) -> Trainer:
     set_seed(training_args.seed)
 
     processor = AutoProcessor.from_pretrained(merv_args.model_name_or_path)
+    model = load_model(merv_args, training_args)
+    store = open_feature_store(data_args.features, model, processor) if data_args.features else None
     dataset = VideoLlavaDataset(
         data_args.data_path,
         data_args.media_root,
@@ -213,16 +231,16 @@ def main(argv: list[str] | None = None) -> Trainer:
         max_length=data_args.max_length,
         chat_template=data_args.chat_template,
         cache=data_args.cache_examples,
+        feature_store=store,
     )
-    if data_args.check_media:
+    if data_args.check_media and store is None:  # a store records the videos it could not read
         dataset.check_media(num_workers=training_args.dataloader_num_workers)
-    model = load_model(merv_args, training_args)
-
+    frozen_shapes = model.config.frozen_feature_shapes() if store is not None else None
     trainer = Trainer(
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=MervDataCollator.from_processor(processor),
+        data_collator=MervDataCollator.from_processor(processor, frozen_feature_shapes=frozen_shapes),
         processing_class=processor,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -231,4 +249,3 @@ def main(argv: list[str] | None = None) -> Trainer:
     if dataset.skipped:
         logger.warning(f"{len(dataset.skipped)} examples were skipped in the main process (see the log for why)")
     return trainer
-
