@@ -3,7 +3,6 @@ not regular files refused naming the entry), the collator, Trainer runs, resumin
 device and precision come from the machine at hand unless given."""
 
 import importlib.util
-import json
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -11,14 +10,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
 
-import av
 import numpy as np
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
-from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import AutoProcessor, Trainer, TrainerCallback, TrainingArguments
 from transformers.testing_utils import CaptureLogger
@@ -26,7 +23,6 @@ from transformers.testing_utils import CaptureLogger
 from transformers_merv import (
     MervForConditionalGeneration,
     MervProcessor,
-    MervVideoProcessor,
     default_model_path,
     merv_chat_templates,
 )
@@ -51,29 +47,19 @@ from transformers_merv.training.lora import logger as lora_logger
 
 from conftest import (
     EXAMPLE_VIDEO,
-    MEDIA,
     NOT_REGULAR_FILES,
-    tiny_config,
+    caption,
+    conversation,
+    script_args,
     training_entry,
     unpack_pixels,
+    video_chat,
     with_cpu_bf16,
+    write_json,
     write_training_json,
 )
 
 
-ENCODER_IMAGE_SIZES = {"languagebind": 16, "dinov2": 28, "vivit": 16, "siglip": 32}
-FAST_ENCODERS = dict(
-    languagebind_config=dict(num_hidden_layers=2, image_size=16, patch_size=4, temporal_group_size=4),
-    dinov2_config=dict(num_hidden_layers=2, image_size=28),
-    vivit_config=dict(num_hidden_layers=2, image_size=16, tubelet_size=[2, 8, 8], num_frames=16),
-    siglip_config=dict(num_hidden_layers=2, image_size=32),
-    num_frames={"languagebind": 8, "dinov2": 8, "vivit": 16, "siglip": 8},
-)
-"""`tiny_config` with fewer frames and pixels (32 visual tokens): a training step of 4 examples takes ~30 ms on 2
-cores instead of ~3 s with the fixture's encoders."""
-INIT_STD = 0.1
-"""A random LLM initialised at std 0.02 gives near-uniform logits whatever its inputs, so with the LLM frozen (align)
-30 steps only move the loss from 6.94 to 6.69; at std 0.1 the visual tokens can steer it."""
 LLM_LINEAR_LAYERS = (
     "self_attn.q_proj",
     "self_attn.k_proj",
@@ -83,9 +69,6 @@ LLM_LINEAR_LAYERS = (
     "mlp.up_proj",
     "mlp.down_proj",
 )
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
-DIRECTIONS = {"red": "right", "green": "left", "blue": "left", "yellow": "right"}
-VIDEO_SIDE, VIDEO_FRAMES, SQUARE = 64, 32, 16
 BATCH_SIZE = 4
 TRAINING_STEPS = 30
 
@@ -98,103 +81,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-# --- synthetic data --------------------------------------------------------------------------------------------------
-
-
-def frame_with_square(colour: tuple[int, int, int], left: int) -> np.ndarray:
-    frame = np.full((VIDEO_SIDE, VIDEO_SIDE, 3), 40, np.uint8)
-    top = (VIDEO_SIDE - SQUARE) // 2
-    frame[top : top + SQUARE, left : left + SQUARE] = colour
-    return frame
-
-
-def write_video(path: Path, colour: tuple[int, int, int], direction: str) -> None:
-    """A square of `colour` crossing the frame towards `direction`."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=8)
-        stream.width = stream.height = VIDEO_SIDE
-        stream.pix_fmt = "yuv420p"
-        for index in range(VIDEO_FRAMES):
-            left = (VIDEO_SIDE - SQUARE) * index // (VIDEO_FRAMES - 1)
-            left = left if direction == "right" else VIDEO_SIDE - SQUARE - left
-            frame = av.VideoFrame.from_ndarray(frame_with_square(colour, left), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-
-
-def conversation(*turns: str) -> list[dict]:
-    return [{"from": "human" if index % 2 == 0 else "gpt", "value": text} for index, text in enumerate(turns)]
-
-
-def video_chat(name: str) -> dict:
-    return {
-        "id": name,
-        "video": f"{name}.mp4",
-        "conversations": conversation(
-            "<video>\nWhat colour is the square?",
-            f"It is {name}.",
-            "Where does it move?",
-            f"To the {DIRECTIONS[name]}.",
-        ),
-    }
-
-
-def caption(name: str) -> dict:
-    return {
-        "id": name,
-        "video": f"{name}.mp4",
-        "conversations": conversation(
-            "<video>\nDescribe the video.", f"A {name} square moves to the {DIRECTIONS[name]}."
-        ),
-    }
-
-
-TEXT_ONLY = [
-    {"id": "sum", "conversations": conversation("What is two plus two?", "Four.")},
-    {"id": "sky", "conversations": conversation("What colour is the sky?", "Blue.")},
-]
-IMAGE_CHAT = {"id": "still", "image": "red.png", "conversations": conversation("<image>\nWhat colour?", "Red.")}
-
-
-@pytest.fixture(scope="module")
-def media_root(tmp_path_factory) -> Path:
-    """Four videos whose answers depend on what they show, an image, a corrupted video and the JSON files."""
-    root = tmp_path_factory.mktemp("media")
-    for name, colour in COLOURS.items():
-        write_video(root / f"{name}.mp4", colour, DIRECTIONS[name])
-    Image.fromarray(frame_with_square(COLOURS["red"], 8)).save(root / "red.png")
-    shutil.copy(MEDIA / "corrupted.mp4", root / "corrupted.mp4")
-    write_json(root / "chat.json", [video_chat(name) for name in COLOURS] + TEXT_ONLY + [IMAGE_CHAT])
-    write_json(root / "caption.json", [caption(name) for name in COLOURS])
-    return root
-
-
-def write_json(path: Path, entries: list[dict]) -> Path:
-    path.write_text(json.dumps(entries))
-    return path
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, converted_full) -> Path:
-    """A fast tiny MERV (random weights, `FAST_ENCODERS`) with the converted fixture's tokenizer, saved with its
-    processor."""
-    text_config = {**tiny_config().text_config.to_dict(), "initializer_range": INIT_STD}
-    config = tiny_config(**FAST_ENCODERS, text_config=text_config, initializer_range=INIT_STD)
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("tiny-merv-fast")
-    MervForConditionalGeneration(config).save_pretrained(directory)
-    settings = {
-        name: {"num_frames": config.num_frames[name], "size": {"height": side, "width": side}}
-        for name, side in ENCODER_IMAGE_SIZES.items()
-    }
-    tokenizer = AutoProcessor.from_pretrained(converted_full).tokenizer
-    processor = MervProcessor(
-        MervVideoProcessor(encoder_settings=settings), tokenizer, num_video_tokens=config.num_video_tokens
-    )
-    processor.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -815,22 +701,6 @@ def test_resuming_from_a_checkpoint_reproduces_the_next_steps(model_dir, media_r
 
 
 # --- examples/train.py -----------------------------------------------------------------------------------------------
-
-
-def script_args(model_dir: Path, media_root: Path, output_dir: Path, *extra: str) -> list[str]:
-    return [
-        "--model_name_or_path",
-        str(model_dir),
-        "--data_path",
-        str(media_root / "chat.json"),
-        "--media_root",
-        str(media_root),
-        "--output_dir",
-        str(output_dir),
-        "--report_to",
-        "none",
-        *extra,
-    ]
 
 
 @pytest.mark.parametrize(
