@@ -256,9 +256,7 @@ def test_text_only_forward_is_the_language_models_own(model):
     assert len(sdpa_output.hidden_states) == len(eager_output.hidden_states) == layers + 1
     assert len(eager_output.attentions) == layers
     assert eager_output.attentions[0].shape == (2, config.text_config.num_attention_heads, 5, 5)
-    torch.testing.assert_close(
-        eager_output.hidden_states[-1], sdpa_output.hidden_states[-1], atol=1e-6, rtol=1e-4
-    )
+    torch.testing.assert_close(eager_output.hidden_states[-1], sdpa_output.hidden_states[-1], atol=1e-6, rtol=1e-4)
 
 
 def test_missing_or_misshaped_per_encoder_pixels_are_rejected(model):
@@ -665,3 +663,85 @@ def test_languagebind_layer_norms_use_the_configured_epsilon():
     norms = [module for module in MervLanguageBindVideoModel(config).modules() if isinstance(module, nn.LayerNorm)]
     assert len(norms) == 2 + 3 * config.num_hidden_layers  # pre/post, and three per layer (temporal, attention, MLP)
     assert {norm.eps for norm in norms} == {1e-3}
+
+
+# --- frozen features (what a feature store keeps) --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"alignment_pooling": "avg"},
+        {"alignment_pooling": "3dconv", "alignment_temporal_stride": 2},
+        {"alignment_pooling": "attntv", "alignment_attention_heads": 4},
+        {"alignment_pooling": "conv", "alignment_conv_depth": 1},
+        {"alignment_pooling": "none", "fusion_type": "concat_tokens"},
+    ],
+)
+def test_frozen_features_complete_to_the_video_features_for_every_pooling(overrides):
+    """The frozen part ends after a resampler without parameters (pooled tokens) and before one with parameters
+    (the encoders' tokens); projecting and fusing them gives `get_video_features` exactly."""
+    config = tiny_config(**overrides)
+    torch.manual_seed(0)
+    model = MervForConditionalGeneration(config).eval()
+    pixels = random_pixels(config, batch_size=2, seed=3)
+    with torch.no_grad():
+        frozen = model.model.get_frozen_video_features(pixels)
+        expected = model.get_video_features(pixels, output_encoder_features=True)
+        found = model.model.get_video_features_from_frozen(frozen, output_encoder_features=True)
+    pooled = config.alignment_pooling in ("3davg", "avg", "none")
+    for name, shape in config.frozen_feature_shapes().items():
+        assert frozen[name].shape == (2, *shape)
+        tokens = config.encoder_num_visual_tokens(name) if pooled else config.encoder_num_selected_tokens(name)
+        assert shape == (tokens, config.encoder_config(name).hidden_size)
+        if not pooled:
+            assert torch.equal(frozen[name], expected.encoder_features[name])
+        assert torch.equal(found.projected_features[name], expected.projected_features[name])
+    assert torch.equal(found.pooler_output, expected.pooler_output)
+    if expected.fusion_weights is not None:
+        assert torch.equal(found.fusion_weights, expected.fusion_weights)
+
+
+def test_forward_from_frozen_features_equals_forward_from_pixels(model):
+    config = model.config
+    input_ids, pixels = _prompt(config, batch_size=2), random_pixels(config, batch_size=2, seed=7)
+    labels = input_ids.clone()
+    with torch.no_grad():
+        frozen = model.model.get_frozen_video_features(pixels)
+        expected = model(input_ids=input_ids, pixel_values_videos=pixels, labels=labels)
+        found = model(input_ids=input_ids, frozen_video_features=frozen, labels=labels)
+    assert torch.equal(found.logits, expected.logits) and torch.equal(found.loss, expected.loss)
+
+
+def test_generate_takes_frozen_features_through_mm_encoder_outputs(model):
+    config = model.config
+    input_ids, pixels = _prompt(config), random_pixels(config, seed=9)
+    with torch.no_grad():
+        expected = model.generate(input_ids=input_ids, pixel_values_videos=pixels, max_new_tokens=4, do_sample=False)
+        features = model.model.get_video_features_from_frozen(model.model.get_frozen_video_features(pixels))
+        found = model.generate(
+            input_ids=input_ids, mm_encoder_outputs={"video": features}, max_new_tokens=4, do_sample=False
+        )
+        with pytest.raises(ValueError, match=r"to generate, pass `mm_encoder_outputs="):
+            model.generate(
+                input_ids=input_ids,
+                frozen_video_features=model.model.get_frozen_video_features(pixels),
+                max_new_tokens=4,
+            )
+    assert torch.equal(found, expected)
+
+
+def test_frozen_features_of_another_shape_or_with_pixels_are_rejected(model):
+    config = model.config
+    input_ids, pixels = _prompt(config), random_pixels(config)
+    frozen = model.model.get_frozen_video_features(pixels)
+    tokens, dim = config.frozen_feature_shapes()["dinov2"]
+    with pytest.raises(
+        ValueError, match=rf"`frozen_video_features\['dinov2'\]` must have shape \(videos, {tokens}, {dim}\)"
+    ):
+        model(input_ids=input_ids, frozen_video_features={**frozen, "dinov2": frozen["dinov2"][:, 1:]})
+    with pytest.raises(ValueError, match=r"`frozen_video_features` lacks encoders \['siglip'\]"):
+        model(input_ids=input_ids, frozen_video_features={k: v for k, v in frozen.items() if k != "siglip"})
+    with pytest.raises(ValueError, match=r"Pass one of .* got \['pixel_values_videos', 'frozen_video_features'\]"):
+        model(input_ids=input_ids, pixel_values_videos=pixels, frozen_video_features=frozen)
