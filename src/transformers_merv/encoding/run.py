@@ -30,11 +30,11 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from ..evaluation.runs import from_main_process, launched_processes
 from ..inference.batching import batches, group_by
 from ..inference.devices import DTYPES
 from ..inference.feature_store import FeatureStore, compute_frozen_features, feature_fingerprint, feature_key
 from ..inference.loading import AUTO, load_model, load_processor
-from ..evaluation.runs import from_main_process, launched_processes
 from ..modeling_merv import MervVideoModel
 from ..utils.console import first_line
 from ..video_io import load_image
@@ -155,7 +155,8 @@ def encode_features(
             else flipped_languagebind
         )
         store = FeatureStore.create(output, feature_fingerprint(video_model, processor), flip)
-        plan = from_main_process(_plan(_hashed(items, store, state), store) if state.is_main_process else None)
+        works = _hashed(items, store, state)
+        plan = from_main_process(_plan(works, store) if state.is_main_process else None)
         share = plan.pending[state.process_index :: state.num_processes]
         _announce(state, plan, share)
         encoder = _Encoder(video_model, processor, store, batch_size)
