@@ -645,6 +645,9 @@ class MervPreTrainedModel(PreTrainedModel):
 )
 class MervVideoModel(MervPreTrainedModel):
     main_input_name = "pixel_values_videos"  # no text: activation checkpointing hooks no input embeddings
+    _keys_to_ignore_on_load_unexpected = [r"^model\.language_model\.", r"^lm_head\."]
+    """Loaded from a whole MERV checkpoint (`MervForConditionalGeneration`'s), the video half leaves the language
+    model's weights and the head unread, without listing them as unexpected."""
 
     def __init__(self, config: MervConfig):
         super().__init__(config)

@@ -1,10 +1,11 @@
 """The `merv` command: ask a question about a video, evaluate on the authors' files, explain the encoder fusion,
-convert the authors' checkpoints, serve a model.
+store the frozen encoders' features, convert the authors' checkpoints, serve a model.
 
     merv ask VIDEO "QUESTION" ["QUESTION" ...]
     merv chat VIDEO
     merv eval --questions Q.json --answers A.json --video-dir DIR --mode {open-ended,mcq} --output results.json
     merv explain VIDEO "QUESTION" --plot fusion.png
+    merv encode SOURCE [SOURCE ...] --output STORE [--video-dir DIR]
     merv convert --run-dir RUN --llm LLM_DIR [--languagebind DIR ...] --output-dir OUT
     merv serve MODEL [--host HOST] [--port PORT] [extra vLLM flags...]
 
@@ -17,12 +18,12 @@ import argparse
 from collections.abc import Sequence
 
 from ..utils.console import add_debug_argument, run_reporting_errors
-from . import ask, chat, convert, evaluate, explain, serve
+from . import ask, chat, convert, encode, evaluate, explain, serve
 from .errors import REPORTED_ERRORS
 
 
 PROG = "merv"
-COMMANDS = (ask, chat, evaluate, explain, convert, serve)
+COMMANDS = (ask, chat, evaluate, explain, encode, convert, serve)
 """One module per command, each with `register(commands)`; listed in `merv --help` in this order."""
 
 

@@ -1,6 +1,7 @@
 """What `merv` reports as one line."""
 
 from ..evaluation import EvaluationRunError
+from ..inference.feature_store import FeatureStoreError
 from ..utils.console import EXPECTED_ERRORS
 
 
@@ -8,5 +9,5 @@ class CliError(Exception):
     """A problem with the user's input, reported as one line."""
 
 
-REPORTED_ERRORS = (*EXPECTED_ERRORS, CliError, EvaluationRunError)
+REPORTED_ERRORS = (*EXPECTED_ERRORS, CliError, EvaluationRunError, FeatureStoreError)
 """Errors `merv` reports by their message alone (anything else adds its type and a pointer to `--debug`)."""

@@ -52,15 +52,16 @@ def load_processor(model_id: str):
         raise _load_error(model_id, err) from err
 
 
-def load_model(model_id: str, device: torch.device, dtype: str = AUTO):
-    """The model of `model_id` (`AutoModel`) on `device` in eval mode, in `dtype` (a name of `DTYPES`, or `AUTO`).
-    Warns on stderr when that dtype is slow on this CPU."""
+def load_model(model_id: str, device: torch.device, dtype: str = AUTO, model_class: type | None = None):
+    """The model of `model_id` (as `model_class`, default `AutoModel`: `MervVideoModel` reads only the video half)
+    on `device` in eval mode, in `dtype` (a name of `DTYPES`, or `AUTO`). Warns on stderr when that dtype is slow on
+    this CPU."""
     from transformers import AutoModel
 
     try:
         dtype = auto_dtype(device) if dtype == AUTO else DTYPES[dtype]
         with transformers_logs_shown_on_success():
-            model = AutoModel.from_pretrained(model_id, dtype=dtype, **check_model_id(model_id))
+            model = (model_class or AutoModel).from_pretrained(model_id, dtype=dtype, **check_model_id(model_id))
     except Exception as err:  # noqa: BLE001 - any loading failure becomes one line naming the file
         raise _load_error(model_id, err) from err
     if device.type == "cpu" and not cpu_has_native(model.dtype):
