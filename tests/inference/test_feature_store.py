@@ -3,6 +3,7 @@ serve a stale feature, exact round trips, flipped LanguageBind features, readers
 an index whose torn last line (a killed writer) is ignored."""
 
 import copy
+import os
 import shutil
 from unittest import mock
 
@@ -38,7 +39,7 @@ def video(tmp_path):
 
 def _store_with(path, shipped, video, features, dtype=None) -> tuple[FeatureStore, str]:
     model, processor = shipped
-    store = FeatureStore.create(path, feature_fingerprint(model, processor, dtype))
+    store = FeatureStore.create(path, feature_fingerprint(model, processor, dtype or model.dtype))
     with store.writer() as writer:
         key = writer.add(video, None, features)
     return store, key
@@ -46,7 +47,7 @@ def _store_with(path, shipped, video, features, dtype=None) -> tuple[FeatureStor
 
 def test_a_fingerprint_mismatch_names_every_difference(shipped, tmp_path):
     model, processor = shipped
-    FeatureStore.create(tmp_path / "store", feature_fingerprint(model, processor))
+    FeatureStore.create(tmp_path / "store", feature_fingerprint(model, processor, model.dtype))
     changed = copy.deepcopy(model)
     with torch.no_grad():
         next(changed.model.vision_towers["siglip"].parameters()).add_(1e-3)
@@ -94,7 +95,9 @@ def test_flipped_features_are_the_models_on_horizontally_flipped_languagebind_fr
     expected = model.model.get_frozen_video_features(flipped_pixels)
     assert torch.equal(flipped, expected["languagebind"])
     assert not torch.equal(flipped, features["languagebind"])
-    store = FeatureStore.create(tmp_path / "store", feature_fingerprint(model, processor), flipped_languagebind=True)
+    store = FeatureStore.create(
+        tmp_path / "store", feature_fingerprint(model, processor, model.dtype), flipped_languagebind=True
+    )
     with store.writer() as writer:
         key = writer.add(video, None, {name: f[0] for name, f in features.items()}, flipped_languagebind=flipped[0])
     assert torch.equal(store.get(key, flipped=True)["languagebind"], expected["languagebind"][0])
@@ -103,7 +106,7 @@ def test_flipped_features_are_the_models_on_horizontally_flipped_languagebind_fr
 
 def test_a_reader_sees_another_writers_records_after_refresh(shipped, video, video_features, tmp_path):
     model, processor = shipped
-    reader = FeatureStore.create(tmp_path / "store", feature_fingerprint(model, processor))
+    reader = FeatureStore.create(tmp_path / "store", feature_fingerprint(model, processor, model.dtype))
     writing, key = _store_with(tmp_path / "store", shipped, video, video_features[1])
     assert key in writing and key not in reader
     reader.refresh()
@@ -117,3 +120,11 @@ def test_a_torn_last_index_line_is_ignored(shipped, video, video_features, tmp_p
         file.write(b'{"key": "0123", "source": "/killed/while/writi')
     reopened = FeatureStore.open(store.path, store.fingerprint)
     assert len(reopened) == 1 and key in reopened and "0123" not in reopened
+
+
+def test_shards_get_the_mode_of_any_new_file(shipped, video, video_features, tmp_path):
+    """safetensors writes 0600 files; a store shared between users must be readable as the umask allows."""
+    store, _ = _store_with(tmp_path / "store", shipped, video, video_features[1])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {shard.stat().st_mode & 0o777 for shard in store.path.glob("shard-*.safetensors")} == {0o666 & ~umask}

@@ -154,7 +154,7 @@ def encode_features(
             if flipped_languagebind is None
             else flipped_languagebind
         )
-        store = FeatureStore.create(output, feature_fingerprint(video_model, processor), flip)
+        store = FeatureStore.create(output, feature_fingerprint(video_model, processor, video_model.dtype), flip)
         works = _hashed(items, store, state)
         plan = from_main_process(_plan(works, store) if state.is_main_process else None)
         share = plan.pending[state.process_index :: state.num_processes]

@@ -437,6 +437,7 @@ class StoreWriter:
             shard = f"shard-{self.id}-{self._shards:05d}.safetensors"
             temporary = self.store.path / f".{shard}.partial"
             save_file(self._tensors, temporary)
+            _make_readable_as_umask_allows(temporary)
             _sync(temporary)
             os.replace(temporary, self.store.path / shard)
             self._shards += 1
@@ -451,6 +452,14 @@ class StoreWriter:
                 os.fsync(file.fileno())
         self._tensors, self._records, self._bytes, self._started = {}, [], 0, None
         self.store.refresh()
+
+
+def _make_readable_as_umask_allows(path: Path) -> None:
+    """safetensors writes files readable by their owner only (mode 0600); give a shard the mode any new file gets
+    (0666 less the umask), so a store shared between users is readable."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def _sync(path: Path) -> None:
