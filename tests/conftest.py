@@ -1,7 +1,7 @@
 """Shared test helpers: paths to the repository and ../shared, tiny configs, converted fixtures, the shipped model,
-the training tests' synthetic videos and fast tiny model, numerical tolerances, and the bad inputs every entry point
-must refuse. The test files, one folder per unit, import them with `from conftest import ...` (pytest puts this
-folder on `sys.path`); no test module imports another."""
+the training tests' synthetic videos, fast tiny model and feature store, numerical tolerances, and the bad inputs
+every entry point must refuse. The test files, one folder per unit, import them with `from conftest import ...`
+(pytest puts this folder on `sys.path`); no test module imports another."""
 
 import functools
 import http.server
@@ -44,7 +44,13 @@ from transformers_merv.inference.prefix_cache import (  # noqa: E402
     prompt_ids,
     question_conversation,
 )
+from transformers_merv.inference.feature_store import (  # noqa: E402
+    FeatureStore,
+    compute_frozen_features,
+    feature_fingerprint,
+)
 from transformers_merv.training import run as training_run  # noqa: E402
+from transformers_merv.video_io import load_image  # noqa: E402
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -434,7 +440,6 @@ def model_dir(tmp_path_factory, converted_full) -> Path:
     return directory
 
 
-
 def script_args(model_dir: Path, media_root: Path, output_dir: Path, *extra: str) -> list[str]:
     return [
         "--model_name_or_path",
@@ -449,3 +454,36 @@ def script_args(model_dir: Path, media_root: Path, output_dir: Path, *extra: str
         "none",
         *extra,
     ]
+
+
+def media_files(media_root: Path) -> list[Path]:
+    """The readable media of `media_root`: its four videos and its image."""
+    return [media_root / f"{name}.mp4" for name in COLOURS] + [media_root / "red.png"]
+
+
+def build_store(
+    model_dir: Path, media_root: Path, path: Path, flipped: bool = False, num_threads: int | None = None
+) -> FeatureStore:
+    """A float32 store of every medium of `media_root` (with the corrupted video recorded as unreadable), its features
+    computed on `num_threads` threads (torch's setting by default; restored after)."""
+    model = MervForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    store = FeatureStore.create(path, feature_fingerprint(model, processor, torch.float32), flipped)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(num_threads or threads)
+    try:
+        with store.writer() as writer:
+            for media in media_files(media_root):
+                video = load_image(media, str(media)) if media.suffix == ".png" else media
+                pixels = processor.video_processor([video])["pixel_values_videos"]
+                features, mirrored = compute_frozen_features(model, pixels, flipped)
+                writer.add(
+                    media,
+                    None,
+                    {name: tensor[0] for name, tensor in features.items()},
+                    flipped_languagebind=None if mirrored is None else mirrored[0],
+                )
+            writer.add_failure(media_root / "corrupted.mp4", None, "invalid data found when processing input")
+    finally:
+        torch.set_num_threads(threads)
+    return store

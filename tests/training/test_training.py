@@ -31,7 +31,6 @@ from transformers_merv import (
 from transformers_merv.compat import activation_checkpointing_argument
 from transformers_merv.inference.devices import default_device, native_bf16
 from transformers_merv.media_limits import MediaLimitError
-from transformers_merv.video_io import load_image
 from transformers_merv.synthetic import generate_dataset
 from transformers_merv.training import (
     IGNORE_INDEX,
@@ -49,8 +48,6 @@ from transformers_merv.inference.feature_store import (
     FeatureStore,
     FeatureStoreError,
     FeatureStoreMismatchError,
-    compute_frozen_features,
-    feature_fingerprint,
 )
 from transformers_merv.modeling_merv import MervVideoModel
 from transformers_merv.training.data import logger as data_logger
@@ -58,9 +55,9 @@ from transformers_merv.training.run import open_feature_store
 from transformers_merv.training.lora import logger as lora_logger
 
 from conftest import (
-    COLOURS,
     EXAMPLE_VIDEO,
     NOT_REGULAR_FILES,
+    build_store,
     caption,
     conversation,
     script_args,
@@ -860,30 +857,6 @@ OUTPUT_INVARIANT = {"model.fusion.key_proj.bias"}
 """Parameters that change no output, so their gradient is zero up to rounding (1e-9, measured): AdamW turns such
 noise into full learning-rate steps of its sign, and they drift apart between any two runs that round differently.
 `test_the_fusion_key_bias_changes_no_output` checks the invariance."""
-
-
-def media_files(media_root: Path) -> list[Path]:
-    """The readable media of `media_root`: its four videos and its image."""
-    return [media_root / f"{name}.mp4" for name in COLOURS] + [media_root / "red.png"]
-
-
-def build_store(model_dir: Path, media_root: Path, path: Path, flipped: bool = False) -> FeatureStore:
-    """A float32 store of every medium of `media_root` (with the corrupted video recorded as unreadable)."""
-    model, processor = load_model(model_dir).eval(), AutoProcessor.from_pretrained(model_dir)
-    store = FeatureStore.create(path, feature_fingerprint(model, processor, torch.float32), flipped)
-    with store.writer() as writer:
-        for media in media_files(media_root):
-            video = load_image(media, str(media)) if media.suffix == ".png" else media
-            pixels = processor.video_processor([video])["pixel_values_videos"]
-            features, mirrored = compute_frozen_features(model, pixels, flipped)
-            writer.add(
-                media,
-                None,
-                {name: tensor[0] for name, tensor in features.items()},
-                flipped_languagebind=None if mirrored is None else mirrored[0],
-            )
-        writer.add_failure(media_root / "corrupted.mp4", None, "invalid data found when processing input")
-    return store
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ defaults of its command line (see that script for usage)."""
 import argparse
 import logging
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -11,6 +12,7 @@ import transformers
 from peft import get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoProcessor, HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.hf_argparser import string_to_bool
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from ..compat import activation_checkpointing_argument
 from ..modeling_merv import MervForConditionalGeneration
@@ -200,11 +202,29 @@ def load_model(merv_args: MervArguments, training_args: TrainingArguments) -> Me
     return model
 
 
+@contextmanager
+def whole_encoder_weights(model):
+    """The encoders' whole weights in every process for the time of the block. Under DeepSpeed ZeRO-3 each process
+    holds a partition of each parameter (`from_pretrained` partitions them as it loads), and reading a parameter
+    outside its forward gives an empty placeholder; the encoders' parameters are gathered (once, about as much
+    memory as the encoders' weights) and partitioned again after."""
+    if not is_deepspeed_zero3_enabled():
+        yield
+        return
+    import deepspeed  # ZeRO-3 runs only with DeepSpeed installed
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    with deepspeed.zero.GatheredParameters(list(base.model.vision_towers.parameters()), modifier_rank=None):
+        yield
+
+
 def open_feature_store(path: str, model, processor) -> FeatureStore:
     """The feature store at `path`, checked against the model's encoders and the processor (`FeatureStoreError`
     naming what differs). The stages train what follows the frozen features only, so the store stands in for
     decoding and the encoders in every stage."""
-    store = FeatureStore.open(path, feature_fingerprint(model, processor))
+    with whole_encoder_weights(model):
+        fingerprint = feature_fingerprint(model, processor)
+    store = FeatureStore.open(path, fingerprint)
     logger.info(f"Videos from the feature store {path} ({len(store)} videos, {store.dtype}): no decoding, no encoders")
     return store
 
