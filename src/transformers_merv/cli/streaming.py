@@ -1,6 +1,7 @@
 """Answers written as they are generated, on one line each: `merv ask` and `merv chat` with `--stream`."""
 
 import argparse
+import re
 import sys
 from typing import TextIO
 
@@ -10,6 +11,10 @@ from transformers.generation.streamers import BaseStreamer
 from .errors import CliError
 from .video_questions import one_line
 
+
+BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+"""A byte-fallback token (SentencePiece, Llama's tokenizer): a run of them decodes as one UTF-8 sequence, so a later
+byte can turn the whole run into replacement characters."""
 
 def settled(answer: str) -> str:
     """The part of a partly generated answer that more tokens cannot change: the text before its last whitespace
@@ -37,17 +42,25 @@ class OneLineStreamer(BaseStreamer):
         if value.dim() > 1 and value.shape[0] > 1:
             raise ValueError("OneLineStreamer streams one answer: generate one sequence (no beams, batch of one)")
         self._ids += value.flatten().tolist()
-        self._write(one_line(settled(self._answer())).rstrip())
+        self._write(one_line(settled(self._answer(self._ids[: self._bytes_start()]))).rstrip())
 
     def end(self) -> None:
         """Write the rest of the answer and the newline, and get ready for the next answer."""
-        self._write(one_line(self._answer()))
+        self._write(one_line(self._answer(self._ids)))
         self.stream.write("\n")
         self.stream.flush()
         self._prompt_skipped, self._ids, self._written = False, [], ""
 
-    def _answer(self) -> str:
-        return self.tokenizer.decode(self._ids, skip_special_tokens=True).strip()
+    def _answer(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def _bytes_start(self) -> int:
+        """Where the trailing run of byte-fallback tokens starts (the text they decode to may still change)."""
+        tokens = self.tokenizer.convert_ids_to_tokens(self._ids)
+        start = len(tokens)
+        while start and BYTE_TOKEN.fullmatch(tokens[start - 1]):
+            start -= 1
+        return start
 
     def _write(self, text: str) -> None:
         """Write what `text` adds to the text written so far."""
