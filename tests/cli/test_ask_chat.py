@@ -244,3 +244,11 @@ def test_compile_without_a_cpp_compiler_fails_naming_it(capsys):
     with inductor_config.patch({"cpp.cxx": ("no-such-c++",)}):
         assert main(["ask", str(VIDEO), QUESTIONS[0], "--compile", "--device", "cpu"]) == 1
     assert "--compile: torch.compile on the CPU needs a C++ compiler" in capsys.readouterr().err
+
+
+def test_ask_compiled_prints_the_eager_answers(capsys):
+    argv = ["ask", str(VIDEO), *QUESTIONS, "--max-new-tokens", STREAMED_NEW_TOKENS]
+    assert main(argv) == 0
+    eager = capsys.readouterr().out
+    assert main([*argv, "--compile"]) == 0
+    assert capsys.readouterr().out == eager and len(eager.splitlines()) == len(QUESTIONS)

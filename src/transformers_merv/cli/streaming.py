@@ -16,6 +16,7 @@ BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 """A byte-fallback token (SentencePiece, Llama's tokenizer): a run of them decodes as one UTF-8 sequence, so a later
 byte can turn the whole run into replacement characters."""
 
+
 def settled(answer: str) -> str:
     """The part of a partly generated answer that more tokens cannot change: the text before its last whitespace
     (the last word may still grow or decode differently, e.g. an incomplete UTF-8 character)."""
