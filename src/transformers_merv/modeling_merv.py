@@ -1001,8 +1001,10 @@ class MervModel(MervVideoModel):
             video_features = video_outputs.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, video_features)
             inputs_embeds = inputs_embeds.masked_scatter(mask, video_features)
-        elif cache is None or cache.get_seq_length() == 0:
-            # a prompt with placeholders but no video would feed the untrained placeholder embedding to the LLM
+        elif cache is None or (not torch.compiler.is_compiling() and cache.get_seq_length() == 0):
+            # a prompt with placeholders but no video would feed the untrained placeholder embedding to the LLM (a
+            # compiled forward decodes after an eager prefill: its cache is never empty, and this test would break the
+            # graph on a static cache's length tensor)
             self.get_placeholder_mask(input_ids, inputs_embeds, None)
 
         outputs = self.language_model(

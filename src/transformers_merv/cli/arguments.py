@@ -83,6 +83,23 @@ def add_question_arguments(parser: argparse.ArgumentParser, questions: str | Non
     window.add_argument("--end-frame", type=int, help="sample frames 0..END_FRAME instead")
 
 
+def add_fast_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--stream`/`--no-stream` and `--compile` (`merv ask` and `merv chat`)."""
+    generation = next(group for group in parser._action_groups if group.title == "generation")
+    generation.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        help="write each answer as it is generated, word by word (default: when stdout is a terminal); several "
+        "questions are then answered one at a time, in order (not with beam search)",
+    )
+    generation.add_argument(
+        "--compile",
+        action="store_true",
+        help="decode with a static KV cache and a torch.compile'd forward: the same answers, faster decoding after a "
+        "one-time compilation (needs a C++ compiler on the CPU, Triton on a GPU)",
+    )
+
+
 def generation_kwargs(args: argparse.Namespace, model) -> dict[str, Any]:
     """The generation flags the user gave (`max_new_tokens` always: the flag, else the model's default)."""
     kwargs = {name: getattr(args, name) for name in GENERATION_FLAGS if getattr(args, name) not in (None, False)}

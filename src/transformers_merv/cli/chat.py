@@ -4,7 +4,8 @@ import argparse
 import sys
 
 from ..inference.prefix_cache import VideoChat
-from .arguments import add_question_arguments, generation_kwargs
+from .arguments import add_fast_generation_arguments, add_question_arguments, generation_kwargs
+from .streaming import stream_kwargs
 from .video_questions import encode_from_args, one_line
 
 
@@ -22,13 +23,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         f"{' or '.join(EXIT_WORDS)} or end of input ends.",
     )
     add_question_arguments(parser, None)
+    add_fast_generation_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Answer questions read from stdin until `exit`, `quit` or the end of input; empty lines are skipped."""
     model, processor, prefix = encode_from_args(args)
-    chat, generation = VideoChat(model, processor, prefix), generation_kwargs(args, model)
+    chat = VideoChat(model, processor, prefix, compile=args.compile)
+    streaming = stream_kwargs(args, processor)
+    generation = {**generation_kwargs(args, model), **streaming}
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"Chat about {args.video}; {' or '.join(EXIT_WORDS)} or Ctrl-D ends.", file=sys.stderr)
@@ -42,4 +46,6 @@ def run(args: argparse.Namespace) -> int:
         if question.lower() in EXIT_WORDS:
             return 0
         if question:
-            print(one_line(chat.ask(question, **generation)), flush=True)
+            answer = chat.ask(question, **generation)
+            if not streaming:  # the streamer has written it
+                print(one_line(answer), flush=True)

@@ -15,6 +15,7 @@ from ..inference.loading import load_model, load_processor
 from ..media_limits import is_url
 from ..utils.console import first_line
 from ..inference.prefix_cache import VideoPrefix, prefill_pixels, process_video, question_inputs
+from ..inference.static_cache import compile_problem
 from .arguments import clip_window_of, generation_kwargs
 from .errors import CliError
 
@@ -53,11 +54,14 @@ def answer_from_args(args: argparse.Namespace) -> tuple[Any, str, Any]:
 
 def encode_from_args(args: argparse.Namespace) -> tuple[Any, Any, VideoPrefix]:
     """Load the processor, read the video (failing fast), load the model, encode the video and its prompt prefix:
-    (model, processor, `VideoPrefix`)."""
+    (model, processor, `VideoPrefix`). With `--compile`, first check that torch.compile can run on the device."""
     processor = load_processor(model_id(args))
     with reading(args.video):
         pixels = process_video(processor, args.video, clip_window_of(args))
-    model = load_model(model_id(args), resolve_device(args.device), args.dtype)
+    device = resolve_device(args.device)
+    if args.compile and (problem := compile_problem(device)):
+        raise CliError(f"--compile: {problem}")
+    model = load_model(model_id(args), device, args.dtype)
     return model, processor, prefill_pixels(model, processor, pixels)
 
 

@@ -31,6 +31,7 @@ from transformers.cache_utils import Cache
 
 from ..compat import cache_kwargs, output_cache
 from ..modeling_merv import MervVideoFeaturesOutput
+from .static_cache import COMPILE_CONFIG, StaticPromptCache
 
 
 DEFAULT_MAX_CACHED_VIDEOS = 4
@@ -135,7 +136,9 @@ def prefill_video(
 
 
 @torch.inference_mode()
-def prefill_pixels(model, processor, pixel_values_videos: torch.Tensor, chat_template: str | None = None) -> VideoPrefix:
+def prefill_pixels(
+    model, processor, pixel_values_videos: torch.Tensor, chat_template: str | None = None
+) -> VideoPrefix:
     """`prefill_video` for an already decoded video (`process_video`'s output, a batch of one)."""
     video_features = model.get_video_features(pixel_values_videos.to(model.device, model.dtype))
     input_ids = torch.tensor([shared_prefix_ids(processor, chat_template)], device=model.device)
@@ -144,11 +147,20 @@ def prefill_pixels(model, processor, pixel_values_videos: torch.Tensor, chat_tem
 
 
 @torch.inference_mode()
-def generate_from_cache(model, processor, cached: CachedPrompt, prompts: Sequence[Sequence[int]], **generation):
+def generate_from_cache(
+    model,
+    processor,
+    cached: CachedPrompt,
+    prompts: Sequence[Sequence[int]],
+    static: StaticPromptCache | None = None,
+    **generation,
+):
     """`model.generate` for whole prompts (token ids) that start with (part of) `cached.input_ids`: the shared
     tokens come from one copy of the cache, the rest are padded on the left of each prompt's own part (masked,
     positions continuing the shared part). Returns generate's output (`return_dict_in_generate=True`) and the
-    `input_ids` given to it, whose length `processor.batch_decode(..., prompt_ids=...)` cuts off."""
+    `input_ids` given to it, whose length `processor.batch_decode(..., prompt_ids=...)` cuts off.
+
+    With `static`, the copy goes into its static cache and the decoding steps run compiled (`static_cache`)."""
     length = cached.reusable_length(prompts)
     padded = processor.tokenizer.pad(
         {"input_ids": [list(ids[length:]) for ids in prompts]},
@@ -159,7 +171,12 @@ def generate_from_cache(model, processor, cached: CachedPrompt, prompts: Sequenc
     shared = cached.input_ids[:, :length].expand(len(prompts), -1)
     input_ids = torch.cat([shared, padded["input_ids"].to(shared.device)], dim=1)
     attention_mask = torch.cat([torch.ones_like(shared), padded["attention_mask"].to(shared.device)], dim=1)
-    cache = cached.cache_for(length, len(prompts) * _rows_per_prompt(model, generation))
+    rows = len(prompts) * _rows_per_prompt(model, generation)
+    if static is None:
+        cache = cached.cache_for(length, rows)
+    else:
+        cache = static.prepare(cached.cache, length, rows, _total_length(model, generation, input_ids.shape[1]))
+        generation = {"compile_config": COMPILE_CONFIG, **generation}
     output = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -170,11 +187,23 @@ def generate_from_cache(model, processor, cached: CachedPrompt, prompts: Sequenc
     return output, input_ids
 
 
-def _rows_per_prompt(model, generation: Mapping[str, Any]) -> int:
-    """How many rows `generate` runs per prompt (beams or returned sequences): the cache is given expanded."""
+def _generation_config(model, generation: Mapping[str, Any]):
+    """The model's generation config updated with the `generate` kwargs `generation`."""
     config = copy.deepcopy(model.generation_config)
     config.update(**{key: value for key, value in generation.items() if hasattr(config, key)})
+    return config
+
+
+def _rows_per_prompt(model, generation: Mapping[str, Any]) -> int:
+    """How many rows `generate` runs per prompt (beams or returned sequences): the cache is given expanded."""
+    config = _generation_config(model, generation)
     return max(config.num_beams or 1, config.num_return_sequences or 1)
+
+
+def _total_length(model, generation: Mapping[str, Any], prompt_length: int) -> int:
+    """The longest sequence `generate` can reach from a prompt of `prompt_length` tokens."""
+    config = _generation_config(model, generation)
+    return prompt_length + config.max_new_tokens if config.max_new_tokens else max(config.max_length, prompt_length)
 
 
 def answer_questions(
@@ -183,19 +212,25 @@ def answer_questions(
     prefix: VideoPrefix,
     questions: Sequence[str],
     batch_size: int | None = None,
+    compile: bool = False,
     **generation,
 ) -> list[str]:
     """The answers to `questions` about the video of `prefix`, in order, `batch_size` questions at a time (all at
-    once by default). `generation` goes to `model.generate` (e.g. `max_new_tokens`)."""
-    size = batch_size or max(len(questions), 1)
+    once by default). `generation` goes to `model.generate` (e.g. `max_new_tokens`).
+
+    `compile=True` decodes with a static cache and a compiled forward (`static_cache`), the same greedy ids; a last
+    batch short of `batch_size` is filled up with its last question (answered and dropped), so that every batch has
+    the rows the forward was compiled for."""
+    size = max(min(batch_size or len(questions), len(questions)), 1)
+    static = StaticPromptCache(model) if compile else None
     answers = []
     for start in range(0, len(questions), size):
-        prompts = [
-            prompt_ids(processor, question_conversation(question), prefix.chat_template)
-            for question in questions[start : start + size]
-        ]
-        output, input_ids = generate_from_cache(model, processor, prefix.prompt, prompts, **generation)
-        answers += processor.batch_decode(output.sequences, prompt_ids=input_ids, skip_special_tokens=True)
+        batch = questions[start : start + size]
+        padded = [*batch, *batch[-1:] * (size - len(batch))] if compile else batch
+        prompts = [prompt_ids(processor, question_conversation(question), prefix.chat_template) for question in padded]
+        output, input_ids = generate_from_cache(model, processor, prefix.prompt, prompts, static, **generation)
+        decoded = processor.batch_decode(output.sequences, prompt_ids=input_ids, skip_special_tokens=True)
+        answers += decoded[: len(batch)]
     return answers
 
 
@@ -203,10 +238,13 @@ class VideoChat:
     """A multi-turn conversation about one video: each turn's prompt is the whole conversation (as from scratch),
     and the tokens it shares with the previous turn's prompt and answer come from that turn's cache."""
 
-    def __init__(self, model, processor, prefix: VideoPrefix):
+    def __init__(self, model, processor, prefix: VideoPrefix, compile: bool = False):
+        """`compile=True`: every turn decodes with a static cache and a compiled forward (`static_cache`); the next
+        turn goes on in the same static cache while it has room."""
         self.model, self.processor, self.chat_template = model, processor, prefix.chat_template
         self.messages: list[dict[str, Any]] = []
         self._cached = prefix.prompt
+        self._static = StaticPromptCache(model) if compile else None
 
     def ask(self, question: str, **generation) -> str:
         """Answer `question` in the context of the conversation so far, and add both to it."""
@@ -215,7 +253,9 @@ class VideoChat:
             content.insert(0, {"type": "video"})
         messages = [*self.messages, {"role": "user", "content": content}]
         ids = prompt_ids(self.processor, messages, self.chat_template)
-        output, input_ids = generate_from_cache(self.model, self.processor, self._cached, [ids], **generation)
+        output, input_ids = generate_from_cache(
+            self.model, self.processor, self._cached, [ids], self._static, **generation
+        )
         answer = self.processor.batch_decode(output.sequences, prompt_ids=input_ids, skip_special_tokens=True)[0]
         if _rows_per_prompt(self.model, generation) == 1:  # beams leave a cache of several rows: keep the last one
             cache = output_cache(output)
