@@ -24,7 +24,12 @@ from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from transformers_merv import default_model_path
 from transformers_merv.inference.prefix_cache import question_inputs
-from transformers_merv.integrations.vllm.server import ServerProcess, server_command, server_environment, serving_chat_template
+from transformers_merv.integrations.vllm.server import (
+    ServerProcess,
+    server_command,
+    server_environment,
+    serving_chat_template,
+)
 from transformers_merv.testing_utils import write_moving_square
 
 
