@@ -212,7 +212,8 @@ def bare_server(tmp_path_factory) -> Iterator[ServerProcess]:
     port = free_port()
     argv = [sys.executable, "-m", "transformers_merv.cli", "serve", str(default_model_path()), "--port", str(port)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    yield from run_server([*argv, *EAGER_FLAGS], env, port, tmp_path_factory.mktemp("logs") / "bare.log")
+    flags = [*EAGER_FLAGS, "--allowed-local-media-path", "/"]
+    yield from run_server([*argv, *flags], env, port, tmp_path_factory.mktemp("logs") / "bare.log")
 
 
 @functools.cache

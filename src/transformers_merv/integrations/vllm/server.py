@@ -48,9 +48,15 @@ def serving_chat_template(processor) -> str:
     return BOS_TEMPLATE_PREFIX + template if adds_bos else template
 
 
+TRUST_REQUEST_OPTIONS_FLAG = "--trust-request-mm-kwargs"
+"""Lets requests choose their frame sampling (`mm_processor_kwargs`; vLLM refuses them without it): MERV takes only
+its four sampling options, each checked (`processing.check_sampling_options`), and bounded by the media limits."""
+
+
 def server_command(model: str, host: str, port: int, chat_template: str, extra_args: Sequence[str] = ()) -> list[str]:
     """argv of the vLLM server for `model`. `extra_args` come last, so a user's `--chat-template` or
-    `--allowed-local-media-path` replaces the default one (`file://` videos under the current directory)."""
+    `--allowed-local-media-path` replaces the default one (`file://` videos under the current directory), and
+    `--no-trust-request-mm-kwargs` turns per-request frame sampling off."""
     return [
         sys.executable,
         "-m",
@@ -65,6 +71,7 @@ def server_command(model: str, host: str, port: int, chat_template: str, extra_a
         chat_template,
         "--allowed-local-media-path",
         os.getcwd(),
+        TRUST_REQUEST_OPTIONS_FLAG,
         *extra_args,
     ]
 
