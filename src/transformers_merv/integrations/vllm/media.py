@@ -4,7 +4,7 @@ without decoding any frame; the video travels on as its bytes, which `MervVideoP
 
 import posixpath
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -42,7 +42,7 @@ class EncodedVideo(np.ndarray):
 
     source: str
 
-    def __new__(cls, data: bytes, source: str) -> "EncodedVideo":
+    def __new__(cls, data: bytes, source: str) -> Self:
         array = np.frombuffer(data, dtype=np.uint8).view(cls)
         array.source = source
         return array
