@@ -6,4 +6,4 @@ set -euo pipefail
 python3 -m venv .venv-vllm
 .venv-vllm/bin/pip install --no-deps -r .ci/constraints/vllm.txt
 .venv-vllm/bin/pip install --no-deps -e .
-HF_HUB_OFFLINE=1 .venv-vllm/bin/python -m pytest -q -m vllm tests/integrations/test_vllm_serving.py
+HF_HUB_OFFLINE=1 .venv-vllm/bin/python -m pytest -q -m vllm tests/integrations/test_vllm_processing.py tests/integrations/test_vllm_serving.py

@@ -11,6 +11,7 @@ the Python API, every `merv` command and training data loading alike):
 | `MERV_MAX_DECODED_BYTES` | 4 GiB | uint8 RGB bytes of the frames decoded from one video or image file |
 | `MERV_DECODE_TIMEOUT_S` | 600 | seconds spent reading and decoding one video |
 | `MERV_URL_TIMEOUT_S` | 30 | seconds a video URL may take to connect or to send more data |
+| `MERV_MAX_VIDEO_BYTES` | 256 MiB | bytes of one video file `merv serve` reads into memory (`file://`, `http(s)://` and `data:` URLs) |
 """
 
 import math
@@ -57,6 +58,7 @@ MAX_FRAME_PIXELS = MediaLimit("MERV_MAX_FRAME_PIXELS", 7680 * 4320, "pixels per 
 MAX_DECODED_BYTES = MediaLimit("MERV_MAX_DECODED_BYTES", 4 * 2**30, "bytes of decoded frames")
 DECODE_TIMEOUT_S = MediaLimit("MERV_DECODE_TIMEOUT_S", 600, "seconds")
 URL_TIMEOUT_S = MediaLimit("MERV_URL_TIMEOUT_S", 30, "seconds")
+MAX_VIDEO_BYTES = MediaLimit("MERV_MAX_VIDEO_BYTES", 256 * 2**20, "bytes per video file")
 
 
 class MediaLimitError(ValueError):
@@ -77,6 +79,12 @@ def check_frame_size(name: str, width: int, height: int, num_frames: int = 1) ->
             f"{name}: {num_frames} frames of {width}x{height} would decode to {decoded:,} bytes, over the limit of "
             f"{MAX_DECODED_BYTES.describe()}"
         )
+
+
+def check_video_bytes(name: str, size: int) -> None:
+    """Refuse a video file of `size` bytes over `MAX_VIDEO_BYTES` before it is read into memory."""
+    if size > MAX_VIDEO_BYTES.value():
+        raise MediaLimitError(f"{name} has {size:,} bytes, over the limit of {MAX_VIDEO_BYTES.describe()}")
 
 
 def check_regular_file(path: str | os.PathLike, name: str) -> None:

@@ -24,8 +24,14 @@ from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from transformers_merv import default_model_path
 from transformers_merv.inference.prefix_cache import question_inputs
-from transformers_merv.integrations.vllm.server import ServerProcess, server_command, server_environment, serving_chat_template
+from transformers_merv.integrations.vllm.server import (
+    ServerProcess,
+    server_command,
+    server_environment,
+    serving_chat_template,
+)
 from transformers_merv.testing_utils import write_moving_square
+from transformers_merv.video_io import clip_window
 
 
 pytestmark = pytest.mark.vllm
@@ -64,6 +70,15 @@ CHUNKED_PREFILL_FLAGS = [
     "DEBUG",  # the plugin logs each encoder run ("MERV encoded N videos") at debug level
 ]
 ENCODED_VIDEOS = re.compile(r"MERV encoded (\d+) videos")
+MAX_VIDEO_BYTES = 4 * 2**20
+MAX_FRAME_PIXELS = 1280 * 720
+"""The default server's `MERV_MAX_VIDEO_BYTES` and `MERV_MAX_FRAME_PIXELS`: above every test video (`corrupted.mp4`
+is 1280x720), below the over-limit ones `test_over_limit_video_is_a_4xx_naming_the_limit` sends."""
+LIMITS_ENV = {"MERV_MAX_VIDEO_BYTES": str(MAX_VIDEO_BYTES), "MERV_MAX_FRAME_PIXELS": str(MAX_FRAME_PIXELS)}
+TOP_LOGPROBS = 5
+LOGPROB_ATOL = 1e-3
+"""How far the server's float32 log-probabilities may lie from `generate`'s: vLLM's paged attention and fused
+kernels sum in another order than transformers' SDPA (measured differences are below 1e-4)."""
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
 QUESTIONS = ["What color is the square?", "Which way does the square move?", "How fast does the square move?"]
 
@@ -128,7 +143,7 @@ def default_server(tmp_path_factory) -> Iterator[ServerProcess]:
     encoder runs."""
     port = free_port()
     argv = [sys.executable, "-m", "transformers_merv.cli", "serve", str(default_model_path()), "--port", str(port)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **LIMITS_ENV}
     log = tmp_path_factory.mktemp("logs") / "default.log"
     yield from run_server([*argv, *SERVER_FLAGS, *EAGER_FLAGS, *CHUNKED_PREFILL_FLAGS], env, port, log)
 
@@ -191,23 +206,43 @@ def fixture_server(converted_fixture, tmp_path_factory) -> Iterator[ServerProces
 # --- reference: our generate --------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def bare_server(tmp_path_factory) -> Iterator[ServerProcess]:
+    """`merv serve MODEL` with no memory or dtype flag: on a CPU it chooses the KV cache size and dtype."""
+    port = free_port()
+    argv = [sys.executable, "-m", "transformers_merv.cli", "serve", str(default_model_path()), "--port", str(port)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    flags = [*EAGER_FLAGS, "--allowed-local-media-path", "/"]
+    yield from run_server([*argv, *flags], env, port, tmp_path_factory.mktemp("logs") / "bare.log")
+
+
 @functools.cache
 def reference_model(folder: str):
     model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
     return model, AutoProcessor.from_pretrained(folder)
 
 
-def reference_answer(folder: Path, video: Path, question: str) -> tuple[list[int], list[int]]:
-    """(prompt ids, greedy answer ids) of our processor and `generate`."""
+def reference_answer(
+    folder: Path, video: Path, question: str, window: dict | None = None
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, greedy answer ids) of our processor and `generate` (`merv ask`'s, `window` its sampling flags)."""
     model, processor = reference_model(str(folder))
-    inputs = question_inputs(processor, question, video, {})
+    inputs = question_inputs(processor, question, video, window or {})
     with torch.inference_mode():
         output = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)
     prompt = inputs["input_ids"][0].tolist()
     return prompt, output[0, len(prompt) :].tolist()
 
 
-def ask(server: ServerProcess, url: str, question: str):
+def ask(
+    server: ServerProcess,
+    url: str,
+    question: str,
+    window: dict | None = None,
+    extra_body: dict | None = None,
+    **options,
+):
+    """A chat completion about the video at `url`; `window`: the request's `mm_processor_kwargs`."""
     client = client_of(server)
     return client.chat.completions.create(
         model=client.models.list().data[0].id,
@@ -219,12 +254,19 @@ def ask(server: ServerProcess, url: str, question: str):
         ],
         max_tokens=MAX_TOKENS,
         temperature=0.0,
-        extra_body={"return_token_ids": True},
+        extra_body={
+            "return_token_ids": True,
+            **({"mm_processor_kwargs": window} if window else {}),
+            **(extra_body or {}),
+        },
+        **options,
     )
 
 
-def served_answer(server: ServerProcess, url: str, question: str) -> tuple[list[int], list[int]]:
-    response = ask(server, url, question)
+def served_answer(
+    server: ServerProcess, url: str, question: str, window: dict | None = None
+) -> tuple[list[int], list[int]]:
+    response = ask(server, url, question, window)
     return list(response.prompt_token_ids), list(response.choices[0].token_ids)
 
 
@@ -339,3 +381,193 @@ def test_bad_video_is_a_4xx_naming_it_and_the_server_keeps_serving(default_serve
     assert Path(parts.path).name in str(raised.value), raised.value
     response = ask(default_server, file_url(EXAMPLE_VIDEO), "What color is the circle?")
     assert response.choices[0].message.content.strip() == "red"
+
+
+# --- per-request frame sampling -----------------------------------------------------------------------------------
+
+WINDOWS = [clip_window(0.5, 2.5), clip_window(end_frame=6), {"fps": 2.0}]
+
+
+def test_windowed_requests_equal_merv_ask_and_do_not_share_cached_outputs(default_server, tmp_path):
+    """Each window's greedy answer is `merv ask --clip-start-sec ...`'s; the same video with another window is
+    processed and encoded again (vLLM's caches key on the bytes and `mm_processor_kwargs`), with the same window it
+    is not."""
+    video = write_moving_square(tmp_path / "windowed.mp4", COLORS["green"], step=5, frames=48)
+    question = QUESTIONS[1]
+    for window in WINDOWS:
+        expected = reference_answer(default_model_path(), video, question, window)
+        answers = []
+        encoded = videos_encoded_while(
+            default_server, lambda: answers.append(served_answer(default_server, file_url(video), question, window))
+        )
+        assert (encoded, answers[0]) == (1, expected), window
+    repeated = videos_encoded_while(
+        default_server, lambda: ask(default_server, file_url(video), question, WINDOWS[-1])
+    )
+    assert repeated == 0
+
+
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [
+        ({"clip_start_sec": -2}, "mm_processor_kwargs.clip_start_sec must be a finite number of seconds >= 0"),
+        ({"clip_start_sec": 2.0, "clip_end_sec": 1.0}, "mm_processor_kwargs.clip_end_sec must be a finite number"),
+        ({"end_frame": "5"}, "mm_processor_kwargs.end_frame must be an integer frame index >= 0"),
+        ({"fps": 100.0}, "at most the video's 8 fps"),
+        ({"size": 32}, "mm_processor_kwargs.size is not an option of MERV"),
+    ],
+)
+def test_bad_sampling_option_is_a_400_naming_it(default_server, window, message):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as raised:
+        ask(default_server, file_url(EXAMPLE_VIDEO), QUESTIONS[0], window)
+    assert message in str(raised.value), raised.value
+    assert (
+        ask(default_server, file_url(EXAMPLE_VIDEO), "What color is the circle?").choices[0].message.content.strip()
+        == "red"
+    )
+
+
+# --- streaming ----------------------------------------------------------------------------------------------------
+
+
+def test_streamed_text_equals_the_answer(default_server, media_dir):
+    video, question = requests_of(media_dir)[0]
+    client = client_of(default_server)
+    request = {
+        "model": client.models.list().data[0].id,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "video_url", "video_url": {"url": file_url(video)}},
+                    {"type": "text", "text": question},
+                ],
+            }
+        ],
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0.0,
+    }
+    expected = client.chat.completions.create(**request).choices[0].message.content
+    chunks = list(client.chat.completions.create(**request, stream=True))
+    assert len(chunks) > 2  # one chunk per token, not the answer at once
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices) == expected
+
+
+# --- log-probabilities --------------------------------------------------------------------------------------------
+
+
+def reference_top_logprobs(video: Path, question: str) -> list[dict[int, float]]:
+    """`generate`'s top-`TOP_LOGPROBS` log-probabilities (token id -> value) at each greedy step."""
+    model, processor = reference_model(str(default_model_path()))
+    inputs = question_inputs(processor, question, video, {})
+    with torch.inference_mode():
+        output = model.generate(
+            **inputs, max_new_tokens=MAX_TOKENS, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
+    steps = [torch.log_softmax(logits[0].float(), dim=-1).topk(TOP_LOGPROBS) for logits in output.logits]
+    return [dict(zip(step.indices.tolist(), step.values.tolist())) for step in steps]
+
+
+def served_top_logprobs(server: ServerProcess, video: Path, question: str) -> list[dict[int, float]]:
+    response = ask(
+        server,
+        file_url(video),
+        question,
+        extra_body={"return_tokens_as_token_ids": True},
+        logprobs=True,
+        top_logprobs=TOP_LOGPROBS,
+    )
+    return [
+        {int(top.token.removeprefix("token_id:")): top.logprob for top in step.top_logprobs}
+        for step in response.choices[0].logprobs.content
+    ]
+
+
+def test_top_logprobs_are_close_to_generate_on_8_requests(default_server, media_dir):
+    """vLLM's check for its models (`check_logprobs_close`), tighter: at every step of 8 answers the top-5 tokens are
+    `generate`'s and their log-probabilities lie within `LOGPROB_ATOL`."""
+    for video, question in requests_of(media_dir):
+        expected = reference_top_logprobs(video, question)
+        served = served_top_logprobs(default_server, video, question)
+        assert len(served) == len(expected)
+        for step, (mine, theirs) in enumerate(zip(served, expected)):
+            assert mine.keys() == theirs.keys(), (video.name, step)
+            for token, value in theirs.items():
+                assert mine[token] == pytest.approx(value, abs=LOGPROB_ATOL), (video.name, step, token)
+
+
+# --- request limits -----------------------------------------------------------------------------------------------
+
+
+def write_large_video(path: Path) -> Path:
+    """A 1920x1080 video (frames over `MAX_FRAME_PIXELS`), 2 frames."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
+        for _ in range(2):
+            frame = av.VideoFrame.from_ndarray(np.zeros((1080, 1920, 3), dtype=np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind", ["file over the size", "data URL over the size", "http over the size", "frames over the pixels"]
+)
+def test_over_limit_video_is_a_4xx_naming_the_limit(default_server, media_server, media_dir, kind):
+    oversized = media_dir / "oversized.mp4"
+    oversized.write_bytes(EXAMPLE_VIDEO.read_bytes() + bytes(MAX_VIDEO_BYTES))  # refused before it is read
+    url, limit = {
+        "file over the size": (file_url(oversized), "MERV_MAX_VIDEO_BYTES"),
+        "data URL over the size": (
+            "data:video/mp4;base64," + base64.b64encode(oversized.read_bytes()).decode(),
+            "MERV_MAX_VIDEO_BYTES",
+        ),
+        "http over the size": (media_server + oversized.name, "MERV_MAX_VIDEO_BYTES"),
+        "frames over the pixels": (file_url(write_large_video(media_dir / "large.mp4")), "MERV_MAX_FRAME_PIXELS"),
+    }[kind]
+    import openai
+
+    with pytest.raises(openai.APIStatusError) as raised:
+        ask(default_server, url, QUESTIONS[0])
+    assert 400 <= raised.value.status_code < 500, raised.value
+    assert limit in str(raised.value) and "over the limit" in str(raised.value), raised.value
+    assert (
+        ask(default_server, file_url(EXAMPLE_VIDEO), "What color is the circle?").choices[0].message.content.strip()
+        == "red"
+    )
+
+
+# --- CPU defaults -------------------------------------------------------------------------------------------------
+
+
+def test_merv_serve_without_memory_flags_starts_and_logs_its_choices(bare_server):
+    """On this CPU `merv serve` chooses merv's dtype and a KV cache for vLLM's default 128 sequences of the model's
+    512 tokens, logs both, and vLLM runs with them."""
+    from transformers_merv.inference.devices import auto_dtype
+
+    log = bare_server.log_tail(chars=10**7)
+    dtype = str(auto_dtype("cpu")).removeprefix("torch.")
+    assert f"merv serve: dtype {dtype} (the checkpoint's is float32" in log, log[-4000:]
+    assert f"dtype=torch.{dtype}" in log  # vLLM's engine configuration
+    config = AutoConfig.from_pretrained(default_model_path()).text_config
+    token_bytes = (
+        2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * (4 if dtype == "float32" else 2)
+    )
+    kv_cache_bytes = token_bytes * config.max_position_embeddings * 128
+    assert (
+        f"merv serve: KV cache {kv_cache_bytes:,} bytes per process (--kv-cache-memory-bytes {kv_cache_bytes})" in log
+    )
+    response = ask(bare_server, file_url(EXAMPLE_VIDEO), "What color is the circle?")
+    assert response.choices[0].message.content.strip()
+
+
+def test_users_memory_and_dtype_flags_win(default_server):
+    log = default_server.log_tail(chars=10**7)
+    assert "merv serve: KV cache" not in log and "merv serve: dtype" not in log
+    assert "dtype=torch.float32" in log

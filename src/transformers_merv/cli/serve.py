@@ -2,11 +2,14 @@
 
 import argparse
 import os
+import sys
+from collections.abc import Sequence
 
-from ..inference.loading import load_processor
+from ..inference.loading import check_model_id, load_processor
 from ..integrations.vllm.server import (
     DEFAULT_HOST,
     DEFAULT_PORT,
+    cpu_serving_choice,
     server_command,
     server_environment,
     serving_chat_template,
@@ -36,5 +39,30 @@ def run(args: argparse.Namespace) -> int:
             "docs/serving.md shows"
         )
     chat_template = serving_chat_template(load_processor(args.model))
-    command = server_command(args.model, args.host, args.port, chat_template, args.vllm_args)
+    vllm_args = [*cpu_serving_flags(args.model, args.vllm_args), *args.vllm_args]
+    command = server_command(args.model, args.host, args.port, chat_template, vllm_args)
     os.execve(command[0], command, server_environment())
+
+
+def cpu_serving_flags(model: str, vllm_args: Sequence[str]) -> list[str]:
+    """On vLLM's CPU backend, the `--dtype` and KV cache size chosen where `vllm_args` leave them unset (each choice
+    logged on stderr); elsewhere none."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return []
+    import psutil
+    from transformers import AutoConfig
+    from vllm.utils.argparse_utils import human_readable_int
+
+    from ..inference.devices import auto_dtype
+
+    config = AutoConfig.from_pretrained(model, **check_model_id(model))
+    dtype = str(auto_dtype("cpu")).removeprefix("torch.")
+    try:
+        choice = cpu_serving_choice(config, vllm_args, psutil.virtual_memory().available, dtype, human_readable_int)
+    except ValueError as err:
+        raise CliError(f"merv serve on a CPU: {err}") from err
+    for reason in choice.reasons:
+        print(f"merv serve: {reason}", file=sys.stderr, flush=True)
+    return choice.flags
