@@ -74,11 +74,13 @@ SMALL_VIDEOS = (EXAMPLE_VIDEO, PANCAKE)
 FULL_VIDEOS = (PANCAKE,)
 QUESTION = "<video>\nWhat happens in this video, step by step?"
 ANSWER = "A pan is held over a stove; the pancake in it is tossed, turns over in the air and lands back in the pan."
-SMALL_LOADER_ROUNDS = 5
+SMALL_LOADER_ROUNDS = 10
 """Rounds over the dataset for the small model's loader and step timings (each round is a few seconds)."""
 GIGABYTE = 1e9
 STORED_VIDEOS_PER_ROW = 1000
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MACHINE_THREADS = torch.get_num_threads()
+"""torch's default: one thread per core."""
 
 
 @dataclass
@@ -90,6 +92,9 @@ class Setup:
     processor: MervProcessor
     videos: tuple[Path, ...]
     directory: Path
+    threads: int
+    """torch's intra-op threads: 1 for the small model, whose tensors are too small to share out (on a shared machine
+    two OpenMP threads mostly spin waiting for each other), every core for merv-full's."""
 
 
 # ---------------------------------------------------------------- models
@@ -98,7 +103,7 @@ class Setup:
 def small_setup(directory: Path) -> Setup:
     model = MervForConditionalGeneration.from_pretrained(default_model_path())
     processor = AutoProcessor.from_pretrained(default_model_path())
-    return Setup("small", model, processor, SMALL_VIDEOS, directory)
+    return Setup("small", model, processor, SMALL_VIDEOS, directory, threads=1)
 
 
 def merv_full_shaped_setup(directory: Path) -> Setup:
@@ -114,7 +119,7 @@ def merv_full_shaped_setup(directory: Path) -> Setup:
     processor = MervProcessor(
         video_processor=MervVideoProcessor(), tokenizer=tokenizer, num_video_tokens=config.num_video_tokens
     )
-    return Setup("merv-full-shaped", model, processor, FULL_VIDEOS, directory)
+    return Setup("merv-full-shaped", model, processor, FULL_VIDEOS, directory, threads=MACHINE_THREADS)
 
 
 def set_llm_layers(model: MervForConditionalGeneration, layers: int) -> None:
@@ -217,8 +222,11 @@ def training_step(model, optimizer, load: Callable[[], dict], precision: torch.d
     return step
 
 
-def stage_steps(setup: Setup, sources: dict, stage: str, layer_counts: tuple[int, ...], precision, rounds: int):
-    """Step timings `{(source, layers): Timing}` of `stage`, live and store alternating at each LLM depth."""
+def stage_steps(
+    setup: Setup, sources: dict, stage: str, layer_counts: tuple[int, ...], precision, rounds: int, warmup: bool
+) -> dict[tuple[str, int], Timing]:
+    """Step timings `{(source, layers): Timing}` of `stage`, live and store alternating at each LLM depth. Without a
+    warm-up round (too long at merv-full's size), one untimed store step at the largest depth warms up the kernels."""
     model = setup.model
     set_trainable(model, stage)
     model.train()
@@ -233,7 +241,9 @@ def stage_steps(setup: Setup, sources: dict, stage: str, layer_counts: tuple[int
                 step()
 
             cases[(name, layers)] = at_depth
-    timings = measure(cases, rounds)
+    if not warmup:
+        cases[("store", layer_counts[-1])]()
+    timings = measure(cases, rounds, warmup=warmup)
     set_llm_layers(model, layer_counts[-1])
     return timings
 
@@ -274,9 +284,27 @@ def peak_memory_gb() -> float:
 # ---------------------------------------------------------------- one model
 
 
-def bench_model(setup: Setup, stages: list[str], layer_counts: tuple[int, ...], precision, rounds: int) -> dict:
-    """Store build, loss check, loader and step timings of one model for each of `stages`."""
+def check_losses(setup: Setup, stage: str, sources: dict) -> dict[str, float]:
+    """Print the first step's float32 loss live and from the store; stop if they differ."""
+    set_trainable(setup.model, stage)
+    losses = first_step_losses(setup.model, sources)
+    difference = abs(losses["store"] - losses["live"]) / abs(losses["live"])
+    report(
+        f"{setup.label}, {stage}: first step's loss in float32",
+        {**{name: f"{loss:.8f}" for name, loss in losses.items()}, "relative difference": f"{difference:.1e}"},
+    )
+    if difference > MAX_RELATIVE_LOSS_DIFFERENCE:
+        raise SystemExit(f"the store's loss differs from the live one by {difference:.1e}")
+    return losses
+
+
+def bench_model(
+    setup: Setup, stages: list[str], layer_counts: tuple[int, ...], precision, rounds: int, warmup: bool
+) -> dict:
+    """Store build, then for each of `stages` loader and step timings; the loss check in the first stage only when
+    there is no warm-up (merv-full: each live float32 forward runs the full-depth encoders), else in every stage."""
     results = {}
+    torch.set_num_threads(setup.threads)
     enable_activation_checkpointing(setup.model)
     store, build = build_store(setup)
     bytes_per_video = store.size_bytes() / len(setup.videos)
@@ -287,15 +315,8 @@ def bench_model(setup: Setup, stages: list[str], layer_counts: tuple[int, ...], 
     results["store_build"] = build
     for stage in stages:
         sources = datasets(setup, store, stage)
-        set_trainable(setup.model, stage)
-        losses = first_step_losses(setup.model, sources)
-        difference = abs(losses["store"] - losses["live"]) / abs(losses["live"])
-        report(
-            f"{setup.label}, {stage}: first step's loss in float32",
-            {**{name: f"{loss:.8f}" for name, loss in losses.items()}, "relative difference": f"{difference:.1e}"},
-        )
-        if difference > MAX_RELATIVE_LOSS_DIFFERENCE:
-            raise SystemExit(f"the store's loss differs from the live one by {difference:.1e}")
+        if warmup or stage == stages[0]:
+            results[f"{stage}_losses"] = check_losses(setup, stage, sources)
         loader = loader_time_per_sample(sources, max(rounds, SMALL_LOADER_ROUNDS))
         report(
             f"{setup.label}, {stage}: data loader per sample (__getitem__ + collation)",
@@ -304,7 +325,7 @@ def bench_model(setup: Setup, stages: list[str], layer_counts: tuple[int, ...], 
                 "live / store": loader["live"].ratio(loader["store"]),
             },
         )
-        steps = stage_steps(setup, sources, stage, layer_counts, precision, rounds)
+        steps = stage_steps(setup, sources, stage, layer_counts, precision, rounds, warmup)
         rows = {f"{name}, {layers} LLM layers": steps_per_second(t) for (name, layers), t in steps.items()}
         for layers in layer_counts:
             rows[f"store / live steps/s, {layers} layers"] = steps[("live", layers)].ratio(steps[("store", layers)])
@@ -321,19 +342,20 @@ def bench_model(setup: Setup, stages: list[str], layer_counts: tuple[int, ...], 
             results[f"{stage}_extrapolated"] = extrapolated
         rows["peak resident memory so far"] = f"{peak_memory_gb():.1f} GB"
         report(f"{setup.label}, {stage}: training steps (batch 1, {precision or torch.float32})", rows)
-        results[stage] = {"losses": losses, "loader": loader, "steps": steps}
+        results[stage] = {"loader": loader, "steps": steps}
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=1, help="rounds of merv-full-shaped steps after a warm-up")
-    parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--repeats", type=int, default=1, help="timed rounds of merv-full-shaped steps")
+    parser.add_argument("--stages", default=",".join(STAGES), help="stages of the small model")
+    parser.add_argument("--full-stages", default=STAGES[0], help="stages of merv-full-shaped (align: +5 minutes)")
     parser.add_argument("--quick", action="store_true", help="the small model only (about a minute)")
     args = parser.parse_args()
-    stages = args.stages.split(",")
-    if set(stages) - set(STAGES):
-        parser.error(f"unknown --stages {sorted(set(stages) - set(STAGES))}; choose from {STAGES}")
+    stages, full_stages = args.stages.split(","), args.full_stages.split(",")
+    if set(stages + full_stages) - set(STAGES):
+        parser.error(f"unknown stages {sorted(set(stages + full_stages) - set(STAGES))}; choose from {STAGES}")
     native = cpu_has_native_bf16()
     precision = torch.bfloat16 if native else None
     print(
@@ -347,10 +369,11 @@ def main() -> None:
         (folder / "small").mkdir()
         small = small_setup(folder / "small")
         depth = (small.model.config.text_config.num_hidden_layers,)
-        bench_model(small, stages, depth, precision, SMALL_LOADER_ROUNDS)
+        bench_model(small, stages, depth, precision, SMALL_LOADER_ROUNDS, warmup=True)
         if not args.quick:
             (folder / "full").mkdir()
-            bench_model(merv_full_shaped_setup(folder / "full"), stages, LLM_LAYERS, precision, args.repeats)
+            full = merv_full_shaped_setup(folder / "full")
+            bench_model(full, full_stages, LLM_LAYERS, precision, args.repeats, warmup=False)
     print(f"\nrun time {time.perf_counter() - start:.0f} s, peak resident memory {peak_memory_gb():.1f} GB")
 
 
