@@ -248,17 +248,43 @@ def stage_steps(
     return timings
 
 
+def fit(timings: dict, layer_counts: tuple[int, int], pick: Callable[[Timing], float]) -> tuple[float, dict]:
+    """Least squares of `pick(step time) = fixed[source] + layers x per_layer` over both sources and both depths: one
+    per-layer cost (live and store run the same LLM layers on the same sequence; their steps differ only in what
+    comes before the LLM), one fixed cost per source. Returns (per_layer, {source: fixed})."""
+    sources = sorted({source for source, _ in timings})
+    mean_layers = sum(layer_counts) / len(layer_counts)
+    slopes = []
+    for source in sources:
+        values = [pick(timings[(source, layers)]) for layers in layer_counts]
+        mean = sum(values) / len(values)
+        slopes.append(sum((l - mean_layers) * (v - mean) for l, v in zip(layer_counts, values)))
+    spread = len(sources) * sum((layers - mean_layers) ** 2 for layers in layer_counts)
+    per_layer = sum(slopes) / spread
+    fixed = {
+        source: sum(pick(timings[(source, layers)]) - per_layer * layers for layers in layer_counts)
+        / len(layer_counts)
+        for source in sources
+    }
+    return per_layer, fixed
+
+
 def extrapolate(timings: dict, layer_counts: tuple[int, int], target: int) -> dict[str, Timing]:
-    """Per source, the step time at `target` LLM layers: fixed cost + `target` x per-layer cost, both fitted to the
-    two measured depths (wall and CPU time alike)."""
+    """Per source, the step time at `target` LLM layers from `fit` (wall and CPU time alike), with the fitted
+    per-layer and fixed costs and each source's own per-layer difference (a consistency check)."""
     low, high = layer_counts
-    results = {}
-    for name in {source for source, _ in timings}:
+    (wall_slope, wall_fixed), (cpu_slope, cpu_fixed) = (
+        fit(timings, layer_counts, lambda t: t.wall),
+        fit(timings, layer_counts, lambda t: t.cpu),
+    )
+    results = {"per layer (shared)": Timing(wall_slope, cpu_slope)}
+    for name in wall_fixed:
+        results[name] = Timing(wall_fixed[name] + target * wall_slope, cpu_fixed[name] + target * cpu_slope)
+        results[f"{name}: fixed"] = Timing(wall_fixed[name], cpu_fixed[name])
         a, b = timings[(name, low)], timings[(name, high)]
-        per_layer = Timing((b.wall - a.wall) / (high - low), (b.cpu - a.cpu) / (high - low))
-        fixed = Timing(a.wall - low * per_layer.wall, a.cpu - low * per_layer.cpu)
-        results[name] = Timing(fixed.wall + target * per_layer.wall, fixed.cpu + target * per_layer.cpu)
-        results[f"{name}: per layer"], results[f"{name}: fixed"] = per_layer, fixed
+        results[f"{name}: own per-layer difference"] = Timing(
+            (b.wall - a.wall) / (high - low), (b.cpu - a.cpu) / (high - low)
+        )
     return results
 
 
@@ -331,10 +357,11 @@ def bench_model(
             rows[f"store / live steps/s, {layers} layers"] = steps[("live", layers)].ratio(steps[("store", layers)])
         if len(layer_counts) == 2:
             extrapolated = extrapolate(steps, layer_counts, FULL_LLM_LAYERS)
+            rows["per LLM layer, fitted to both sources"] = str(extrapolated["per layer (shared)"])
             for name in sources:
                 rows[f"{name}, {FULL_LLM_LAYERS} layers (extrapolated)"] = steps_per_second(extrapolated[name])
-                rows[f"{name}: per layer / fixed"] = (
-                    f"{extrapolated[f'{name}: per layer']} / {extrapolated[f'{name}: fixed']}"
+                rows[f"{name}: fixed cost / own per-layer difference"] = (
+                    f"{extrapolated[f'{name}: fixed']} / {extrapolated[f'{name}: own per-layer difference']}"
                 )
             rows[f"store / live steps/s, {FULL_LLM_LAYERS} layers (extrapolated)"] = extrapolated["live"].ratio(
                 extrapolated["store"]
