@@ -19,11 +19,15 @@ Models:
 - `merv-full-shaped`: random weights; merv-full's four encoders at full size (depth, width, frames: `MervConfig()`'s,
   as `bench_inference.merv_full_sub_config` gives them) and the LLM at Llama-2-7B's width with `LLM_LAYERS[-1]`
   layers, on the pancake clip through merv-full's preprocessing. The step is timed with the LLM running its first
-  `LLM_LAYERS[0]` and all `LLM_LAYERS[-1]` layers; the per-layer cost (difference of the two, divided by the
-  difference in layers) and the rest (the fixed cost) give the 32-layer step by linear extrapolation, as
-  `bench_inference.py` scales its measured stacks.
+  `LLM_LAYERS[0]` and all `LLM_LAYERS[-1]` layers; one per-layer cost fitted to live and store together (they run
+  the same LLM layers on the same sequence) plus a fixed cost per side give the 32-layer step by linear
+  extrapolation, as `bench_inference.py` scales its measured stacks (`fit`). SGD, not AdamW: AdamW's two extra
+  states would not fit ~12 GB at 2 layers, and its update adds the same time to both sides.
 
-    python benchmarks/bench_feature_store.py [--repeats 1] [--stages finetune,align] [--quick]
+    python benchmarks/bench_feature_store.py [--repeats 1] [--stages finetune,align] [--full-stages finetune]
+    python benchmarks/bench_feature_store.py --quick      # the small model only
+
+About 15 minutes on 2 shared CPU cores (+6 with `--full-stages finetune,align`), peak memory 10.8 GB.
 """
 
 import argparse
@@ -70,6 +74,7 @@ MAX_RELATIVE_LOSS_DIFFERENCE = 1e-6
 """float32: the store's features are computed a video at a time as live ones are; only summation order may differ
 (the tests' bound, tests/training/test_training.py)."""
 EXAMPLES_PER_VIDEO = 2
+"""Two examples of each video: the loader's per-sample time is a median over a pass of the dataset."""
 SMALL_VIDEOS = (EXAMPLE_VIDEO, PANCAKE)
 FULL_VIDEOS = (PANCAKE,)
 QUESTION = "<video>\nWhat happens in this video, step by step?"
