@@ -294,6 +294,10 @@ def extrapolate(timings: dict, layer_counts: tuple[int, int], target: int) -> di
 
 
 def steps_per_second(timing: Timing) -> str:
+    """Steps/s from a (measured or extrapolated) step time; a non-positive one comes from a fit that load changes
+    between rounds spoiled, and is said so."""
+    if timing.wall <= 0:
+        return f"not usable: wall time {timing.wall:.2f} s (load changed between rounds; CPU {timing.cpu:.2f} s)"
     return f"{1 / timing.wall:.3g} steps/s ({timing.wall:.2f} s a step, CPU {timing.cpu:.2f} s)"
 
 
