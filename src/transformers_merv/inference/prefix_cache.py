@@ -141,6 +141,15 @@ def prefill_pixels(
 ) -> VideoPrefix:
     """`prefill_video` for an already decoded video (`process_video`'s output, a batch of one)."""
     video_features = model.get_video_features(pixel_values_videos.to(model.device, model.dtype))
+    return prefill_video_features(model, processor, video_features, chat_template)
+
+
+@torch.inference_mode()
+def prefill_video_features(
+    model, processor, video_features: MervVideoFeaturesOutput, chat_template: str | None = None
+) -> VideoPrefix:
+    """`prefill_video` for a video already encoded: its visual tokens (`get_video_features`' output, a batch of one,
+    or `get_video_features_from_frozen`'s for features from a feature store)."""
     input_ids = torch.tensor([shared_prefix_ids(processor, chat_template)], device=model.device)
     output = model(input_ids=input_ids, mm_encoder_outputs={"video": video_features}, use_cache=True, logits_to_keep=1)
     return VideoPrefix(video_features, CachedPrompt(input_ids, output.cache), chat_template)
@@ -324,6 +333,7 @@ __all__ = [
     "generate_from_cache",
     "prefill_pixels",
     "prefill_video",
+    "prefill_video_features",
     "process_video",
     "prompt_ids",
     "question_conversation",
