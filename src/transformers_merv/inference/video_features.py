@@ -2,8 +2,8 @@
 frozen features of a feature store (`StoredVideoFeatures`, see `feature_store`), videos missing from it encoded live
 and, with a writer, added to it.
 
-    with StoredVideoFeatures.open(model, processor, "features/", add=True) as source:
-        loaded = source.load("clip.mp4", {})                 # the store's frozen features, or computed now
+    with open_video_features(model, processor, FeatureStore.open("features/"), add=True) as source:
+        loaded = source.load("clip.mp4")                     # the store's frozen features, or computed now
         prefix = prefill_video_features(model, processor, source.features([loaded]))
 
 Both give the same visual tokens: the store's features are `get_frozen_video_features`' output, completed by
@@ -58,6 +58,9 @@ class LiveVideoFeatures:
         """A line on where the features came from, if there is anything to say."""
         return None
 
+    def flush(self) -> None:
+        """Complete what is being written (nothing: live features are not kept)."""
+
 
 class RecordedFailure(ValueError):
     """The feature store records the video as unreadable (the error its encoder gave, as the message)."""
@@ -81,46 +84,41 @@ class StoredVideoFeatures(LiveVideoFeatures):
         super().__init__(model, processor)
         self.store, self.writer = store, writer
         self.counts = StoreCounts()
+        self._written: dict[str, dict[str, torch.Tensor] | str] = {}
+        """What the writer holds for the store but has not completed yet: features, or why the video failed."""
 
     @classmethod
-    @contextmanager
-    def open(
-        cls, model, processor, store: FeatureStore | str | os.PathLike, add: bool = False
-    ) -> Iterator["StoredVideoFeatures"]:
-        """The store (a path, or a store opened beforehand) checked against the fingerprint of `model` and
-        `processor` (`FeatureStoreMismatchError` naming the differences); with `add`, one writer for the block,
-        whose last shard is completed when the block ends."""
-        if not isinstance(store, FeatureStore):
-            store = FeatureStore.open(store)
+    def checked(cls, model, processor, store: FeatureStore, add: bool = False) -> "StoredVideoFeatures":
+        """Features of `store` for `model` and `processor`, refused (`FeatureStoreMismatchError` naming the
+        differences) unless the store's fingerprint is theirs (at the model's dtype); with `add`, with a writer of
+        its own (`flush` completes its shard)."""
         store.check(feature_fingerprint(model, processor))
-        if not add:
-            yield cls(model, processor, store)
-            return
-        with store.writer() as writer:
-            yield cls(model, processor, store, writer)
+        return cls(model, processor, store, StoreWriter(store) if add else None)
 
     def load(self, video: str | os.PathLike, window: Window = None) -> dict[str, torch.Tensor]:
         """The video's frozen features, `{encoder: (tokens, dim)}`: the store's, else computed now. Raises
         `RecordedFailure` for a video the store records as unreadable, `OSError` or `ValueError` for one that cannot
         be read now."""
         if is_url(video):
-            return self._encode(video, window, None)
+            return self._encode(video, window)
         check_regular_file(video, repr(os.fspath(video)))  # as decoding would, before hashing the file
         sha256 = self.store.key_for(video)
         key = feature_key(sha256, window)
-        failure = self.store.failure(key)
-        if failure is not None:
+        recorded = self.store.failure(key) or self._written.get(key)
+        if isinstance(recorded, str):
             self.counts.failed += 1
-            raise RecordedFailure(failure)
-        stored = self.store.get(key)
+            raise RecordedFailure(recorded)
+        stored = self.store.get(key) or recorded
         if stored is None:
-            return self._encode(video, window, sha256)
+            return self._encode(video, window, key, sha256)
         self.counts.read += 1
         return stored
 
-    def _encode(self, video: str | os.PathLike, window: Window, sha256: str | None) -> dict[str, torch.Tensor]:
-        """Frozen features computed live; added to the store with a writer (a local file only: `sha256` known)."""
-        writer = self.writer if sha256 is not None else None
+    def _encode(
+        self, video: str | os.PathLike, window: Window, key: str | None = None, sha256: str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Frozen features computed live; added to the store with a writer (a local file only: `key` known)."""
+        writer = self.writer if key is not None else None
         try:
             pixels = super().load(video, window)
         except MediaLimitError:
@@ -128,6 +126,7 @@ class StoredVideoFeatures(LiveVideoFeatures):
         except (OSError, ValueError) as err:
             if writer is not None:
                 writer.add_failure(video, window, str(err))
+                self._wrote(key, str(err))
             raise
         flip = writer is not None and self.store.flipped_languagebind
         features, flipped = compute_frozen_features(self.model, pixels, flipped_languagebind=flip)
@@ -136,7 +135,15 @@ class StoredVideoFeatures(LiveVideoFeatures):
         if writer is not None:
             writer.add(video, window, frozen, sha256=sha256, flipped_languagebind=flipped[0] if flip else None)
             self.counts.added += 1
+            self._wrote(key, frozen)
         return frozen
+
+    def _wrote(self, key: str, written: dict[str, torch.Tensor] | str) -> None:
+        """Keep what the writer holds until its shard is complete (then the store has it): a video asked for again
+        (per question) is neither encoded nor written twice."""
+        self._written[key] = written
+        if key in self.store or self.store.failure(key) is not None:  # the writer completed a shard
+            self._written.clear()
 
     @torch.inference_mode()
     def features(self, loaded: Sequence[Mapping[str, torch.Tensor]]) -> MervVideoFeaturesOutput:
@@ -144,6 +151,12 @@ class StoredVideoFeatures(LiveVideoFeatures):
         device = self.model.device  # stored features are on the CPU, those computed now on the model's device
         frozen = {name: torch.stack([video[name].to(device) for video in loaded]) for name in loaded[0]}
         return getattr(self.model, "model", self.model).get_video_features_from_frozen(frozen)
+
+    def flush(self) -> None:
+        """Complete the writer's shard, so that the videos added so far are in the store."""
+        if self.writer is not None:
+            self.writer.flush()
+            self._written.clear()
 
     def report(self) -> str:
         counts = self.counts
@@ -154,17 +167,23 @@ class StoredVideoFeatures(LiveVideoFeatures):
         )
 
 
+def video_features_for(model, processor, store: FeatureStore | None = None, add: bool = False) -> LiveVideoFeatures:
+    """`StoredVideoFeatures.checked(model, processor, store, add)`, or `LiveVideoFeatures` without a store."""
+    if store is None:
+        return LiveVideoFeatures(model, processor)
+    return StoredVideoFeatures.checked(model, processor, store, add)
+
+
 @contextmanager
 def open_video_features(
-    model, processor, store: FeatureStore | str | os.PathLike | None = None, add: bool = False
+    model, processor, store: FeatureStore | None = None, add: bool = False
 ) -> Iterator[LiveVideoFeatures]:
-    """`StoredVideoFeatures.open(model, processor, store, add)` for the block, or `LiveVideoFeatures` without a
-    store."""
-    if store is None:
-        yield LiveVideoFeatures(model, processor)
-        return
-    with StoredVideoFeatures.open(model, processor, store, add) as source:
+    """`video_features_for(model, processor, store, add)` for the block, flushed when it ends (also on an error)."""
+    source = video_features_for(model, processor, store, add)
+    try:
         yield source
+    finally:
+        source.flush()
 
 
 __all__ = [
@@ -173,4 +192,5 @@ __all__ = [
     "StoreCounts",
     "StoredVideoFeatures",
     "open_video_features",
+    "video_features_for",
 ]
