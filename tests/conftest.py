@@ -235,7 +235,7 @@ def build_feature_store(
 ) -> FeatureStore:
     """A feature store of `videos` (with the clip `window`) built through the Python API, as `merv encode` builds one:
     the readable videos' frozen features computed in one batch, the others recorded with their decoding error."""
-    store = FeatureStore.create(path, feature_fingerprint(model, processor))
+    store = FeatureStore.create(path, feature_fingerprint(model, processor, model.dtype))
     readable, pixels = [], []
     with store.writer() as writer:
         for video in videos:

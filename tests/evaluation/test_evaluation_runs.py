@@ -393,7 +393,8 @@ def test_per_question_from_a_feature_store_answers_without_decoding(
 def test_a_terminated_run_keeps_what_it_added_to_the_store_and_resumes_without_it(
     benchmark, single_process_output, auto_model, tmp_path
 ):
-    store = FeatureStore.create(tmp_path / "store", feature_fingerprint(*auto_model))
+    model, processor = auto_model
+    store = FeatureStore.create(tmp_path / "store", feature_fingerprint(model, processor, model.dtype))
     output, log = tmp_path / "results.json", tmp_path / "results.json.partial.jsonl"
     command = [*_eval_command(benchmark, output), "--features", str(store.path), "--add-to-store"]
     assert _stop_once_answering(command, log, signal.SIGTERM) == EXIT_TERMINATED
@@ -412,14 +413,14 @@ def test_a_terminated_run_keeps_what_it_added_to_the_store_and_resumes_without_i
 def test_a_store_of_other_settings_is_refused_before_any_question(benchmark, auto_model, tmp_path):
     model_id = str(transformers_merv.default_model_path())
     float32 = load_model(model_id, torch.device("cpu"), "float32")
-    store = FeatureStore.create(tmp_path / "store", feature_fingerprint(float32, auto_model[1]))
+    store = FeatureStore.create(tmp_path / "store", feature_fingerprint(float32, auto_model[1], torch.float32))
     output = tmp_path / "results.json"
     completed = _merv(*_eval_command(benchmark, output), "--dtype", "bfloat16", "--features", str(store.path))
     assert completed.returncode == 1
     line = error_line(completed.stderr)
     assert line.startswith(
         f"error: {store.path}: its features were computed with other settings or weights (dtype: store has "
-        '"float32", this model and processor give "bfloat16"; encoders.dinov2.weights: store has "'  # weights' dtype
+        '"float32", this model and processor give "bfloat16"; encoders.dinov2.compute_dtype: store has "float32"'
     )
     assert line.endswith(
         "use the model, processor and dtype it was built with, or build a new store with `merv encode`"

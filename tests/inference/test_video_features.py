@@ -84,7 +84,7 @@ def test_the_clip_window_is_part_of_the_key(shipped, tmp_path):
 
 def test_missing_videos_are_encoded_live_and_added_once_with_a_writer(shipped, tmp_path):
     model, processor = shipped
-    store = FeatureStore.create(tmp_path / "store", feature_fingerprint(model, processor))
+    store = FeatureStore.create(tmp_path / "store", feature_fingerprint(model, processor, model.dtype))
     without_writer = StoredVideoFeatures.checked(model, processor, store)
     without_writer.load(VIDEOS[0])
     assert without_writer.counts == StoreCounts(encoded=1) and len(store) == 0
@@ -103,7 +103,7 @@ def test_missing_videos_are_encoded_live_and_added_once_with_a_writer(shipped, t
 
 def test_unreadable_videos_are_recorded_and_then_refused_with_their_error(shipped, tmp_path):
     model, processor = shipped
-    store = FeatureStore.create(tmp_path / "store", feature_fingerprint(model, processor))
+    store = FeatureStore.create(tmp_path / "store", feature_fingerprint(model, processor, model.dtype))
     with pytest.raises(ValueError) as live_error:
         process_video(processor, BROKEN)
     with open_video_features(model, processor, store, add=True) as source:
@@ -123,7 +123,7 @@ def test_unreadable_videos_are_recorded_and_then_refused_with_their_error(shippe
 
 def test_a_fifo_is_refused_unread_and_not_recorded(shipped, tmp_path):
     model, processor = shipped
-    store = FeatureStore.create(tmp_path / "store", feature_fingerprint(model, processor))
+    store = FeatureStore.create(tmp_path / "store", feature_fingerprint(model, processor, model.dtype))
     os.mkfifo(tmp_path / "pipe.mp4")
     with open_video_features(model, processor, store, add=True) as source:
         with pytest.raises(ValueError, match=r"pipe\.mp4' is a FIFO \(named pipe\), not a regular file"):

@@ -217,7 +217,7 @@ def test_answers_from_a_feature_store_equal_live_answers(eval_data, open_ended_p
 
 
 def test_a_feature_store_of_other_settings_is_refused(eval_data, tmp_path):
-    store = FeatureStore.create(tmp_path / "store", feature_fingerprint(*_store_model("float32")))
+    store = FeatureStore.create(tmp_path / "store", feature_fingerprint(*_store_model("float32"), torch.float32))
     completed = run_lmms_eval(
         "merv_test_qa", eval_data, tmp_path / "out", "--model_args", f"features={store.path},dtype=bfloat16"
     )

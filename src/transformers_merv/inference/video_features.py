@@ -92,7 +92,7 @@ class StoredVideoFeatures(LiveVideoFeatures):
         """Features of `store` for `model` and `processor`, refused (`FeatureStoreMismatchError` naming the
         differences) unless the store's fingerprint is theirs (at the model's dtype); with `add`, with a writer of
         its own (`flush` completes its shard)."""
-        store.check(feature_fingerprint(model, processor))
+        store.check(feature_fingerprint(model, processor, model.dtype))  # stored as the live path computes them
         return cls(model, processor, store, StoreWriter(store) if add else None)
 
     def load(self, video: str | os.PathLike, window: Window = None) -> dict[str, torch.Tensor]:
