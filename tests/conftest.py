@@ -50,11 +50,6 @@ from transformers_merv.inference.prefix_cache import (  # noqa: E402
     prompt_ids,
     question_conversation,
 )
-from transformers_merv.inference.feature_store import (  # noqa: E402
-    FeatureStore,
-    compute_frozen_features,
-    feature_fingerprint,
-)
 from transformers_merv.training import run as training_run  # noqa: E402
 from transformers_merv.video_io import load_image  # noqa: E402
 

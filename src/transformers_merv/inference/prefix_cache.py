@@ -5,8 +5,8 @@ In: {question}\\nOut:` for the "pure" format). Decoding, the four encoders, alig
 KV cache of the prompt up to the question are therefore the same for every question about a video. `prefill_video`
 computes them once — it decodes and encodes the video, then runs the language model's prefill over that prefix —
 into a `VideoPrefix` (`prefill_video_features` does the last step for visual tokens computed elsewhere, e.g. from a
-feature store's frozen features); `answer_questions` answers any number of questions from it, a batch of questions sharing one
-copy of the cache; `VideoChat` holds a multi-turn conversation whose turns reuse the cache of the turns before. Answers are the ids generation from scratch gives: each prompt is tokenized whole, exactly as from scratch,
+feature store's frozen features); `answer_questions` answers any number of questions from it, a batch of questions
+sharing one copy of the cache; `VideoChat` holds a multi-turn conversation whose turns reuse the cache of the turns before. Answers are the ids generation from scratch gives: each prompt is tokenized whole, exactly as from scratch,
 and only the tokens it shares with the cached ones are taken from the cache.
 
     prefix = prefill_video(model, processor, "clip.mp4")
