@@ -11,7 +11,7 @@ import math
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -39,15 +39,16 @@ from transformers_merv import (  # noqa: E402
 )
 from transformers_merv.testing_utils import tiny_config  # noqa: E402, F401  (re-exported to the tests)
 from transformers_merv.conversion import EncoderSources, convert  # noqa: E402
-from transformers_merv.inference.prefix_cache import (  # noqa: E402
-    generate_from_cache,
-    prompt_ids,
-    question_conversation,
-)
 from transformers_merv.inference.feature_store import (  # noqa: E402
     FeatureStore,
     compute_frozen_features,
     feature_fingerprint,
+)
+from transformers_merv.inference.prefix_cache import (  # noqa: E402
+    generate_from_cache,
+    process_video,
+    prompt_ids,
+    question_conversation,
 )
 from transformers_merv.training import run as training_run  # noqa: E402
 from transformers_merv.video_io import load_image  # noqa: E402
@@ -222,6 +223,28 @@ def answer_ids_from_cache(model, processor, prefix, questions, **generation) -> 
     prompts = [prompt_ids(processor, question_conversation(q), prefix.chat_template) for q in questions]
     output, input_ids = generate_from_cache(model, processor, prefix.prompt, prompts, **generation)
     return output.sequences[:, input_ids.shape[1] :].tolist()
+
+
+def build_feature_store(
+    path: Path, model, processor, videos: Sequence[Path], window: Mapping[str, float | int] | None = None
+) -> FeatureStore:
+    """A feature store of `videos` (with the clip `window`) built through the Python API, as `merv encode` builds one:
+    the readable videos' frozen features computed in one batch, the others recorded with their decoding error."""
+    store = FeatureStore.create(path, feature_fingerprint(model, processor, model.dtype))
+    readable, pixels = [], []
+    with store.writer() as writer:
+        for video in videos:
+            try:
+                pixels.append(process_video(processor, video, window))
+            except (OSError, ValueError) as err:
+                writer.add_failure(video, window, str(err))
+            else:
+                readable.append(video)
+        if readable:
+            features, _ = compute_frozen_features(model, torch.cat(pixels))
+            for index, video in enumerate(readable):
+                writer.add(video, window, {name: batch[index] for name, batch in features.items()})
+    return store
 
 
 def with_cpu_bf16(native: bool):

@@ -1,6 +1,7 @@
 """`merv eval` at scale: sharding by video, the results log and the output lock, and end to end in subprocesses:
-two processes under torchrun (gloo) write what one process writes, a killed run resumes to the same output, and a
-second run on a locked output is refused."""
+two processes under torchrun (gloo) write what one process writes, a killed run resumes to the same output, a
+second run on a locked output is refused, and runs from a feature store (`--features`) write what live runs write,
+add what the store lacks (`--add-to-store`, kept when the run is terminated) and refuse a store of other settings."""
 
 import json
 import os
@@ -38,9 +39,17 @@ from transformers_merv.evaluation import runs
 from transformers_merv.evaluation.output_files import SETTINGS_KEY
 from transformers_merv.evaluation.scoring import open_ended_entry
 from transformers_merv.inference.loading import load_model, load_processor
-from transformers_merv.evaluation.runs import COLLECTIVE_TIMEOUT, from_main_process, launched_processes
+from transformers_merv.evaluation.runs import (
+    COLLECTIVE_TIMEOUT,
+    EXIT_TERMINATED,
+    from_main_process,
+    launched_processes,
+)
+from transformers_merv import MervVideoProcessor
+from transformers_merv.inference.feature_store import FeatureStore, FeatureStoreError, feature_fingerprint
+from transformers_merv.inference.loading import AUTO
 
-from conftest import EXAMPLE_VIDEO, MEDIA
+from conftest import EXAMPLE_VIDEO, MEDIA, build_feature_store, error_line
 
 SUBPROCESS_TIMEOUT_S = 600
 POLL_S = 0.02
@@ -276,13 +285,8 @@ def test_two_processes_write_what_one_process_writes(benchmark, single_process_o
     assert results["summary"]["skipped"] == 3 and len(results["results"]) == 12  # the corrupt video's questions
 
 
-def test_a_killed_run_resumes_to_the_same_output(benchmark, single_process_output, tmp_path):
-    output, log = tmp_path / "results.json", tmp_path / "results.json.partial.jsonl"
-    video_dir = tmp_path / "videos"
-    video_dir.mkdir()
-    for path in (benchmark / "videos").iterdir():
-        (video_dir / path.name).symlink_to(path.resolve())
-    command = _eval_command(benchmark, output, video_dir)
+def _stop_once_answering(command: list[str], log: Path, stop: signal.Signals) -> int:
+    """Run `merv COMMAND`, send it `stop` once its results log holds an answer, and return its exit status."""
     run = subprocess.Popen(
         [sys.executable, "-m", "transformers_merv.cli", *command],
         env=_environment(),
@@ -292,11 +296,22 @@ def test_a_killed_run_resumes_to_the_same_output(benchmark, single_process_outpu
     try:
         deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
         while not (log.exists() and len(log.read_text().splitlines()) > 1) and time.monotonic() < deadline:
-            assert run.poll() is None, "the run ended before it could be killed"
+            assert run.poll() is None, "the run ended before it could be stopped"
             time.sleep(POLL_S)
-        run.send_signal(signal.SIGKILL)
+        run.send_signal(stop)
     finally:
         run.wait()
+    return run.returncode
+
+
+def test_a_killed_run_resumes_to_the_same_output(benchmark, single_process_output, tmp_path):
+    output, log = tmp_path / "results.json", tmp_path / "results.json.partial.jsonl"
+    video_dir = tmp_path / "videos"
+    video_dir.mkdir()
+    for path in (benchmark / "videos").iterdir():
+        (video_dir / path.name).symlink_to(path.resolve())
+    command = _eval_command(benchmark, output, video_dir)
+    _stop_once_answering(command, log, signal.SIGKILL)
     recorded = [json.loads(line) for line in log.read_text().splitlines()[1:]]
     assert 0 < len(recorded) < 12 and not output.exists()
     # The rerun must take these answers from the log: their videos are gone now (answering them again would skip them).
@@ -331,6 +346,86 @@ def test_resuming_with_other_settings_is_refused(benchmark, tmp_path):
     assert completed.returncode == 1
     assert "holds results of a run with other settings" in completed.stderr
     assert "rerun with the same flags to resume it, or delete it to start over" in completed.stderr
+
+
+# --- from a feature store -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def auto_model():
+    """The default model and processor as `merv eval` loads them here (`--dtype auto`: bfloat16 on a CPU with native
+    bf16, else float32)."""
+    model_id = str(transformers_merv.default_model_path())
+    return load_model(model_id, torch.device("cpu"), AUTO), load_processor(model_id)
+
+
+@pytest.fixture(scope="module")
+def benchmark_store(benchmark, auto_model, tmp_path_factory) -> Path:
+    """A feature store of the benchmark's videos for `auto_model` (the corrupt one recorded as unreadable)."""
+    path = tmp_path_factory.mktemp("features") / "store"
+    build_feature_store(path, *auto_model, sorted((benchmark / "videos").iterdir()))
+    return path
+
+
+def test_a_run_from_a_feature_store_writes_what_the_live_run_writes(
+    benchmark, single_process_output, benchmark_store, tmp_path
+):
+    output = tmp_path / "results.json"
+    completed = _merv(*_eval_command(benchmark, output), "--features", str(benchmark_store))
+    assert completed.returncode == 0, completed.stderr
+    assert output.read_bytes() == single_process_output
+    report = f"feature store {benchmark_store}: 3 videos read from it, 0 encoded live, 1 recorded as unreadable"
+    assert report in completed.stderr
+
+
+def test_per_question_from_a_feature_store_answers_without_decoding(
+    benchmark, single_process_output, benchmark_store, tmp_path
+):
+    arguments = _run_arguments(benchmark, tmp_path / "results.json") | {"dtype": AUTO, "per_question": True}
+    with mock.patch.object(
+        MervVideoProcessor, "preprocess", autospec=True, side_effect=MervVideoProcessor.preprocess
+    ) as decodes:
+        results = run_evaluation(**arguments, features=benchmark_store)
+    assert decodes.call_count == 0
+    assert results == json.loads(single_process_output)
+
+
+def test_a_terminated_run_keeps_what_it_added_to_the_store_and_resumes_without_it(
+    benchmark, single_process_output, auto_model, tmp_path
+):
+    model, processor = auto_model
+    store = FeatureStore.create(tmp_path / "store", feature_fingerprint(model, processor, model.dtype))
+    output, log = tmp_path / "results.json", tmp_path / "results.json.partial.jsonl"
+    command = [*_eval_command(benchmark, output), "--features", str(store.path), "--add-to-store"]
+    assert _stop_once_answering(command, log, signal.SIGTERM) == EXIT_TERMINATED
+    videos = {item["question_id"]: item["video_name"] for item in json.loads((benchmark / "test_q.json").read_text())}
+    recorded = {videos[question_id] for question_id in ResultsLog(output).records()}
+    store.refresh()
+    for name in recorded:  # the writer completed its shard (a minute early) on SIGTERM
+        key = store.key_for(next((benchmark / "videos").glob(f"{name}.*")))
+        assert key in store or "corrupt" in store.failure(key)
+    # the store's use is not a setting: the run resumes without it
+    completed = _merv(*_eval_command(benchmark, output))
+    assert completed.returncode == 0, completed.stderr
+    assert "resuming from" in completed.stderr and output.read_bytes() == single_process_output
+
+
+def test_a_store_of_other_settings_is_refused_before_any_question(benchmark, auto_model, tmp_path):
+    model_id = str(transformers_merv.default_model_path())
+    float32 = load_model(model_id, torch.device("cpu"), "float32")
+    store = FeatureStore.create(tmp_path / "store", feature_fingerprint(float32, auto_model[1], torch.float32))
+    output = tmp_path / "results.json"
+    completed = _merv(*_eval_command(benchmark, output), "--dtype", "bfloat16", "--features", str(store.path))
+    assert completed.returncode == 1
+    line = error_line(completed.stderr)
+    assert line.startswith(
+        f"error: {store.path}: its features were computed with other settings or weights (dtype: store has "
+        '"float32", this model and processor give "bfloat16"; encoders.dinov2.compute_dtype: store has "float32"'
+    )
+    assert line.endswith(
+        "use the model, processor and dtype it was built with, or build a new store with `merv encode`"
+    )
+    assert ResultsLog(output).records() == {} and not output.exists()
 
 
 # --- the library entry point, in this process ------------------------------------------------------------------------
@@ -404,8 +499,21 @@ def test_a_run_takes_the_recorded_answers_from_its_log(benchmark, tmp_path, caps
         ({"video_dir": Path("no/such/folder")}, EvaluationInputError, "--video-dir no/such/folder is not a directory"),
         ({"judge": "no_such_module:judge"}, EvaluationInputError, "cannot load judge 'no_such_module:judge'"),
         ({"device": "xpu"}, ValueError, "device 'xpu' is not available on this machine"),
+        ({"features": Path("no/such/store")}, FeatureStoreError, r"no/such/store: not a feature store \(no store"),
+        ({"add_to_store": True}, EvaluationInputError, r"add_to_store needs a feature store to add to \(features\)"),
     ],
-    ids=["judge-with-mcq", "batch-size", "limit", "dtype", "questions", "video-dir", "judge", "device"],
+    ids=[
+        "judge-with-mcq",
+        "batch-size",
+        "limit",
+        "dtype",
+        "questions",
+        "video-dir",
+        "judge",
+        "device",
+        "features",
+        "add-to-store",
+    ],
 )
 def test_bad_arguments_are_refused_before_any_model_work(benchmark, tmp_path, changes, error, message):
     with mock.patch.object(runs, "load_model") as loader, pytest.raises(error, match=message):

@@ -1,6 +1,8 @@
 """The lmms-eval model plugin, through lmms-eval's own command line (no network): its predictions equal `merv eval`'s
 on the same questions, for the package's task files (open-ended and multiple choice on the authors' files), for a
-plain lmms-eval task (chat messages), and for the simple model (`--force_simple`), batched or not.
+plain lmms-eval task (chat messages), and for the simple model (`--force_simple`), batched or not; from a feature
+store (`features=`, videos it lacks added with `add_to_store=True`) as without one, and a store of other settings
+refused.
 
 Needs lmms-eval (`pip install ".[eval]"`); run by `.ci/suites/30-lmms-eval.sh` in its own venv (marker
 `lmms_eval`, deselected by default)."""
@@ -13,10 +15,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from transformers_merv import default_model_path
 from transformers_merv.evaluation import MCQ, OPEN_ENDED, OPTION_LETTERS, normalize_answer
+from transformers_merv.inference.feature_store import FeatureStore, feature_fingerprint
+from transformers_merv.inference.loading import AUTO, load_model, load_processor
 
-from conftest import MEDIA, REPO
+from conftest import MEDIA, REPO, build_feature_store
 
 
 pytestmark = pytest.mark.lmms_eval
@@ -84,10 +90,9 @@ def _environment(eval_data: Path) -> dict[str, str]:
     return os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MERV_EVAL_DATA": str(eval_data)}
 
 
-def lmms_eval(task: str, eval_data: Path, output: Path, *flags: str) -> list[dict]:
-    """Run lmms-eval's command, `lmms-eval --model merv` (the shipped default model), on a test task; its logged
-    samples in doc order."""
-    completed = subprocess.run(
+def run_lmms_eval(task: str, eval_data: Path, output: Path, *flags: str) -> subprocess.CompletedProcess:
+    """Run lmms-eval's command, `lmms-eval --model merv` (the shipped default model), on a test task."""
+    return subprocess.run(
         [
             str(Path(sys.executable).parent / "lmms-eval"),
             "--model",
@@ -107,7 +112,17 @@ def lmms_eval(task: str, eval_data: Path, output: Path, *flags: str) -> list[dic
         env=_environment(eval_data),
         timeout=TIMEOUT_S,
     )
+
+
+def lmms_eval(task: str, eval_data: Path, output: Path, *flags: str) -> list[dict]:
+    """`run_lmms_eval`, which must succeed; its logged samples in doc order."""
+    completed = run_lmms_eval(task, eval_data, output, *flags)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return logged_samples(task, output)
+
+
+def logged_samples(task: str, output: Path) -> list[dict]:
+    """The samples lmms-eval logged for `task` under `output`, in doc order."""
     (samples,) = output.rglob(f"*_samples_{task}.jsonl")
     records = [json.loads(line) for line in samples.read_text().splitlines()]
     return sorted(records, key=lambda record: record["doc_id"])
@@ -178,7 +193,38 @@ def test_option_likelihood_picks_what_merv_eval_picks(eval_data, tmp_path):
     assert [sample["accuracy"] for sample in samples] == [entry["correct"] for entry in results]
 
 
-# --- the model's pieces ----------------------------------------------------------------------------------------------
+# --- from a feature store -------------------------------------------------------------------------------------------
+
+
+def _store_model(dtype: str = AUTO):
+    """The shipped model and processor as the plugin loads them (`dtype=auto` by default)."""
+    model_id = str(default_model_path())
+    return load_model(model_id, torch.device("cpu"), dtype), load_processor(model_id)
+
+
+def test_answers_from_a_feature_store_equal_live_answers(eval_data, open_ended_predictions, tmp_path):
+    videos = sorted({(REPO / doc["video"]).resolve() for doc in CHAT_DOCS})
+    store = build_feature_store(tmp_path / "store", *_store_model(), videos[1:])  # the first video is missing
+    completed = run_lmms_eval(
+        "merv_test_qa", eval_data, tmp_path / "out", "--model_args", f"features={store.path},add_to_store=True"
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    samples = logged_samples("merv_test_qa", tmp_path / "out")
+    assert [sample["filtered_resps"] for sample in samples] == open_ended_predictions
+    # requests are grouped by video: each video is loaded once
+    assert f"{len(videos) - 1} videos read from it, 1 encoded live, 1 added to it" in completed.stderr
+    assert len(FeatureStore.open(store.path)) == len(videos)
+
+
+def test_a_feature_store_of_other_settings_is_refused(eval_data, tmp_path):
+    store = FeatureStore.create(tmp_path / "store", feature_fingerprint(*_store_model("float32"), torch.float32))
+    completed = run_lmms_eval(
+        "merv_test_qa", eval_data, tmp_path / "out", "--model_args", f"features={store.path},dtype=bfloat16"
+    )
+    # lmms-eval 0.7.3 logs the error of a model that cannot start, writes no samples and exits with status 0
+    refusal = 'its features were computed with other settings or weights (dtype: store has "float32", this model'
+    assert refusal in completed.stdout + completed.stderr
+    assert not list((tmp_path / "out").rglob("*_samples_*.jsonl"))
 
 
 def test_generation_kwargs_are_greedy_unless_sampling_is_asked_for():

@@ -42,6 +42,19 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="MODULE:CALLABLE",
         help="open-ended only: judge(question, answer, prediction) -> bool or {'pred': 'yes'|'no', 'score': n}",
     )
+    store = parser.add_argument_group("feature store")
+    store.add_argument(
+        "--features",
+        metavar="STORE",
+        type=Path,
+        help="read each video's frozen features from this feature store (built by `merv encode`, with this model, "
+        "processor and dtype) instead of decoding and encoding it; videos it lacks are encoded live",
+    )
+    store.add_argument(
+        "--add-to-store",
+        action="store_true",
+        help="with --features: add the videos the store lacks to it (each process writes its own shard files)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -60,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         per_question=args.per_question,
         max_new_tokens=args.max_new_tokens,
         judge=args.judge,
+        features=args.features,
+        add_to_store=args.add_to_store,
     )
     if results is not None:
         print(summary_table(results["summary"]))

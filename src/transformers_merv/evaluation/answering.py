@@ -4,7 +4,8 @@ questions; `question_answerer` is the step it repeats (and `runs` shares out bet
 By default the questions are grouped by video (`group_by_video`): each video is decoded and encoded once and its
 questions are answered from the cached prompt prefix (`evaluate_video`). `per_question=True` follows the authors'
 protocol instead, every question encoding its video again (batches of whole prompts, left-padded). Both give the
-same predictions.
+same predictions. The visual tokens come from `video_features` (`inference.video_features`): encoded live by
+default, or from a feature store's frozen features (`StoredVideoFeatures`), which give the same predictions too.
 
 - Open-ended: the prompt is the question alone through the model's chat template (`In: {question}\\nOut:` for the
   authors' "pure" format).
@@ -21,14 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..inference.batching import batches, group_by
-from ..inference.prefix_cache import (
-    generate_from_cache,
-    prefill_pixels,
-    process_video,
-    prompt_ids,
-    question_conversation,
-    question_inputs,
-)
+from ..inference.prefix_cache import generate_from_cache, prefill_video_features, prompt_ids, question_conversation
+from ..inference.video_features import LiveVideoFeatures
 from .files import MCQ, EvalItem, EvaluationInputError, check_mode, find_video
 from .judges import Judge, check_judged_mode
 from .scoring import letter_token_ids, score_answers, skipped_entry, summarize
@@ -56,9 +51,10 @@ def evaluate(
     judge: Judge | None = None,
     progress: bool = True,
     per_question: bool = False,
+    video_features: LiveVideoFeatures | None = None,
 ) -> dict[str, Any]:
     """Answer every item (batched, greedy unless `generation_kwargs` say otherwise) and score it, one group of
-    `work_groups` at a time.
+    `work_groups` at a time; the visual tokens come from `video_features` (default: encoded live).
 
     Without `max_new_tokens` in `generation_kwargs`, open-ended answers are as long as `default_max_new_tokens(model)`
     allows and multiple choice generates `NAIVE_CHECK_MAX_NEW_TOKENS` (its answer is the option likelihood).
@@ -66,7 +62,7 @@ def evaluate(
     Returns `{"summary": ..., "results": [one entry per item, in order]}` (see `scoring.summarize`).
     """
     answer = question_answerer(
-        model, processor, items, video_dir, mode, batch_size, generation_kwargs, judge, per_question
+        model, processor, items, video_dir, mode, batch_size, generation_kwargs, judge, per_question, video_features
     )
     entries: dict[str, dict[str, Any]] = {}
     with tqdm(total=len(items), desc=f"eval ({mode})", unit="question", disable=not progress) as bar:
@@ -87,10 +83,11 @@ def question_answerer(
     generation_kwargs: Mapping[str, Any] | None = None,
     judge: Judge | None = None,
     per_question: bool = False,
+    video_features: LiveVideoFeatures | None = None,
 ) -> Answerer:
     """What `evaluate` runs on each group of `work_groups(items, batch_size, per_question)`: `answer(group)` gives
     the entries by question id of the questions about one video (`evaluate_video`), or with `per_question` of one
-    batch of them (`_evaluate_batch`)."""
+    batch of them (`_evaluate_batch`), the visual tokens from `video_features` (default: encoded live)."""
     check_mode(mode)
     if judge is not None:
         check_judged_mode(mode)
@@ -101,7 +98,13 @@ def question_answerer(
     letters = max((item.letters for item in items), key=len, default="")
     vocab_size = model.config.text_config.vocab_size
     letter_ids = letter_token_ids(processor.tokenizer, letters, vocab_size) if mode == MCQ else {}
-    settings = {"video_dir": video_dir, "generation": generation, "letter_ids": letter_ids, "judge": judge}
+    settings = {
+        "video_dir": video_dir,
+        "generation": generation,
+        "letter_ids": letter_ids,
+        "judge": judge,
+        "video_features": video_features or LiveVideoFeatures(model, processor),
+    }
     if per_question:
         return partial(_evaluate_batch, model, processor, **settings)
     return partial(evaluate_video, model, processor, **settings, batch_size=batch_size)
@@ -144,16 +147,18 @@ def evaluate_video(
     letter_ids: Mapping[str, Sequence[int]],
     judge: Judge | None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    video_features: LiveVideoFeatures | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Entries by question id for questions about one video (one `group_by_video` group): the video is decoded and
-    encoded once, and its questions are answered `batch_size` at a time from the cached prompt prefix (for multiple
-    choice, the option logits come from the one forward of each question's own tokens on top of that prefix). All
-    are skipped when the video is missing or unreadable."""
+    encoded once (or its features read from a store: `video_features`), and its questions are answered `batch_size`
+    at a time from the cached prompt prefix (for multiple choice, the option logits come from the one forward of each
+    question's own tokens on top of that prefix). All are skipped when the video is missing or unreadable."""
+    source = video_features or LiveVideoFeatures(model, processor)
     try:
-        pixels = process_video(processor, find_video(video_dir, items[0].video_name), items[0].sampling)
+        loaded = source.load(find_video(video_dir, items[0].video_name), items[0].sampling)
     except (OSError, ValueError) as err:
         return {item.question_id: skipped_entry(item, str(err)) for item in items}
-    prefix = prefill_pixels(model, processor, pixels)
+    prefix = prefill_video_features(model, processor, source.features([loaded]))
     entries = {}
     for batch in batches(items, batch_size):
         prompts = [prompt_ids(processor, question_conversation(item.prompt)) for item in batch]
@@ -172,41 +177,46 @@ def _evaluate_batch(
     generation: Mapping[str, Any],
     letter_ids: Mapping[str, Sequence[int]],
     judge: Judge | None,
+    video_features: LiveVideoFeatures,
 ) -> dict[str, dict[str, Any]]:
     """The authors' protocol for one batch, entries by question id: skipped ones for unreadable videos, the rest
-    answered together (each encoding its video) and scored as multiple choice when `letter_ids` are given, else as
-    open-ended."""
+    answered together (each encoding its video, or reading its features from a store) and scored as multiple choice
+    when `letter_ids` are given, else as open-ended."""
     entries, prepared = {}, []
     for item in batch:
         try:
-            video = find_video(video_dir, item.video_name)
-            prepared.append((item, question_inputs(processor, item.prompt, video, item.sampling)))
+            prepared.append((item, video_features.load(find_video(video_dir, item.video_name), item.sampling)))
         except (OSError, ValueError) as err:
             entries[item.question_id] = skipped_entry(item, str(err))
     if not prepared:
         return entries
-    answers = _answer(model, processor, [inputs for _, inputs in prepared], generation, bool(letter_ids))
+    answers = _answer(model, processor, video_features, prepared, generation, bool(letter_ids))
     return entries | score_answers([item for item, _ in prepared], answers, letter_ids, judge)
 
 
 def _answer(
-    model, processor, inputs: Sequence[Mapping], generation: Mapping[str, Any], first_logits: bool
+    model,
+    processor,
+    video_features: LiveVideoFeatures,
+    prepared: Sequence[tuple[EvalItem, Any]],
+    generation: Mapping[str, Any],
+    first_logits: bool,
 ) -> list[tuple[str, torch.Tensor | None]]:
-    """Generate for a batch of single-question inputs (left-padded together): each answer text, with the logits of
-    the first generated position when `first_logits`."""
+    """Generate for a batch of questions, each with its `load`ed video (whole prompts, left-padded together): each
+    answer text, with the logits of the first generated position when `first_logits`."""
     padded = processor.tokenizer.pad(
-        {"input_ids": [row["input_ids"][0].tolist() for row in inputs]},
+        {"input_ids": [prompt_ids(processor, question_conversation(item.prompt)) for item, _ in prepared]},
         padding=True,
         padding_side="left",
         return_tensors="pt",
     )
-    pixels = torch.cat([row["pixel_values_videos"] for row in inputs]).to(model.device, model.dtype)
+    visual = video_features.features([loaded for _, loaded in prepared])
     input_ids = padded["input_ids"].to(model.device)
     with torch.inference_mode():
         output = model.generate(
             input_ids=input_ids,
             attention_mask=padded["attention_mask"].to(model.device),
-            pixel_values_videos=pixels,
+            mm_encoder_outputs={"video": visual},
             return_dict_in_generate=True,
             output_logits=first_logits,
             **generation,

@@ -18,9 +18,16 @@
   as one uninterrupted single-process run writes it, and deletes the log. `output` must be on a file system every
   process sees.
 - **One run per output:** the first process holds the output's lock (`output_files.output_lock`) for the whole run.
+- **From a feature store:** with `features`, each process reads the videos' frozen features from the store
+  (`inference.video_features.StoredVideoFeatures`, checked against the model's fingerprint before any question is
+  answered); a video the store lacks is encoded live and, with `add_to_store`, added by the process's own writer,
+  whose last shard is completed when the run ends, also on SIGTERM. A matching store gives the answers the live path
+  gives, so its use is not one of the settings: a run may resume with or without it.
 """
 
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
@@ -35,7 +42,9 @@ from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from ..inference.devices import DTYPES, auto_dtype, resolve_device
+from ..inference.feature_store import FeatureStore
 from ..inference.loading import AUTO, load_model, load_processor
+from ..inference.video_features import open_video_features
 from .answering import DEFAULT_BATCH_SIZE, Answerer, check_batch_size, question_answerer, work_groups
 from .files import EvalItem, EvaluationInputError, load_items
 from .judges import check_judged_mode, load_judge
@@ -47,6 +56,8 @@ POLL_SECONDS = 1.0
 """How often the first process, done with its own questions, reads the log for the others' progress."""
 COLLECTIVE_TIMEOUT = timedelta(hours=24)
 """How long a process waits for the others at a synchronisation point (a slow shard can take hours)."""
+EXIT_TERMINATED = 128 + signal.SIGTERM
+"""The exit status of a run ended by SIGTERM (as the shell reports a process killed by it)."""
 
 
 # --- processes -------------------------------------------------------------------------------------------------------
@@ -67,6 +78,25 @@ def launched_processes(device: str | torch.device | None = None) -> Iterator[tup
         if not configured:
             state.destroy_process_group()
             PartialState._reset_state()
+
+
+@contextmanager
+def exit_on_sigterm() -> Iterator[None]:
+    """For the block, SIGTERM (what launchers and job schedulers send before killing) raises `SystemExit` in the
+    main thread, so that `finally` blocks run (the feature store writer completes its shard); the handler before it
+    is restored after. Elsewhere than in the main thread, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _exit_terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(EXIT_TERMINATED)
 
 
 def from_main_process(value: Any) -> Any:
@@ -212,18 +242,26 @@ def run_evaluation(
     max_new_tokens: int | None = None,
     judge: str | None = None,
     progress: bool = True,
+    features: str | Path | None = None,
+    add_to_store: bool = False,
 ) -> dict[str, Any] | None:
     """Evaluate `model_id` on the authors' `questions` and `answers` files (videos in `video_dir`, the first `limit`
     questions) and write the results to `output`, in this process or in each of those a launcher started (see the
     module). Decoding is greedy, `max_new_tokens` long (default: `answering.default_max_new_tokens`, or the naive
     check's length for multiple choice); `judge` names a judge of open-ended answers (`"module:callable"`).
+    `features` names a feature store to read the videos' frozen features from (videos it lacks are encoded live and,
+    with `add_to_store`, added to it).
 
     Returns `{"summary": ..., "results": ...}` as written, in the first process, and `None` in the others. The inputs
     are checked before any model work. Failures are exceptions with a one-line message naming what is wrong:
     `EvaluationInputError` (the files, `mode`, `judge`, `batch_size`, `limit`, `video_dir`), `ValueError` (`dtype`,
     an unavailable `device`), `EvaluationRunError` (`output` written by another run, or its log by a run with other
-    settings), `inference.loading.ModelLoadError` (`model_id`).
+    settings), `inference.loading.ModelLoadError` (`model_id`), `inference.feature_store.FeatureStoreError`
+    (`features` is not a store; after loading the model, before any question is answered: built with other settings
+    or weights, `FeatureStoreMismatchError`).
     """
+    if add_to_store and features is None:
+        raise EvaluationInputError("add_to_store needs a feature store to add to (features)")
     if judge is not None:
         check_judged_mode(mode)
     check_batch_size(batch_size)
@@ -233,6 +271,7 @@ def run_evaluation(
     if not Path(video_dir).is_dir():
         raise EvaluationInputError(f"--video-dir {video_dir} is not a directory")
     judge_function = load_judge(judge) if judge is not None else None
+    store = FeatureStore.open(features) if features is not None else None
     sources = {
         "model": model_id,
         "questions_file": str(questions),
@@ -254,15 +293,33 @@ def run_evaluation(
             processor = load_processor(model_id)
             model = load_model(model_id, process_device, dtype)
             generation = {"max_new_tokens": max_new_tokens}
-            answer = question_answerer(
-                model, processor, items, video_dir, mode, batch_size, generation, judge_function, per_question
-            )
-            return run.run(answer)
+            with (
+                open_video_features(model, processor, store, add_to_store) as video_features,
+                exit_on_sigterm() if add_to_store else nullcontext(),
+            ):
+                answer = question_answerer(
+                    model,
+                    processor,
+                    items,
+                    video_dir,
+                    mode,
+                    batch_size,
+                    generation,
+                    judge_function,
+                    per_question,
+                    video_features,
+                )
+                results = run.run(answer)
+            if video_features.report() is not None:
+                print(video_features.report(), file=sys.stderr)
+            return results
 
 
 __all__ = [
     "COLLECTIVE_TIMEOUT",
+    "EXIT_TERMINATED",
     "EvaluationRun",
+    "exit_on_sigterm",
     "from_main_process",
     "launched_processes",
     "run_evaluation",

@@ -4,8 +4,9 @@ MERV's fusion never sees the question, and every prompt format puts the visual t
 In: {question}\\nOut:` for the "pure" format). Decoding, the four encoders, alignment, fusion and the language model's
 KV cache of the prompt up to the question are therefore the same for every question about a video. `prefill_video`
 computes them once — it decodes and encodes the video, then runs the language model's prefill over that prefix —
-into a `VideoPrefix`; `answer_questions` answers any number of questions from it, a batch of questions sharing one
-copy of the cache; `VideoChat` holds a multi-turn conversation whose turns reuse the cache of the turns before. Answers are the ids generation from scratch gives: each prompt is tokenized whole, exactly as from scratch,
+into a `VideoPrefix` (`prefill_video_features` does the last step for visual tokens computed elsewhere, e.g. from a
+feature store's frozen features); `answer_questions` answers any number of questions from it, a batch of questions
+sharing one copy of the cache; `VideoChat` holds a multi-turn conversation whose turns reuse the cache of the turns before. Answers are the ids generation from scratch gives: each prompt is tokenized whole, exactly as from scratch,
 and only the tokens it shares with the cached ones are taken from the cache.
 
     prefix = prefill_video(model, processor, "clip.mp4")
@@ -141,6 +142,15 @@ def prefill_pixels(
 ) -> VideoPrefix:
     """`prefill_video` for an already decoded video (`process_video`'s output, a batch of one)."""
     video_features = model.get_video_features(pixel_values_videos.to(model.device, model.dtype))
+    return prefill_video_features(model, processor, video_features, chat_template)
+
+
+@torch.inference_mode()
+def prefill_video_features(
+    model, processor, video_features: MervVideoFeaturesOutput, chat_template: str | None = None
+) -> VideoPrefix:
+    """`prefill_video` for a video already encoded: its visual tokens (`get_video_features`' output, a batch of one,
+    or `get_video_features_from_frozen`'s for features from a feature store)."""
     input_ids = torch.tensor([shared_prefix_ids(processor, chat_template)], device=model.device)
     output = model(input_ids=input_ids, mm_encoder_outputs={"video": video_features}, use_cache=True, logits_to_keep=1)
     return VideoPrefix(video_features, CachedPrompt(input_ids, output.cache), chat_template)
@@ -324,6 +334,7 @@ __all__ = [
     "generate_from_cache",
     "prefill_pixels",
     "prefill_video",
+    "prefill_video_features",
     "process_video",
     "prompt_ids",
     "question_conversation",

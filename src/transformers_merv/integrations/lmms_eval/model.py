@@ -2,6 +2,7 @@
 package's docstring."""
 
 import math
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ from ... import default_model_path
 from ...evaluation import DEFAULT_MAX_NEW_TOKENS
 from ...inference.batching import batches, group_by
 from ...inference.devices import resolve_device
+from ...inference.feature_store import FeatureStore
 from ...inference.loading import AUTO, load_model, load_processor
-from ...inference.prefix_cache import VideoPrefix, generate_from_cache, prefill_video, prompt_ids
+from ...inference.prefix_cache import VideoPrefix, generate_from_cache, prompt_ids
+from ...inference.video_features import video_features_for
 from ...video_io import clip_window
 
 
@@ -55,7 +58,9 @@ class Merv(lmms):
     """MERV for lmms-eval tasks in the simple format (text + `doc_to_visual`), with option likelihood.
 
     `pretrained`: model folder or Hub id (default: the shipped model); `device`; `dtype` (`auto`, `float32`,
-    `bfloat16`, `float16`); `batch_size`: questions about one video answered (or scored) together."""
+    `bfloat16`, `float16`); `batch_size`: questions about one video answered (or scored) together; `features`: a
+    feature store to read the videos' frozen features from (built with this model, processor and dtype), videos it
+    lacks encoded live and, with `add_to_store=True`, added to it."""
 
     is_simple = True
 
@@ -65,6 +70,8 @@ class Merv(lmms):
         device: str | None = None,
         dtype: str = AUTO,
         batch_size: int | str = 1,
+        features: str | None = None,
+        add_to_store: bool = False,
     ) -> None:
         super().__init__()
         self.accelerator = Accelerator()
@@ -72,20 +79,29 @@ class Merv(lmms):
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ValueError(f"merv: batch_size must be >= 1, got {batch_size!r}")
+        if not isinstance(add_to_store, bool):
+            raise ValueError(f"merv: add_to_store must be True or False, got {add_to_store!r}")
+        if add_to_store and features is None:
+            raise ValueError("merv: add_to_store=True needs features=STORE, the feature store to add to")
+        store = FeatureStore.open(str(features)) if features is not None else None  # a wrong path fails at once
         model_id = pretrained or str(default_model_path())
         self.processor = load_processor(model_id)
         self.model = load_model(model_id, resolve_device(device, self.accelerator.local_process_index), dtype)
+        self.video_features = video_features_for(self.model, self.processor, store, add_to_store)
 
     # --- lmms-eval's interface --------------------------------------------------------------------------------------
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        return self._generate([self._request(instance) for instance in requests])
+        answers = self._generate([self._request(instance) for instance in requests])
+        self._flush_features()
+        return answers
 
     def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
         """`(log-likelihood, is_greedy)` per request, each wrapped in a `GenerationResult`: lmms-eval 0.7's
         `unwrap_generation_output` turns a bare tuple into its string, and passes a `GenerationResult`'s `text`
         on as it is."""
         scores = self._score([self._scored_request(instance) for instance in requests])
+        self._flush_features()
         return [GenerationResult(text=score) for score in scores]
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
@@ -133,10 +149,18 @@ class Merv(lmms):
         its `num_requests` requests then get an empty answer or a log-likelihood of -inf, as `merv eval` skips
         them, rather than ending the whole evaluation."""
         try:
-            return prefill_video(self.model, self.processor, request.video, dict(request.sampling))
+            return self.video_features.prefill(request.video, dict(request.sampling))
         except (OSError, ValueError) as err:
             warnings.warn(f"merv: {num_requests} request(s) about {request.video} are not answered: {err}")
             return None
+
+    def _flush_features(self) -> None:
+        """At the end of a task's requests: complete the store's shard (with `add_to_store`) and say where the
+        features came from."""
+        self.video_features.flush()
+        report = self.video_features.report()
+        if report is not None:
+            print(f"merv: {report}", file=sys.stderr)
 
     def _generate_batch(self, prefix: VideoPrefix, batch: Sequence[VideoRequest]) -> list[str]:
         prompts = [prompt_ids(self.processor, request.conversation) for request in batch]
