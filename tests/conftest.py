@@ -46,7 +46,6 @@ from transformers_merv.inference.feature_store import (  # noqa: E402
 )
 from transformers_merv.inference.prefix_cache import (  # noqa: E402
     generate_from_cache,
-    process_video,
     prompt_ids,
     question_conversation,
 )
@@ -226,24 +225,38 @@ def answer_ids_from_cache(model, processor, prefix, questions, **generation) -> 
 
 
 def build_feature_store(
-    path: Path, model, processor, videos: Sequence[Path], window: Mapping[str, float | int] | None = None
+    path: Path,
+    model,
+    processor,
+    media: Sequence[Path],
+    window: Mapping[str, float | int] | None = None,
+    flipped: bool = False,
+    batched: bool = True,
 ) -> FeatureStore:
-    """A feature store of `videos` (with the clip `window`) built through the Python API, as `merv encode` builds one:
-    the readable videos' frozen features computed in one batch, the others recorded with their decoding error."""
-    store = FeatureStore.create(path, feature_fingerprint(model, processor, model.dtype))
+    """A feature store of `media` (videos, and images by their suffix; with the clip `window`) built through the
+    Python API, as `merv encode` builds one: the readable media's frozen features (and, with `flipped`, LanguageBind's
+    of the mirrored clips) computed in one batch or, without `batched`, one medium at a time; the others recorded
+    with their decoding error."""
+    store = FeatureStore.create(path, feature_fingerprint(model, processor, model.dtype), flipped)
     readable, pixels = [], []
     with store.writer() as writer:
-        for video in videos:
+        for item in media:
             try:
-                pixels.append(process_video(processor, video, window))
+                video = load_image(item, str(item)) if item.suffix == ".png" else str(item)
+                pixels.append(processor.video_processor([video], **(window or {}))["pixel_values_videos"])
             except (OSError, ValueError) as err:
-                writer.add_failure(video, window, str(err))
+                writer.add_failure(item, window, str(err))
             else:
-                readable.append(video)
-        if readable:
-            features, _ = compute_frozen_features(model, torch.cat(pixels))
-            for index, video in enumerate(readable):
-                writer.add(video, window, {name: batch[index] for name, batch in features.items()})
+                readable.append(item)
+        rows = []
+        for batch in [torch.cat(pixels)] if batched and pixels else pixels:
+            features, mirrored = compute_frozen_features(model, batch, flipped)
+            rows += [
+                ({name: tensor[row] for name, tensor in features.items()}, None if mirrored is None else mirrored[row])
+                for row in range(batch.shape[0])
+            ]
+        for item, (features, mirrored) in zip(readable, rows):
+            writer.add(item, window, features, flipped_languagebind=mirrored)
     return store
 
 
@@ -487,26 +500,14 @@ def media_files(media_root: Path) -> list[Path]:
 def build_store(
     model_dir: Path, media_root: Path, path: Path, flipped: bool = False, num_threads: int | None = None
 ) -> FeatureStore:
-    """A float32 store of every medium of `media_root` (with the corrupted video recorded as unreadable), its features
-    computed on `num_threads` threads (torch's setting by default; restored after)."""
+    """A float32 store of every medium of `media_root` (the corrupted video recorded as unreadable), encoded one at a
+    time on `num_threads` threads (torch's setting by default; restored after)."""
     model = MervForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
-    store = FeatureStore.create(path, feature_fingerprint(model, processor, torch.float32), flipped)
     threads = torch.get_num_threads()
     torch.set_num_threads(num_threads or threads)
     try:
-        with store.writer() as writer:
-            for media in media_files(media_root):
-                video = load_image(media, str(media)) if media.suffix == ".png" else media
-                pixels = processor.video_processor([video])["pixel_values_videos"]
-                features, mirrored = compute_frozen_features(model, pixels, flipped)
-                writer.add(
-                    media,
-                    None,
-                    {name: tensor[0] for name, tensor in features.items()},
-                    flipped_languagebind=None if mirrored is None else mirrored[0],
-                )
-            writer.add_failure(media_root / "corrupted.mp4", None, "invalid data found when processing input")
+        media = [*media_files(media_root), media_root / "corrupted.mp4"]
+        return build_feature_store(path, model, processor, media, flipped=flipped, batched=False)
     finally:
         torch.set_num_threads(threads)
-    return store

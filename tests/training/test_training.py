@@ -977,8 +977,9 @@ def test_a_store_without_a_video_or_from_other_encoders_is_refused_before_traini
 ):
     partial = tmp_path / "partial"
     shutil.copytree(store.path, partial)
-    for index in partial.glob("index-*.jsonl"):  # keep the records of the first video only
-        index.write_text(index.read_text().splitlines(keepends=True)[0])
+    for index in partial.glob("index-*.jsonl"):  # keep the record of red.mp4 only
+        records = index.read_text().splitlines(keepends=True)
+        index.write_text("".join(line for line in records if json.loads(line)["source"].endswith("red.mp4")))
     with pytest.raises(FeatureStoreError, match=r"lacks the features of 4 videos or images .*merv encode .*chat.json"):
         chat_dataset(media_root, processor, feature_store=FeatureStore.open(partial))
     other = load_model(model_dir)
@@ -1003,7 +1004,7 @@ def test_videos_the_store_could_not_read_are_bad_examples(store, media_root, pro
     )
     dataset = VideoLlavaDataset(data, media_root, processor, feature_store=store)
     assert len(dataset) == 7 and [problem.example for problem in dataset.skipped] == ["entry 7 (id 'broken')"]
-    assert "invalid data" in dataset.skipped[0].reason
+    assert "Invalid data found" in dataset.skipped[0].reason  # the decoding error recorded when encoded
     with pytest.raises(BadExampleError, match=r"entry 7 \(id 'broken'\).*corrupted.mp4"):
         VideoLlavaDataset(data, media_root, processor, feature_store=store, on_bad_example="error")
 
