@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluation.file_checks import question_problems
-from ..evaluation.files import VIDEO_EXTENSIONS, _question_window, find_video
+from ..evaluation.files import VIDEO_EXTENSIONS, question_window, find_video
 from ..training.data import BadExampleError, parse_example
 
 
@@ -120,7 +120,7 @@ def _question_items(source: Path, records: list[dict], video_dir: Path) -> list[
             path = find_video(video_dir, record["video_name"])
         except (OSError, ValueError) as error:
             raise EncodingInputError(f"{source}: question_id {record['question_id']!r}: {error}") from None
-        items.append(MediaItem(path, "video", _question_window(record)))
+        items.append(MediaItem(path, "video", question_window(record)))
     return items
 
 

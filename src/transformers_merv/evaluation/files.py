@@ -136,7 +136,7 @@ def _open_ended_item(question: Mapping, answer: Mapping) -> EvalItem:
         prompt=question["question"],
         answer=str(answer["answer"]),
         question_type=question.get("question_type"),
-        sampling=_question_window(question),
+        sampling=question_window(question),
     )
 
 
@@ -150,11 +150,11 @@ def _mcq_item(question: Mapping, answer: Mapping) -> EvalItem:
         answer=OPTION_LETTERS[answer["answer_id"]],
         question_type=question.get("question_type"),
         options=options,
-        sampling=_question_window(question),
+        sampling=question_window(question),
     )
 
 
-def _question_window(question: Mapping) -> dict[str, float | int]:
+def question_window(question: Mapping) -> dict[str, float | int]:
     """The clip window of a question record: its `time: [start, end]` and `end_frame`, when present."""
     start, end = question.get("time") or (None, None)
     return clip_window(start, end, question.get("end_frame"))
@@ -197,4 +197,5 @@ __all__ = [
     "find_video",
     "load_items",
     "mcq_prompt",
+    "question_window",
 ]
