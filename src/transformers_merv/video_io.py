@@ -115,7 +115,7 @@ def check_window_lengths(window_seconds: float, overlap_seconds: float) -> None:
         raise ValueError(f"`window_seconds` must be a finite number > 0, got {window_seconds}")
     if not 0 <= overlap_seconds < window_seconds:
         raise ValueError(
-            f"`overlap_seconds` must be >= 0 and shorter than `window_seconds` = {window_seconds}, got {overlap_seconds}"
+            f"`overlap_seconds` must be >= 0 and less than `window_seconds` = {window_seconds}, got {overlap_seconds}"
         )
 
 
