@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -47,8 +48,14 @@ def window_pixels(
 ) -> Iterator[WindowPixels]:
     """Each window's `(start_sec, end_sec, pixel_values_videos)`, in order, the video demuxed and decoded once for all
     windows. Bad window lengths raise a `ValueError` at once; the video is read as the iterator is consumed."""
-    windows = processor.video_processor.preprocess_windows(str(video), window_seconds, overlap_seconds)
-    return ((start, end, features["pixel_values_videos"]) for start, end, features in windows)
+    return _pixels(processor.video_processor.preprocess_windows(str(video), window_seconds, overlap_seconds))
+
+
+def _pixels(windows: Iterator[tuple[float, float, Any]]) -> Iterator[WindowPixels]:
+    """Each window's pixels; closing this closes `windows` (and the video)."""
+    with closing(windows):
+        for start, end, features in windows:
+            yield start, end, features["pixel_values_videos"]
 
 
 def answer_window_pixels(
