@@ -21,7 +21,7 @@ from transformers_merv import MervForConditionalGeneration, default_model_path
 from transformers_merv.cli import main
 from transformers_merv.cli.errors import CliError
 from transformers_merv.cli.streaming import OneLineStreamer, streams
-from transformers_merv.cli.video_questions import one_line
+from transformers_merv.utils.console import one_line
 from transformers_merv.inference.prefix_cache import VideoChat, prefill_video
 
 from conftest import MEDIA

@@ -4,9 +4,10 @@ import argparse
 import sys
 
 from ..inference.prefix_cache import VideoChat
+from ..utils.console import one_line
 from .arguments import add_fast_generation_arguments, add_question_arguments, generation_kwargs
 from .streaming import stream_kwargs
-from .video_questions import encode_from_args, one_line
+from .video_questions import encode_from_args
 
 
 PROMPT = "> "

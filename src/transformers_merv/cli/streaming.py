@@ -9,7 +9,7 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from .errors import CliError
-from .video_questions import one_line
+from ..utils.console import one_line
 
 
 BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
