@@ -24,6 +24,8 @@ from .sources import DemoError, VideoRequest, reading
 
 
 DEFAULT_VIDEO_MIME = "video/mp4"
+PROBED_FRAMES = max(MERV_FULL_NUM_FRAMES.values())
+"""Frames decoded to check an upload before it is sent to a server: the most any merv-full encoder samples."""
 SERVER_WEIGHTS_NOTE = (
     "Fusion weights are not available with --server: the OpenAI API of merv serve returns the answer's text only. "
     "Run merv demo without --server (the Python model) to see them."
@@ -123,7 +125,8 @@ def streamed(generate: Callable[[TextIteratorStreamer], str], tokenizer) -> Iter
 
 class ServerBackend:
     """A running `merv serve`: videos go to it as http(s) URLs or, for uploads, as `data:` URLs of their bytes,
-    checked here first (demuxed, frame sizes against the media limits) so that an unreadable file is named at once."""
+    checked here first (the frames merv-full samples decoded, under the media limits), so that an unreadable file is
+    named at once."""
 
     supports_clip_window = False
 
@@ -136,8 +139,10 @@ class ServerBackend:
             raise DemoError("a clip window needs the Python model: merv serve's API samples the whole video")
         if video.is_url:
             return video.source
-        with reading(video), open_video(video.source, video.name):
-            data = Path(video.source).read_bytes()
+        with reading(video), open_video(video.source, video.name) as reader:
+            metadata = reader.metadata
+            reader.get_frames(sample_frame_indices(metadata.total_num_frames, metadata.fps, PROBED_FRAMES))
+        data = Path(video.source).read_bytes()
         mime = mimetypes.guess_type(video.source)[0] or DEFAULT_VIDEO_MIME
         return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 

@@ -46,7 +46,7 @@ def reporting_errors(updates: Iterator[Update]) -> Iterator[Update]:
         yield from updates
     except DemoError as err:
         yield {ERROR: error_html(str(err))}
-    except Exception as err:  # noqa: BLE001 - the page shows one line; the log keeps the traceback
+    except Exception as err:  # the page shows one line; the log keeps the traceback
         logger.exception("merv demo: a request failed")
         yield {ERROR: error_html(f"{type(err).__name__}: {first_line(err)}")}
 
