@@ -1,7 +1,6 @@
 """`merv demo`: a local web app (Gradio) to ask about a video, chat, and see the encoders' fusion weights."""
 
 import argparse
-import importlib.util
 
 from ..demo import INSTALL_HINT
 from ..demo.backends import Backend, LocalBackend, ServerBackend
@@ -34,14 +33,16 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model (or reach the server), then serve the page until interrupted."""
-    if importlib.util.find_spec("gradio") is None:
-        raise CliError(f"merv demo needs Gradio: {INSTALL_HINT}")
     if args.server and (args.model or args.device or args.dtype != AUTO):
         raise CliError(
             "--server answers with the server's model: --model, --device and --dtype are for the Python model"
         )
-    from ..demo.app import launch  # Gradio is imported here only, so that other commands never load it
-
+    try:
+        from ..demo.app import launch  # Gradio is imported here only, so that other commands never load it
+    except ModuleNotFoundError as err:
+        if err.name != "gradio":
+            raise
+        raise CliError(f"merv demo needs Gradio: {INSTALL_HINT}") from None
     launch(_backend(args), args.host, args.port)
     return 0
 

@@ -40,7 +40,8 @@ class VideoRequest:
 def video_request(
     upload: str | None, url: str | None, clip_start_sec: float | None = None, clip_end_sec: float | None = None
 ) -> VideoRequest:
-    """The request for an uploaded file or a pasted URL (not both), or a `DemoError` saying what is wrong."""
+    """The request for an uploaded file or a pasted URL (not both), or a `DemoError` saying what is wrong. A clip
+    start or end of 0 is unset (a number field's empty value): from the start, to the end."""
     url = (url or "").strip()
     if upload and url:
         raise DemoError("give either an uploaded video or a URL, not both")
@@ -50,8 +51,14 @@ def video_request(
         _check_url(url)
     elif not Path(upload).is_file():
         raise DemoError(f"the uploaded video {Path(upload).name} is no longer there; upload it again")
+    clip_start_sec, clip_end_sec = _seconds(clip_start_sec), _seconds(clip_end_sec)
     _check_window(clip_start_sec, clip_end_sec)
     return VideoRequest(upload or url, clip_start_sec, clip_end_sec)
+
+
+def _seconds(value: float | None) -> float | None:
+    """A clip time as the video processor takes it (a float), or None for unset (empty or 0)."""
+    return float(value) if value else None
 
 
 def _check_url(url: str) -> None:

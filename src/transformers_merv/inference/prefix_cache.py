@@ -135,7 +135,9 @@ def prefill_video(
 
 
 @torch.inference_mode()
-def prefill_pixels(model, processor, pixel_values_videos: torch.Tensor, chat_template: str | None = None) -> VideoPrefix:
+def prefill_pixels(
+    model, processor, pixel_values_videos: torch.Tensor, chat_template: str | None = None
+) -> VideoPrefix:
     """`prefill_video` for an already decoded video (`process_video`'s output, a batch of one)."""
     video_features = model.get_video_features(pixel_values_videos.to(model.device, model.dtype))
     input_ids = torch.tensor([shared_prefix_ids(processor, chat_template)], device=model.device)

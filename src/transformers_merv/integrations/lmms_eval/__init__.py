@@ -27,4 +27,5 @@ def model_manifest():
         model_id=MODEL_ID, simple_class_path=f"{MODEL_MODULE}.Merv", chat_class_path=f"{MODEL_MODULE}.MervChat"
     )
 
+
 __all__ = ["MODEL_ID", "model_manifest"]

@@ -1,7 +1,6 @@
 """The lmms-eval `merv` model: `MervChat` (what `--model merv` resolves to) and `Merv` (`--force_simple`); see the
 package's docstring."""
 
-
 import math
 import warnings
 from collections.abc import Mapping, Sequence
