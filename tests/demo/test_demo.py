@@ -89,7 +89,6 @@ def test_ask_answers_every_question_and_shows_the_four_encoders_weights(callback
     weights = backend.fusion_weights(backend.prepare(video_request(str(EXAMPLE_VIDEO), None)))
     assert list(weights) == list(backend.model.config.vision_encoders) == texts(page[FUSION], "merv-encoder")
     assert texts(page[FUSION], "merv-weight") == [f"{weight:.3f}" for weight in weights.values()]
-    assert sum(weights.values()) == pytest.approx(1.0)
 
 
 def test_answers_stream_in_growing_and_end_with_the_exact_answer(callbacks):
