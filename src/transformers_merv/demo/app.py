@@ -13,6 +13,7 @@ TITLE = "MERV demo"
 MAX_UPLOAD_SIZE = "1gb"
 """Largest upload Gradio accepts (decoding is bounded by the media limits, `transformers_merv.media_limits`)."""
 QUESTION_LINES = 4
+VIDEO_HEIGHT = 320
 CLIP_END_LABEL = "Clip end (s; 0: the end of the video)"
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "monospace"]
@@ -40,16 +41,16 @@ def build_app(backend: Backend) -> gr.Blocks:
         session = gr.State(DemoSession())
         with gr.Row():
             with gr.Column():
-                upload = gr.Video(label="Video", sources=["upload"], elem_id="merv-video")
+                upload = gr.Video(label="Video", sources=["upload"], height=VIDEO_HEIGHT, elem_id="merv-video")
                 url = gr.Textbox(label="…or its URL", placeholder="https://…", elem_id="merv-url")
                 with gr.Row(visible=backend.supports_clip_window):
                     clip_start = gr.Number(label="Clip start (s)", value=0, minimum=0, elem_id="merv-clip-start")
                     clip_end = gr.Number(label=CLIP_END_LABEL, value=0, minimum=0, elem_id="merv-clip-end")
                 if not backend.supports_clip_window:
                     gr.Markdown(SERVER_WINDOW_NOTE)
-                error = gr.HTML(elem_id="merv-error")
                 fusion = gr.HTML(elem_id="merv-fusion")
             with gr.Column():
+                error = gr.HTML(elem_id="merv-error")
                 with gr.Tab("Questions"):
                     questions = gr.Textbox(
                         label="Questions, one per line", lines=QUESTION_LINES, elem_id="merv-questions"
