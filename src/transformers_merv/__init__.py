@@ -28,6 +28,14 @@ from .inference.prefix_cache import (
     encode_video,
     prefill_video,
 )
+from .inference.windows import (
+    DEFAULT_CAPTION_PROMPT,
+    WindowAnswer,
+    answer_windows,
+    caption_windows,
+    iter_answer_windows,
+    iter_caption_windows,
+)
 
 
 AutoConfig.register(MervConfig.model_type, MervConfig, exist_ok=True)
@@ -76,6 +84,12 @@ __all__ = [
     "VideoChat",
     "VideoPrefix",
     "VideoPrefixCache",
+    "DEFAULT_CAPTION_PROMPT",
+    "WindowAnswer",
+    "answer_windows",
+    "caption_windows",
+    "iter_answer_windows",
+    "iter_caption_windows",
     "auto_dtype",
     "cpu_has_native_bf16",
 ]

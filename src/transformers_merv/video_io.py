@@ -91,6 +91,34 @@ def clip_window(
     return {name: value for name, value in window.items() if value is not None}
 
 
+def time_windows(
+    duration: float, window_seconds: float, overlap_seconds: float = 0.0, frame_seconds: float = 0.0
+) -> list[tuple[float, float]]:
+    """Consecutive `(start, end)` windows over `[0, duration]` seconds: `window_seconds` long, starting every
+    `window_seconds - overlap_seconds` (window `k` starts at `k * stride`). The last window is the first that reaches
+    the end of the video, cut at the end (a partial window); a window that would leave less than `frame_seconds` (one
+    frame) after it is stretched to the end instead, so no window holds less than a frame. A window longer than the
+    video gives one window, the whole video."""
+    check_window_lengths(window_seconds, overlap_seconds)
+    stride = float(window_seconds - overlap_seconds)
+    windows: list[tuple[float, float]] = []
+    while not windows or windows[-1][1] < duration:
+        start = len(windows) * stride
+        end = min(start + window_seconds, duration)
+        windows.append((start, duration if duration - end < frame_seconds else end))
+    return windows
+
+
+def check_window_lengths(window_seconds: float, overlap_seconds: float) -> None:
+    """A `ValueError` naming the argument unless `0 <= overlap_seconds < window_seconds < inf`."""
+    if not 0 < window_seconds < math.inf:
+        raise ValueError(f"`window_seconds` must be a finite number > 0, got {window_seconds}")
+    if not 0 <= overlap_seconds < window_seconds:
+        raise ValueError(
+            f"`overlap_seconds` must be >= 0 and less than `window_seconds` = {window_seconds}, got {overlap_seconds}"
+        )
+
+
 def sample_frame_indices(
     total_num_frames: int,
     video_fps: float | None,

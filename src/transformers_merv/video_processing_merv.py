@@ -3,10 +3,11 @@ normalisation, exactly as the authors' code prepares them (princetonvisualai/mer
 `merv/models/vidlms/merv.py::MERV.generate`)."""
 
 import copy
+import dataclasses
 import math
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 
@@ -31,11 +32,14 @@ from .compat import VideoProcessorMixin
 from .configuration_merv import MERV_FULL_IMAGE_SIZE, MERV_FULL_NUM_FRAMES, check_frame_counts
 from .video_io import (
     RGB_CHANNELS,
+    VideoReader,
+    check_window_lengths,
     decode_in_background,
     make_batched_video_inputs,
     open_video,
     sample_frame_indices,
     sample_frame_indices_at_rate,
+    time_windows,
 )
 
 
@@ -467,6 +471,43 @@ class MervVideoProcessor(VideoProcessorMixin):
         features = BatchFeature(data)
         return features.to(options["device"]) if options["device"] is not None else features
 
+    def preprocess_windows(
+        self, video: object, window_seconds: float, overlap_seconds: float = 0.0, **kwargs
+    ) -> Iterator[tuple[float, float, BatchFeature]]:
+        """One video in consecutive time windows (`video_io.time_windows`: `window_seconds` long, overlapping by
+        `overlap_seconds`): `(start, end, features)` per window, in order, where `features` is what
+        `self(video, clip_start_sec=start, clip_end_sec=end, **kwargs)` gives. The video is opened (demuxed) once and
+        the frames of all windows are decoded in one pass; a window is given as soon as its last frame is decoded,
+        and frames no later window needs are dropped, so memory holds about one window's frames. Window lengths are
+        checked here; the video is read as the iterator is consumed (close it to stop early). Needs the video's frame
+        rate (decoded frames: through `video_metadata`)."""
+        check_window_lengths(window_seconds, overlap_seconds)
+        windowed = set(CLIP_WINDOW_OPTIONS) & {key for key, value in kwargs.items() if value is not None}
+        if windowed:
+            raise ValueError(f"{sorted(windowed)} do not apply to windows: each window is its own clip window")
+        options = self._options(kwargs)
+        return self._windows(video, window_seconds, overlap_seconds, options)
+
+    def _windows(
+        self, video: object, window_seconds: float, overlap_seconds: float, options: dict
+    ) -> Iterator[tuple[float, float, BatchFeature]]:
+        transforms = self._transforms(options)
+        sampling = {key: options[key] for key in ("fps", "num_frames", "do_sample_frames")}
+        with open_video(video, "video", options["input_data_format"]) as reader:
+            metadata = reader.metadata
+            _fill_missing(metadata, _metadata_per_video(options["video_metadata"], 1)[0])
+            if metadata.fps is None:
+                raise ValueError("Windows in seconds need the video's frame rate; decoded frames have none")
+            spans = time_windows(metadata.duration, window_seconds, overlap_seconds, 1 / metadata.fps)
+            plans = [self.frame_plan(metadata, clip_start_sec=s, clip_end_sec=e, **sampling) for s, e in spans]
+            with closing(self._process_plans(reader, plans, transforms)) as windows:
+                for (start, end), plan, frames in zip(spans, plans, windows):
+                    data = {"pixel_values_videos": _pack([self._maybe_flipped(frames)])}
+                    if options["return_metadata"]:
+                        data["video_metadata"] = [dataclasses.replace(metadata, frames_indices=plan.indices.tolist())]
+                    features = BatchFeature(data)
+                    yield start, end, features.to(options["device"]) if options["device"] is not None else features
+
     def _process_one(
         self,
         video: object,
@@ -476,40 +517,62 @@ class MervVideoProcessor(VideoProcessorMixin):
         input_data_format: str | None,
         **sampling,
     ) -> tuple[dict[str, list[np.ndarray]], VideoMetadata]:
-        """One video as float32 `[3, H, W]` frames per encoder (a repeated frame is the same array).
-
-        Its distinct sampled frames are decoded one at a time in a background thread while each is PIL-resized for
-        every encoder that uses it (one resize per distinct target: DINOv2 and SigLIP share theirs). The torch-resized
-        frames (LanguageBind) are kept as uint8 and transformed once decoding is over, when torch's own threads no
-        longer compete with the decoding thread.
-        """
+        """One video as float32 `[3, H, W]` frames per encoder (a repeated frame is the same array)."""
         with open_video(video, name, input_data_format) as reader:
             _fill_missing(reader.metadata, given_metadata)
             plan = self.frame_plan(reader.metadata, **sampling)
-            distinct, positions = np.unique(plan.indices, return_inverse=True)
-            rows = {encoder: positions[plan.rows[encoder]].tolist() for encoder in transforms}
-            processed = {encoder: dict.fromkeys(rows[encoder]) for encoder in transforms}
-            with closing(decode_in_background(reader.iter_frames(distinct))) as frames:
-                for position, frame in enumerate(frames):
-                    resized = {}
-                    for encoder, transform in transforms.items():
-                        if position in processed[encoder]:
-                            deferred = transform.resize_backend == "torch"
-                            processed[encoder][position] = (
-                                frame if deferred else _pil_transform(frame, transform, resized)
-                            )
+            with closing(self._process_plans(reader, [plan], transforms)) as planned:
+                frames = next(planned)
             metadata = reader.metadata
-        for encoder, transform in transforms.items():
-            if transform.resize_backend == "torch":
-                processed[encoder] = {
-                    position: _torch_transform(frame, transform) for position, frame in processed[encoder].items()
-                }
         metadata.frames_indices = plan.indices.tolist()
-        frames = {encoder: [processed[encoder][position] for position in rows[encoder]] for encoder in transforms}
+        return self._maybe_flipped(frames), metadata
+
+    def _process_plans(
+        self, reader: VideoReader, plans: Sequence[FramePlan], transforms: dict[str, EncoderTransform]
+    ) -> Iterator[dict[str, list[np.ndarray]]]:
+        """Each plan's float32 `[3, H, W]` frames per encoder, plan after plan, from one decoding pass over the union
+        of their frames (plans ordered by time: each is given once its last frame is decoded).
+
+        The distinct frames are decoded one at a time in a background thread while each is PIL-resized for every
+        encoder that uses it (one resize per distinct target: DINOv2 and SigLIP share theirs). The torch-resized
+        frames (LanguageBind) are kept as uint8 and transformed when their plan is complete (for one plan: once
+        decoding is over, when torch's own threads no longer compete with the decoding thread). A frame is dropped
+        after the last plan that uses it."""
+        needs = [{encoder: plan.indices[plan.rows[encoder]].tolist() for encoder in transforms} for plan in plans]
+        wanted = {encoder: {index for need in needs for index in need[encoder]} for encoder in transforms}
+        last_plan = {index: number for number, plan in enumerate(plans) for index in plan.indices.tolist()}
+        unused_after: list[list[int]] = [[] for _ in plans]
+        for index, last in last_plan.items():
+            unused_after[last].append(index)
+        complete_at = np.maximum.accumulate([plan.indices.max() for plan in plans]).tolist()
+        kept: dict[str, dict[int, np.ndarray]] = {encoder: {} for encoder in transforms}
+        raw: dict[int, np.ndarray] = {}
+        distinct = np.asarray(sorted(last_plan))
+        number = 0
+        with closing(decode_in_background(reader.iter_frames(distinct))) as frames:
+            for index, frame in zip(distinct.tolist(), frames):
+                resized = {}
+                for encoder, transform in transforms.items():
+                    if index not in wanted[encoder]:
+                        continue
+                    if transform.resize_backend == "torch":
+                        raw[index] = frame
+                    else:
+                        kept[encoder][index] = _pil_transform(frame, transform, resized)
+                while number < len(plans) and complete_at[number] <= index:
+                    yield _plan_frames(needs[number], kept, raw, transforms)
+                    for unused in unused_after[number]:
+                        raw.pop(unused, None)
+                        for encoder_frames in kept.values():
+                            encoder_frames.pop(unused, None)
+                    number += 1
+
+    def _maybe_flipped(self, frames: dict[str, list[np.ndarray]]) -> dict[str, list[np.ndarray]]:
+        """`frames` with LanguageBind's flipped horizontally with probability 0.5 if `languagebind_random_flip`."""
         flip = self.languagebind_random_flip and random.random() < LANGUAGEBIND_FLIP_PROBABILITY
         if flip and "languagebind" in frames:
-            frames["languagebind"] = [frame[..., ::-1] for frame in frames["languagebind"]]
-        return frames, metadata
+            return {**frames, "languagebind": [frame[..., ::-1] for frame in frames["languagebind"]]}
+        return frames
 
     def frame_plan(
         self,
@@ -537,6 +600,22 @@ class MervVideoProcessor(VideoProcessorMixin):
         picks = {name: np.linspace(0, len(grid) - 1, count, dtype=int) for name, count in counts.items()}
         used = np.unique(np.concatenate(list(picks.values())))
         return FramePlan(grid[used], {name: np.searchsorted(used, pick) for name, pick in picks.items()})
+
+
+def _plan_frames(
+    need: dict[str, list[int]],
+    kept: dict[str, dict[int, np.ndarray]],
+    raw: dict[int, np.ndarray],
+    transforms: dict[str, EncoderTransform],
+) -> dict[str, list[np.ndarray]]:
+    """One plan's frames per encoder (`need`: its source frame indices per encoder, repeats included) from the
+    transformed frames `kept`, first transforming (and keeping) the torch-resized ones still `raw`."""
+    for encoder, transform in transforms.items():
+        if transform.resize_backend == "torch":
+            for index in dict.fromkeys(need[encoder]):
+                if index not in kept[encoder]:
+                    kept[encoder][index] = _torch_transform(raw[index], transform)
+    return {encoder: [kept[encoder][index] for index in need[encoder]] for encoder in transforms}
 
 
 def _pil_transform(frame: np.ndarray, transform: EncoderTransform, resized: dict) -> np.ndarray:

@@ -14,7 +14,7 @@ import pytest
 from transformers import AutoModel, AutoProcessor
 
 from transformers_merv.cli import main
-from transformers_merv.cli.video_questions import one_line
+from transformers_merv.utils.console import one_line
 from transformers_merv.inference.prefix_cache import VideoChat, prefill_video
 
 from conftest import MEDIA

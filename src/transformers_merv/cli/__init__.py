@@ -4,7 +4,10 @@ store the frozen encoders' features, convert the authors' checkpoints, serve a m
     merv ask VIDEO "QUESTION" ["QUESTION" ...]
     merv chat VIDEO
     merv eval --questions Q.json --answers A.json --video-dir DIR --mode {open-ended,mcq} --output results.json
+    merv ask VIDEO "QUESTION" --windows SECONDS [--overlap SECONDS] [--json]
+    merv caption VIDEO [--windows SECONDS] [--format srt|vtt|json] [--output FILE]
     merv explain VIDEO "QUESTION" --plot fusion.png
+    merv explain VIDEO "QUESTION" --windows SECONDS --plot timeline.png
     merv encode SOURCE [SOURCE ...] --output STORE [--video-dir DIR]
     merv convert --run-dir RUN --llm LLM_DIR [--languagebind DIR ...] --output-dir OUT
     merv serve MODEL [--host HOST] [--port PORT] [extra vLLM flags...]
@@ -19,12 +22,12 @@ import argparse
 from collections.abc import Sequence
 
 from ..utils.console import add_debug_argument, run_reporting_errors
-from . import ask, chat, convert, demo, encode, evaluate, explain, serve
+from . import ask, caption, chat, convert, demo, encode, evaluate, explain, serve
 from .errors import REPORTED_ERRORS
 
 
 PROG = "merv"
-COMMANDS = (ask, chat, evaluate, explain, encode, convert, serve, demo)
+COMMANDS = (ask, chat, caption, evaluate, explain, encode, convert, serve, demo)
 """One module per command, each with `register(commands)`; listed in `merv --help` in this order."""
 
 

@@ -59,9 +59,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_question_arguments(parser: argparse.ArgumentParser, questions: str | None = "?") -> None:
-    """The video, `questions` (None: no question, "?": one, "+": several) and the model, generation and frame
-    sampling flags."""
+def add_question_arguments(
+    parser: argparse.ArgumentParser, questions: str | None = "?", clip_window: bool = True
+) -> None:
+    """The video, `questions` (None: no question, "?": one, "+": several) and the model, generation and (with
+    `clip_window`) frame sampling window flags."""
     parser.add_argument("video", type=video_argument, help="video file or http(s) URL")
     if questions == "?":
         parser.add_argument("question", help="question about the video")
@@ -77,6 +79,8 @@ def add_question_arguments(parser: argparse.ArgumentParser, questions: str | Non
     generation.add_argument("--top-p", type=float)
     generation.add_argument("--top-k", type=int)
     generation.add_argument("--num-beams", type=positive_int)
+    if not clip_window:
+        return
     window = parser.add_argument_group("frame sampling window (the authors' load_video)")
     window.add_argument("--clip-start-sec", type=float, help="sample from this time (seconds)")
     window.add_argument("--clip-end-sec", type=float, help="sample up to this time (seconds)")

@@ -5,7 +5,8 @@ import sys
 
 from ..inference.prefix_cache import VideoChat
 from .arguments import add_question_arguments, generation_kwargs
-from .video_questions import encode_from_args, one_line
+from ..utils.console import one_line
+from .video_questions import encode_from_args
 
 
 PROMPT = "> "

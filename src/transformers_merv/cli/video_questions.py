@@ -73,8 +73,3 @@ def answer_question(model, processor, inputs, generation: Mapping[str, Any]) -> 
             **generation,
         )
     return processor.batch_decode(output, prompt_ids=inputs["input_ids"], skip_special_tokens=True)[0], features
-
-
-def one_line(answer: str) -> str:
-    """An answer on one line (its line breaks as spaces), so that answers are one per line."""
-    return " ".join(answer.splitlines())

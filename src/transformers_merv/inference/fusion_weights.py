@@ -30,11 +30,21 @@ def encoder_weights(config: MervConfig, features: MervVideoFeaturesOutput, video
     """The fusion weight of each encoder for one video of `features`, or a `ValueError` when the model's fusion has
     none (only `cross_attention`, MERV's, and `scalar` weigh the encoders)."""
     if features.fusion_weights is None:
-        raise ValueError(
-            f"this model's fusion ({config.fusion_type!r}) has no per-encoder weights, so there is no contribution "
-            "to show; fusion_type 'cross_attention' (MERV's) or 'scalar' has them"
-        )
+        raise no_weights_error(config)
     return dict(zip(config.vision_encoders, features.fusion_weights[video].float().tolist()))
+
+
+def no_weights_error(config: MervConfig) -> ValueError:
+    """The error for a model whose fusion has no per-encoder weights."""
+    return ValueError(
+        f"this model's fusion ({config.fusion_type!r}) has no per-encoder weights, so there is no contribution "
+        "to show; fusion_type 'cross_attention' (MERV's) or 'scalar' has them"
+    )
+
+
+def chart_color(index: int) -> tuple[int, int, int]:
+    """The chart colour of the `index`-th encoder (colours repeat after `CHART_COLORS`)."""
+    return CHART_COLORS[index % len(CHART_COLORS)]
 
 
 def format_weights(weights: Mapping[str, float]) -> str:
@@ -64,7 +74,7 @@ def draw_fusion_chart(weights: Mapping[str, float], question: str, path: str | P
         middle = top + CHART_ROW_HEIGHT // 2
         draw.text((CHART_MARGIN, middle), name, fill=CHART_TEXT, font=font, anchor="lm")
         bar_end = left + max(1, round(span * weight))
-        color = CHART_COLORS[encoders.index(_chart_encoder(name)) % len(CHART_COLORS)]
+        color = chart_color(encoders.index(_chart_encoder(name)))
         draw.rectangle((left, top + CHART_BAR_INSET, bar_end, top + CHART_ROW_HEIGHT - CHART_BAR_INSET), fill=color)
         draw.text((bar_end + CHART_BAR_INSET, middle), f"{weight:.3f}", fill=CHART_TEXT, font=font, anchor="lm")
     draw.line((left, CHART_TITLE_HEIGHT, left, height - CHART_MARGIN), fill=CHART_AXIS, width=1)

@@ -24,6 +24,11 @@ def first_line(err: BaseException) -> str:
     return " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
+def one_line(text: str) -> str:
+    """`text` on one line (its line breaks as spaces), so that answers are one per line."""
+    return " ".join(text.splitlines())
+
+
 def add_debug_argument(parser: argparse.ArgumentParser, default: object = argparse.SUPPRESS) -> None:
     """`--debug`, before or after a command (a sub-command's parser leaves the top-level value alone unless given)."""
     parser.add_argument(
