@@ -10,10 +10,11 @@ import sys
 import pytest
 from transformers_merv import default_model_path
 from transformers_merv.demo.backends import SERVER_WEIGHTS_NOTE, LocalBackend, ServerBackend
-from transformers_merv.demo.callbacks import ANSWERS, CHAT, ERROR, FUSION, DemoCallbacks, DemoSession
+from transformers_merv.demo.callbacks import ANSWERS, CHAT, ERROR, FUSION, TIMELINE, DemoCallbacks, DemoSession
 from transformers_merv.demo.openai_client import api_base
 from transformers_merv.demo.sources import DemoError, video_request
-from transformers_merv.demo.views import fusion_chart_html
+from transformers_merv.demo.views import fusion_chart_html, timeline_html
+from transformers_merv.inference.windows import WindowAnswer, answer_windows
 
 from conftest import EXAMPLE_QUESTION, EXAMPLE_VIDEO, MEDIA, free_port, serving_folder
 
@@ -144,6 +145,29 @@ def test_an_empty_question_is_one_message(callbacks):
     assert "type a question" in final(callbacks.chat(DemoSession(), str(EXAMPLE_VIDEO), None, 0, 0, "", []))[ERROR]
 
 
+def test_the_timeline_shows_each_window_as_answered_with_the_windows_api_s_answers_and_weights(callbacks):
+    backend = callbacks.backend
+    updates = [u[TIMELINE] for u in callbacks.timeline(str(EXAMPLE_VIDEO), None, EXAMPLE_QUESTION, 1) if TIMELINE in u]
+    expected = answer_windows(
+        backend.model, backend.processor, EXAMPLE_VIDEO, EXAMPLE_QUESTION, 1.0, **backend.generation
+    )
+    assert [html.count('class="merv-window"') for html in updates] == list(range(len(expected) + 1))
+    assert updates[-1] == timeline_html(expected) and len(expected) == 4  # the 4-second example, 1-second windows
+    assert texts(updates[-1], "merv-span") == ["0.0–1.0 s", "1.0–2.0 s", "2.0–3.0 s", "3.0–4.0 s"]
+    assert [len(re.findall(r'class="merv-segment"', row)) for row in updates[-1].split("<tr")[2:]] == [4] * 4
+
+
+@pytest.mark.parametrize("seconds", [0, -1])
+def test_a_bad_window_length_is_one_message(callbacks, seconds):
+    page = final(callbacks.timeline(str(EXAMPLE_VIDEO), None, EXAMPLE_QUESTION, seconds))
+    assert "window" in page[ERROR] and page[TIMELINE].count('class="merv-window"') == 0
+
+
+def test_windows_without_fusion_weights_show_a_dash():
+    html = timeline_html([WindowAnswer(0.0, 2.5, "a <b>", None)])
+    assert texts(html, "merv-answer") == ["a &lt;b&gt;"] and "merv-legend" not in html and "<td>–</td>" in html
+
+
 # --- the server backend -----------------------------------------------------------------------------------------
 
 
@@ -164,7 +188,9 @@ def test_through_a_server_there_are_no_weights_and_no_clip_window():
     callbacks = DemoCallbacks(backend)
     assert SERVER_WEIGHTS_NOTE.split(":")[0] in callbacks.fusion_view("data:video/mp4;base64,")
     page = final(callbacks.ask(str(EXAMPLE_VIDEO), None, 1, 2, EXAMPLE_QUESTION))
-    assert "a clip window needs the Python model" in page[ERROR]
+    assert "clip windows and timelines need the Python model" in page[ERROR]
+    page = final(callbacks.timeline(str(EXAMPLE_VIDEO), None, EXAMPLE_QUESTION, 1))
+    assert "clip windows and timelines need the Python model" in page[ERROR]
     page = final(callbacks.ask(str(CORRUPTED), None, 0, 0, EXAMPLE_QUESTION))
     assert "corrupted.mp4" in page[ERROR] and "corrupt" in page[ERROR]
 

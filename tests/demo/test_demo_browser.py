@@ -138,3 +138,20 @@ def test_a_corrupted_video_is_one_message_in_the_page(page):
     assert "corrupted.mp4" in message and "corrupt or truncated" in message
     assert "Traceback" not in page.find_element(By.TAG_NAME, "body").text
     assert _texts(page, "#merv-answers .merv-answer") == []
+
+
+def test_the_timeline_lists_each_window_with_its_answer_and_weights(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    _upload(page, EXAMPLE_VIDEO)
+    page.find_element(By.XPATH, "//button[@role='tab' and normalize-space()='Timeline']").click()
+    window = page.find_element(By.CSS_SELECTOR, "#merv-window-seconds input")
+    window.clear()
+    window.send_keys("2")
+    page.find_element(By.CSS_SELECTOR, "#merv-run-timeline").click()
+    _wait(page, lambda driver: len(_texts(driver, "#merv-timeline .merv-window")) == 2)
+    assert _texts(page, "#merv-timeline .merv-span") == ["0.0–2.0 s", "2.0–4.0 s"]
+    assert all(_texts(page, "#merv-timeline .merv-answer"))
+    assert len(page.find_elements(By.CSS_SELECTOR, "#merv-timeline .merv-segment")) == 2 * len(ENCODERS)
+    assert _texts(page, "#merv-timeline .merv-legend-item") == ENCODERS

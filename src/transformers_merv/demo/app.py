@@ -6,7 +6,7 @@ from typing import Any
 import gradio as gr
 
 from .backends import Backend
-from .callbacks import ANSWERS, CHAT, ERROR, FUSION, SESSION, DemoCallbacks, DemoSession, Update
+from .callbacks import ANSWERS, CHAT, ERROR, FUSION, SESSION, TIMELINE, DemoCallbacks, DemoSession, Update
 
 
 TITLE = "MERV demo"
@@ -14,6 +14,9 @@ MAX_UPLOAD_SIZE = "1gb"
 """Largest upload Gradio accepts (decoding is bounded by the media limits, `transformers_merv.media_limits`)."""
 QUESTION_LINES = 4
 VIDEO_HEIGHT = 320
+DEFAULT_WINDOW_SECONDS = 1.0
+DEFAULT_TIMELINE_QUESTION = "What color is the circle?"
+"""The timeline's question until one is typed (one the shipped model answers)."""
 CLIP_END_LABEL = "Clip end (s; 0: the end of the video)"
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "monospace"]
@@ -29,8 +32,16 @@ CSS = """
 .merv-bar-track { flex: 1; background: #eee; height: 20px; border-radius: 4px; overflow: hidden; }
 .merv-bar { display: block; height: 100%; }
 .merv-weight { width: 48px; text-align: right; font-family: monospace; }
+.merv-timeline { width: 100%; border-collapse: collapse; }
+.merv-timeline td, .merv-timeline th { padding: 4px 8px; border-bottom: 1px solid #ddd; text-align: left; }
+.merv-stacked-bar { display: flex; width: 240px; height: 16px; border-radius: 3px; overflow: hidden; }
+.merv-segment { display: block; height: 100%; }
+.merv-legend { display: flex; gap: 16px; margin-bottom: 8px; }
+.merv-swatch { display: inline-block; width: 12px; height: 12px; margin-right: 4px; border-radius: 2px; }
 """
-SERVER_WINDOW_NOTE = "Clip windows need the Python model: through `--server`, the whole video is sampled."
+SERVER_WINDOWS_NOTE = (
+    "Clip windows and the timeline need the Python model: through `--server`, the whole video is sampled."
+)
 
 
 def build_app(backend: Backend) -> gr.Blocks:
@@ -43,11 +54,11 @@ def build_app(backend: Backend) -> gr.Blocks:
             with gr.Column():
                 upload = gr.Video(label="Video", sources=["upload"], height=VIDEO_HEIGHT, elem_id="merv-video")
                 url = gr.Textbox(label="…or its URL", placeholder="https://…", elem_id="merv-url")
-                with gr.Row(visible=backend.supports_clip_window):
+                with gr.Row(visible=backend.supports_windows):
                     clip_start = gr.Number(label="Clip start (s)", value=0, minimum=0, elem_id="merv-clip-start")
                     clip_end = gr.Number(label=CLIP_END_LABEL, value=0, minimum=0, elem_id="merv-clip-end")
-                if not backend.supports_clip_window:
-                    gr.Markdown(SERVER_WINDOW_NOTE)
+                if not backend.supports_windows:
+                    gr.Markdown(SERVER_WINDOWS_NOTE)
                 fusion = gr.HTML(elem_id="merv-fusion")
             with gr.Column():
                 error = gr.HTML(elem_id="merv-error")
@@ -60,12 +71,30 @@ def build_app(backend: Backend) -> gr.Blocks:
                 with gr.Tab("Chat"):
                     chatbot = gr.Chatbot(label="Chat", elem_id="merv-chat")
                     message = gr.Textbox(label="Message", placeholder="Ask, then Enter", elem_id="merv-message")
-        outputs = {ANSWERS: answers, FUSION: fusion, CHAT: chatbot, ERROR: error, SESSION: session}
+                with gr.Tab("Timeline", visible=backend.supports_windows):
+                    gr.Markdown("The whole video, window by window: each window's answer and fusion weights.")
+                    timeline_question = gr.Textbox(
+                        label="Question", value=DEFAULT_TIMELINE_QUESTION, elem_id="merv-timeline-question"
+                    )
+                    window_seconds = gr.Number(
+                        label="Window length (s)",
+                        value=DEFAULT_WINDOW_SECONDS,
+                        minimum=0,
+                        elem_id="merv-window-seconds",
+                    )
+                    run_timeline = gr.Button("Answer each window", elem_id="merv-run-timeline")
+                    timeline = gr.HTML(elem_id="merv-timeline")
+        outputs = {ANSWERS: answers, FUSION: fusion, CHAT: chatbot, TIMELINE: timeline, ERROR: error, SESSION: session}
         video = [upload, url, clip_start, clip_end]
         ask.click(_handler(callbacks.ask, outputs), [*video, questions], list(outputs.values()))
         message.submit(
             _handler(callbacks.chat, outputs), [session, *video, message, chatbot], list(outputs.values())
         ).then(lambda: "", outputs=message)
+        run_timeline.click(
+            _handler(callbacks.timeline, outputs),
+            [upload, url, timeline_question, window_seconds],
+            list(outputs.values()),
+        )
     return app
 
 

@@ -1,6 +1,6 @@
-"""Where the demo's answers come from: the Python model (`LocalBackend`: answers, clip windows and fusion weights)
-or a running `merv serve` through its OpenAI API (`ServerBackend`: answers only, the API returns no fusion weights
-and samples the whole video). Each turns a `VideoRequest` into a prepared video and starts chats about it, whose
+"""Where the demo's answers come from: the Python model (`LocalBackend`: answers, clip windows, fusion weights and
+timelines) or a running `merv serve` through its OpenAI API (`ServerBackend`: answers only, the API returns no
+fusion weights and samples the whole video). Each turns a `VideoRequest` into a prepared video and starts chats about it, whose
 answers stream in as growing text."""
 
 import base64
@@ -18,6 +18,7 @@ from ..inference.devices import resolve_device
 from ..inference.fusion_weights import encoder_weights
 from ..inference.loading import AUTO, load_model, load_processor
 from ..inference.prefix_cache import VideoChat, VideoPrefix, VideoPrefixCache
+from ..inference.windows import WindowAnswer, iter_answer_windows
 from ..video_io import open_video, sample_frame_indices
 from .openai_client import OpenAIServer
 from .sources import DemoError, VideoRequest, reading
@@ -29,6 +30,11 @@ PROBED_FRAMES = max(MERV_FULL_NUM_FRAMES.values())
 SERVER_WEIGHTS_NOTE = (
     "Fusion weights are not available with --server: the OpenAI API of merv serve returns the answer's text only. "
     "Run merv demo without --server (the Python model) to see them."
+)
+
+SERVER_WINDOWS_MESSAGE = (
+    "clip windows and timelines need the Python model: merv serve's API samples the whole video; run merv demo "
+    "without --server"
 )
 
 
@@ -46,7 +52,8 @@ class Chat(Protocol):
 class Backend(Protocol):
     description: str
     """What answers, for the page (e.g. "the Python model at PATH")."""
-    supports_clip_window: bool
+    supports_windows: bool
+    """Whether clip windows and timelines (a video answered window by window) are available."""
 
     def prepare(self, video: VideoRequest) -> Any:
         """The video read and ready for questions; a `DemoError` if it cannot be read."""
@@ -57,12 +64,16 @@ class Backend(Protocol):
     def new_chat(self, prepared: Any) -> Chat:
         """An empty conversation about the video."""
 
+    def windows(self, video: VideoRequest, question: str, window_seconds: float) -> Iterator[WindowAnswer]:
+        """The answer to `question` for each consecutive `window_seconds` window of the whole video, in order, as
+        each is answered."""
+
 
 class LocalBackend:
     """The Python model, loaded once; encoded videos are cached (`VideoPrefixCache`), so every question about a
     video reuses its encoding."""
 
-    supports_clip_window = True
+    supports_windows = True
 
     def __init__(self, model_id: str, device: str | None = None, dtype: str = AUTO):
         self.processor = load_processor(model_id)
@@ -83,6 +94,12 @@ class LocalBackend:
 
     def new_chat(self, prepared: VideoPrefix) -> "LocalChat":
         return LocalChat(VideoChat(self.model, self.processor, prepared), self.processor.tokenizer, self.generation)
+
+    def windows(self, video: VideoRequest, question: str, window_seconds: float) -> Iterator[WindowAnswer]:
+        with reading(video):
+            yield from iter_answer_windows(
+                self.model, self.processor, video.source, question, window_seconds, **self.generation
+            )
 
 
 class LocalChat:
@@ -128,7 +145,7 @@ class ServerBackend:
     checked here first (the frames merv-full samples decoded, under the media limits), so that an unreadable file is
     named at once."""
 
-    supports_clip_window = False
+    supports_windows = False
 
     def __init__(self, url: str):
         self.server = OpenAIServer(url)
@@ -136,7 +153,7 @@ class ServerBackend:
 
     def prepare(self, video: VideoRequest) -> str:
         if video.sampling():
-            raise DemoError("a clip window needs the Python model: merv serve's API samples the whole video")
+            raise DemoError(SERVER_WINDOWS_MESSAGE)
         if video.is_url:
             return video.source
         with reading(video), open_video(video.source, video.name) as reader:
@@ -151,6 +168,9 @@ class ServerBackend:
 
     def new_chat(self, prepared: str) -> "ServerChat":
         return ServerChat(self.server, prepared)
+
+    def windows(self, video: VideoRequest, question: str, window_seconds: float) -> Iterator[WindowAnswer]:
+        raise DemoError(SERVER_WINDOWS_MESSAGE)
 
 
 class ServerChat:

@@ -8,14 +8,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..utils.console import first_line
+from ..inference.windows import WindowAnswer
 from .backends import Backend, Chat, WeightsUnavailable
 from .sources import DemoError, VideoRequest, video_request
-from .views import answers_html, error_html, fusion_chart_html, note_html
+from .views import answers_html, error_html, fusion_chart_html, note_html, timeline_html
 
 
 logger = logging.getLogger(__name__)
 
-ANSWERS, FUSION, CHAT, ERROR, SESSION = "answers", "fusion", "chat", "error", "session"
+ANSWERS, FUSION, CHAT, TIMELINE, ERROR, SESSION = "answers", "fusion", "chat", "timeline", "error", "session"
 FUSION_TITLE = "Fusion weights: how much each encoder contributes to this video's visual tokens"
 Update = dict[str, Any]
 Message = dict[str, str]
@@ -106,6 +107,21 @@ class DemoCallbacks:
             yield {CHAT: history}
         session.turns += 1
         yield {CHAT: history, SESSION: session}
+
+    def timeline(
+        self, upload: str | None, url: str | None, question: str | None, window_seconds: float | None
+    ) -> Iterator[Update]:
+        """Answer `question` for each consecutive `window_seconds` window of the whole video, a timeline row
+        appearing as each window is answered."""
+        return reporting_errors(self._timeline(upload, url, question, window_seconds))
+
+    def _timeline(self, upload, url, question, window_seconds) -> Iterator[Update]:
+        question = " ".join(question_lines(question))
+        windows: list[WindowAnswer] = []
+        yield {TIMELINE: timeline_html(windows)}
+        for window in self.backend.windows(video_request(upload, url), question, float(window_seconds or 0)):
+            windows.append(window)
+            yield {TIMELINE: timeline_html(windows)}
 
     def fusion_view(self, prepared: Any) -> str:
         """The fusion-weight chart of a prepared video, or why there is none."""
