@@ -18,7 +18,7 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("MERV_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("MERV_CHROMEDRIVER", "/usr/bin/chromedriver")
-WINDOW = (1280, 900)
+WINDOW = (1280, 1080)
 START_SECONDS = 180
 WAIT_SECONDS = 120
 STOP_SECONDS = 30
