@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -344,6 +345,13 @@ def training_entry(index: int, media: str, kind: str = "video") -> dict:
 class _QuietFileHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:
         """No access log in the tests' output."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a server the test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @contextmanager

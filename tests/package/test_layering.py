@@ -33,7 +33,8 @@ LAYERS = {
     "evaluation": {"inference", "utils"},
     "encoding": {"inference", "training", "evaluation", "utils"},
     "integrations": {"inference", "evaluation", "utils"},
-    "cli": {"inference", "evaluation", "encoding", "conversion", "integrations", "utils"},
+    "demo": {"inference", "evaluation", "utils"},
+    "cli": {"inference", "evaluation", "encoding", "conversion", "integrations", "demo", "utils"},
 }
 """Each sub-package and the sub-packages it may import besides the model files (and itself)."""
 

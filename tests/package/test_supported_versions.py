@@ -41,3 +41,9 @@ def test_the_docs_extra_pins_what_the_docs_suite_installs():
     docs = bounds.pinned_versions(bounds.CONSTRAINTS / "docs.txt")
     for name, requirement in bounds.declared_requirements("docs").items():
         assert str(requirement.specifier) == f"=={docs[name]}", name
+
+
+def test_the_demo_suite_installs_releases_the_package_and_its_demo_extra_admit():
+    demo = bounds.pinned_versions(bounds.CONSTRAINTS / "demo.txt")
+    for name, requirement in {**bounds.declared_requirements(), **bounds.declared_requirements("demo")}.items():
+        assert requirement.specifier.contains(demo[name]), name

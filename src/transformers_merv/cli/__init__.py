@@ -1,5 +1,5 @@
 """The `merv` command: ask a question about a video, evaluate on the authors' files, explain the encoder fusion,
-store the frozen encoders' features, convert the authors' checkpoints, serve a model.
+store the frozen encoders' features, convert the authors' checkpoints, serve a model, try it in a web page.
 
     merv ask VIDEO "QUESTION" ["QUESTION" ...]
     merv chat VIDEO
@@ -11,6 +11,7 @@ store the frozen encoders' features, convert the authors' checkpoints, serve a m
     merv encode SOURCE [SOURCE ...] --output STORE [--video-dir DIR]
     merv convert --run-dir RUN --llm LLM_DIR [--languagebind DIR ...] --output-dir OUT
     merv serve MODEL [--host HOST] [--port PORT] [extra vLLM flags...]
+    merv demo [--model M | --server URL] [--host HOST] [--port PORT]
 
 Every command but `convert` uses the shipped default model unless `--model PATH_OR_HUB_ID` names another.
 Errors are one line on stderr (`error: ...`) with exit status 1 (`--debug` or MERV_DEBUG=1: the traceback); bad
@@ -21,12 +22,12 @@ import argparse
 from collections.abc import Sequence
 
 from ..utils.console import add_debug_argument, run_reporting_errors
-from . import ask, caption, chat, convert, encode, evaluate, explain, serve
+from . import ask, caption, chat, convert, demo, encode, evaluate, explain, serve
 from .errors import REPORTED_ERRORS
 
 
 PROG = "merv"
-COMMANDS = (ask, chat, caption, evaluate, explain, encode, convert, serve)
+COMMANDS = (ask, chat, caption, evaluate, explain, encode, convert, serve, demo)
 """One module per command, each with `register(commands)`; listed in `merv --help` in this order."""
 
 
