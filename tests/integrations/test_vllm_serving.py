@@ -571,3 +571,23 @@ def test_users_memory_and_dtype_flags_win(default_server):
     log = default_server.log_tail(chars=10**7)
     assert "merv serve: KV cache" not in log and "merv serve: dtype" not in log
     assert "dtype=torch.float32" in log
+
+
+# --- merv demo --server -------------------------------------------------------------------------------------------
+
+
+def test_the_demo_answers_through_a_running_server_as_generate_does(default_server):
+    """`merv demo --server URL`'s backend (no Gradio needed): an upload goes as a `data:` URL and gets the file URL's
+    answer, a second chat turn sends the first with it, and an unreadable upload is named before anything is sent."""
+    from transformers_merv.demo.backends import ServerBackend
+    from transformers_merv.demo.sources import DemoError, VideoRequest
+
+    backend = ServerBackend(default_server.url)
+    chat = backend.new_chat(backend.prepare(VideoRequest(str(EXAMPLE_VIDEO))))
+    pieces = list(chat.stream("What color is the circle?"))
+    served = ask(default_server, file_url(EXAMPLE_VIDEO), "What color is the circle?").choices[0].message.content
+    assert pieces[-1].strip() == served.strip() == "red"  # the file URL's answer, which equals `generate`'s (above)
+    assert list(chat.stream("And its shape?"))[-1].strip()
+    assert len(chat.messages) == 4
+    with pytest.raises(DemoError, match="corrupted.mp4"):
+        backend.prepare(VideoRequest(str(MEDIA / "corrupted.mp4")))
