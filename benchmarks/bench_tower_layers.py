@@ -7,6 +7,8 @@ order of operations; their ViViT is transformers' own, here compared with timm's
 pair holds the same weights (q, k and v concatenated into timm's fused `qkv`) and is checked to give the same output
 before it is timed, at merv-full's shapes: one video per call (16 frames; ViViT: 32 frames as 3137 tokens), float32
 and, where the CPU has native bf16 (`cpu_has_native_bf16()`), bfloat16; both sides use PyTorch's SDPA kernel.
+`--profile` lists the operators of each pair; the one difference it shows, q, k and v as three matrix products in
+transformers' attention modules against timm's one fused product, is timed on its own in the same rounds.
 
 timm needs torchvision, which pulls a CUDA build of torch: run this from a benchmark-only virtual environment that
 sees the project's packages and has timm without its dependencies (timm's ViT block never calls torchvision, whose
@@ -197,6 +199,10 @@ class LayerPair:
     theirs: nn.Module
     hidden: torch.Tensor
     """One video's input to the layer: the tower's embeddings of random pixels."""
+    our_qkv: Callable[[torch.Tensor], object]
+    """Our (spatial) attention's q, k and v projections: three matrix products."""
+    their_qkv: nn.Module
+    """timm's fused `qkv` projection holding the same weights: one matrix product."""
 
 
 def layer_pair(name: str, dtype: torch.dtype, attention_class: type[nn.Module], block_class: type[nn.Module]):
@@ -209,10 +215,14 @@ def layer_pair(name: str, dtype: torch.dtype, attention_class: type[nn.Module], 
     pixels = torch.randn(config.video_pixel_shapes()[name], dtype=dtype)
     with torch.no_grad():
         hidden = next(layout.hidden_states(tower, pixels.unsqueeze(0) if name in VIDEO_INPUT_TOWERS else pixels, 0))
-    theirs = timm_block(block_class, layer, sub_config, LAYER_PARTS[name])
-    if name == "languagebind":
-        theirs = AuthorsLanguageBindLayer(attention_class, theirs, layer, sub_config)
-    return LayerPair(partial(layer, attention_mask=None), theirs.to(dtype), hidden)
+    block = timm_block(block_class, layer, sub_config, LAYER_PARTS[name]).to(dtype)
+    theirs = AuthorsLanguageBindLayer(attention_class, block, layer, sub_config) if name == "languagebind" else block
+    attention = layer.get_submodule(LAYER_PARTS[name].attention)
+
+    def our_qkv(hidden: torch.Tensor) -> list[torch.Tensor]:
+        return [attention.q_proj(hidden), attention.k_proj(hidden), attention.v_proj(hidden)]
+
+    return LayerPair(partial(layer, attention_mask=None), theirs.to(dtype), hidden, our_qkv, block.attn.qkv)
 
 
 # ---------------------------------------------------------------- measuring and profiling
@@ -276,12 +286,19 @@ def main() -> None:
             if args.profile:
                 print_profile(label, ours, theirs)
             cases[f"{label}: ours"], cases[f"{label}: theirs"] = ours, theirs
+            cases[f"{label}: q, k, v ours"] = no_grad(pair.our_qkv, pair.hidden)
+            cases[f"{label}: q, k, v theirs"] = no_grad(pair.their_qkv, pair.hidden)
             labels.append(label)
     timings: dict[str, Timing] = measure(cases, args.repeats)
     print(f"\n## one layer, ours vs the authors' (median of {args.repeats} alternating rounds)")
     for label in labels:
         ours, theirs = timings[f"{label}: ours"], timings[f"{label}: theirs"]
-        print(f"- {label}: ours {ours}, theirs {theirs}: ours/theirs {ours.ratio(theirs)}")
+        our_qkv, their_qkv = timings[f"{label}: q, k, v ours"], timings[f"{label}: q, k, v theirs"]
+        print(
+            f"- {label}: ours {ours}, theirs {theirs}: ours/theirs {ours.ratio(theirs)}; q, k, v projections "
+            f"(spatial attention): three products {our_qkv}, timm's fused one {their_qkv}: "
+            f"{our_qkv.ratio(their_qkv)}, {(our_qkv.cpu - their_qkv.cpu) / ours.cpu:+.1%} of our layer's CPU time"
+        )
 
 
 if __name__ == "__main__":
