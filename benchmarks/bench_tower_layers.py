@@ -1,5 +1,5 @@
 """One layer of each merv-full tower, ours against the authors' block, timed in alternating rounds (results:
-benchmarks/README.md, "Encoders: one layer, ours vs the authors'").
+benchmarks/README.md, "Encoders: one layer, ours vs the authors' block").
 
 The authors build DINOv2 and SigLIP from timm's ViT `Block` (timm 0.9.10); their LanguageBind layer is a CLIP layer
 preceded by attention across the frames of each temporal group, here timm's `Attention` and `Block` in LanguageBind's
@@ -35,6 +35,7 @@ from functools import partial
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
+from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
 from transformers_merv import MervConfig
@@ -139,7 +140,9 @@ def load_attention(theirs: nn.Module, ours: nn.Module, output: str) -> None:
 
 
 @torch.no_grad()
-def timm_block(block_class: type[nn.Module], ours: nn.Module, config, parts: LayerParts) -> nn.Module:
+def timm_block(
+    block_class: type[nn.Module], ours: nn.Module, config: PretrainedConfig, parts: LayerParts
+) -> nn.Module:
     """timm's `Block` at the shape of our layer `ours` (of a tower with `config`), holding its weights."""
     attention, mlp = ours.get_submodule(parts.attention), ours.get_submodule(parts.mlp)
     block = block_class(
@@ -166,7 +169,7 @@ class AuthorsLanguageBindLayer(nn.Module):
     rearranges written as views): temporal embedding added over time, temporal attention over time, then the
     spatial block; timm modules stand for CLIP's."""
 
-    def __init__(self, attention_class: type[nn.Module], block: nn.Module, ours: nn.Module, config):
+    def __init__(self, attention_class: type[nn.Module], block: nn.Module, ours: nn.Module, config: PretrainedConfig):
         super().__init__()
         self.group = config.temporal_group_size
         self.temporal_embedding = nn.Parameter(ours.temporal_embedding.detach().clone())
@@ -205,7 +208,9 @@ class LayerPair:
     """timm's fused `qkv` projection holding the same weights: one matrix product."""
 
 
-def layer_pair(name: str, dtype: torch.dtype, attention_class: type[nn.Module], block_class: type[nn.Module]):
+def layer_pair(
+    name: str, dtype: torch.dtype, attention_class: type[nn.Module], block_class: type[nn.Module]
+) -> LayerPair:
     """Our first layer of a one-layer merv-full tower `name`, the authors' layer with the same weights, and input."""
     torch.manual_seed(0)
     config = MervConfig(**{f"{name}_config": merv_full_sub_config(name, num_hidden_layers=1)})
