@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from transformers import TextIteratorStreamer
 
+from .. import default_model_path
 from ..configuration_merv import MERV_FULL_NUM_FRAMES
 from ..evaluation import default_max_new_tokens
 from ..inference.devices import resolve_device
@@ -79,7 +80,8 @@ class LocalBackend:
         self.processor = load_processor(model_id)
         self.model = load_model(model_id, resolve_device(device), dtype)
         self.generation = {"max_new_tokens": default_max_new_tokens(self.model)}
-        self.description = f"the Python model {model_id}"
+        shipped = Path(model_id).resolve() == default_model_path().resolve()
+        self.description = "the shipped default model (toy size)" if shipped else f"the Python model {model_id}"
         self._prefixes = VideoPrefixCache()
 
     def prepare(self, video: VideoRequest) -> VideoPrefix:
